@@ -1,0 +1,86 @@
+"""`StreamConfig`: every setting of the stream-batch core, frozen and passed explicitly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+GuidanceMode = Literal["none", "full", "self", "initialize"]
+GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "self", "initialize")
+
+
+class ConfigError(ValueError):
+    """A setting out of range; the message names the setting and the allowed values."""
+
+
+def t_index_list_from_strength(strength: float, steps: int, grid_steps: int = 50) -> tuple[int, ...]:
+    """Map the img2img `strength` + `steps` knob onto indices of the `grid_steps`-long consistency schedule.
+
+    strength 1.0 starts at the noisiest timestep (index 0); strength s starts at index round(grid*(1-s)) and the
+    `steps` indices are spread evenly from there to the clean end, as a sequential img2img of that strength would.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"--strength must be in (0, 1], got {strength}")
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    start = grid_steps * (1.0 - strength)
+    span = grid_steps * strength
+    indices = [min(grid_steps - 1, int(round(start + i * span / steps))) for i in range(steps)]
+    for i in range(1, len(indices)):  # keep strictly increasing even for many steps at low strength
+        indices[i] = max(indices[i], indices[i - 1] + 1)
+    if indices[-1] > grid_steps - 1:
+        raise ConfigError(f"{steps} steps do not fit in strength {strength}; use fewer --steps or more --strength")
+    return tuple(indices)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Settings of one stream. `t_index_list` indexes a `grid_steps`-long consistency (LCM) timestep grid:
+    index 0 is t=999 (pure noise), index grid_steps-1 the least noisy; slot i of the stream batch sits at
+    t_index_list[i]."""
+
+    width: int = 256
+    height: int = 256
+    t_index_list: tuple[int, ...] = (32, 45)
+    grid_steps: int = 50
+    frame_buffer_size: int = 1  # F: frames entering per UNet call
+    guidance: GuidanceMode = "self"
+    guidance_scale: float = 1.2
+    delta: float = 1.0  # RCFG virtual residual noise weight
+    seed: int = 2
+    mode: Literal["img2img", "txt2img"] = "img2img"
+    prompt: str = "a watercolor painting"
+    negative_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
+            raise ConfigError(f"width and height must be positive multiples of 8, got {self.width}x{self.height}")
+        if not self.t_index_list:
+            raise ConfigError("t_index_list needs at least one index, e.g. --t-index-list 32,45")
+        if any(not 0 <= t < self.grid_steps for t in self.t_index_list):
+            raise ConfigError(f"t_index_list values must be in 0..{self.grid_steps - 1}, got {list(self.t_index_list)}")
+        if list(self.t_index_list) != sorted(set(self.t_index_list)):
+            raise ConfigError(f"t_index_list must be strictly increasing, got {list(self.t_index_list)}")
+        if self.frame_buffer_size < 1:
+            raise ConfigError(f"frame_buffer_size must be at least 1, got {self.frame_buffer_size}")
+        if self.guidance not in GUIDANCE_MODES:
+            raise ConfigError(f"guidance must be one of {', '.join(GUIDANCE_MODES)}, got {self.guidance!r}")
+        if self.mode not in ("img2img", "txt2img"):
+            raise ConfigError(f"mode must be img2img or txt2img, got {self.mode!r}")
+
+    @property
+    def steps(self) -> int:
+        """T: denoising steps, i.e. slots of the stream batch."""
+        return len(self.t_index_list)
+
+    @property
+    def guidance_active(self) -> bool:
+        """RCFG changes nothing at scale <= 1, so every mode then behaves as `none` (no extra UNet work)."""
+        return self.guidance != "none" and self.guidance_scale > 1.0
+
+    @property
+    def unet_batch(self) -> int:
+        """Batch of one UNet call: T*F, 2*T*F for full, (T+1)*F for initialize."""
+        t, f = self.steps, self.frame_buffer_size
+        if not self.guidance_active:
+            return t * f
+        return {"none": t * f, "self": t * f, "full": 2 * t * f, "initialize": (t + 1) * f}[self.guidance]
