@@ -1,0 +1,288 @@
+"""A small random-weight Stable Diffusion of the real architecture, written as an ordinary diffusers folder.
+
+No weights can be downloaded where vcam is developed and tested, yet every code path (offline loading,
+engines, the stream-batch core, the demo, benchmarks) must run against something shaped like SD 1.5. This
+module writes such a model from a seed: same seed -> byte-identical safetensors, so tests and engine caches
+are reproducible. The output is noise-like, but finite and non-degenerate, which is all the plumbing needs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TINY_MODEL_VERSION = "tiny-v1"  # bump when the architecture or the tokenizer below changes
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+MAX_TOKENS = 77
+MERGE_LIMIT = 400
+
+# Words typical of style prompts; the tokenizer's merges are learned from them so real prompts become
+# short token sequences instead of one token per letter.
+_PROMPT_WORDS = """
+a an the of in on at with and by for from to as is portrait photo photograph painting drawing sketch
+watercolor oil acrylic ink pencil charcoal pastel anime manga cartoon comic pixel art style styled
+cyberpunk steampunk fantasy science fiction futuristic vintage retro noir neon glowing light lighting
+dramatic cinematic soft warm cold dark bright colorful vibrant pastel golden hour sunset sunrise night
+city street forest mountain ocean sea beach river lake sky clouds snow rain fog space stars galaxy
+person man woman face eyes hair smile cat dog bird flower flowers tree trees garden house room window
+detailed highly high quality masterpiece best sharp focus blurry bokeh depth field realistic photorealistic
+render rendering unreal engine studio ghibli van gogh monet picasso impressionist expressionist abstract
+surreal minimalist baroque renaissance gothic medieval japanese chinese ukiyo woodblock print mosaic
+stained glass marble statue sculpture clay plastic toy lego paper origami cardboard knitted wool
+red orange yellow green blue purple pink black white gray grey silver gold bronze copper
+low bad worst ugly deformed extra fingers hands text watermark signature cropped frame
+trending artstation concept illustration digital graphic novel poster wallpaper vaporwave synthwave
+""".split()
+
+
+@dataclass(frozen=True)
+class TinyModelPaths:
+    """Where the tiny model lives: an SD-style diffusers folder and a TAESD (AutoencoderTiny) folder."""
+
+    model_dir: Path
+    taesd_dir: Path
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """The byte -> printable character table of byte-level BPE (what the tokenizer's ByteLevel step emits).
+
+    Printable Latin-1 bytes map to themselves; the rest are shifted past U+0100 so no byte maps to whitespace
+    or a control character.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+def _learn_merges(words: list[str], limit: int) -> list[tuple[str, str]]:
+    """Plain byte-pair-encoding training: repeatedly merge the most frequent adjacent pair (ties by name)."""
+    words_as_symbols = Counter(tuple(word[:-1]) + (word[-1] + "</w>",) for word in words)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < limit:
+        pair_counts: Counter[tuple[str, str]] = Counter()
+        for symbols, count in words_as_symbols.items():
+            for pair in zip(symbols, symbols[1:]):
+                pair_counts[pair] += count
+        if not pair_counts:
+            break
+        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for symbols, count in words_as_symbols.items():
+            out: list[str] = []
+            i = 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words_as_symbols = merged
+    return merges
+
+
+def _tokenizer_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP-layout vocabulary: every byte symbol, the same with `</w>`, the merged symbols, then bos / eos."""
+    byte_symbols = list(_byte_to_unicode().values())
+    tokens = byte_symbols + [s + "</w>" for s in byte_symbols]
+    merges = _learn_merges(sorted(set(_PROMPT_WORDS)), MERGE_LIMIT)
+    tokens += ["".join(pair) for pair in merges]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    vocab: dict[str, int] = {}
+    for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_tokenizer(directory: Path) -> dict[str, int]:
+    vocab, merges = _tokenizer_vocab_and_merges()
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_json(directory / "vocab.json", vocab)
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
+    _write_json(directory / "special_tokens_map.json", special)
+    _write_json(
+        directory / "tokenizer_config.json",
+        {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "do_lower_case": True},
+    )
+    return vocab
+
+
+def _seeded(seed: int, component: int) -> None:
+    """Seed per component so each one's weights do not depend on the order the others were built in."""
+    torch.manual_seed(seed * 1000 + component)
+
+
+def _write_unet(directory: Path, seed: int) -> None:
+    from diffusers import UNet2DConditionModel
+
+    _seeded(seed, 1)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(64, 128, 128),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    unet.save_pretrained(directory, safe_serialization=True)
+
+
+def _write_vae(directory: Path, seed: int) -> None:
+    from diffusers import AutoencoderKL
+
+    _seeded(seed, 2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=256,
+        scaling_factor=0.18215,
+    )
+    vae.save_pretrained(directory, safe_serialization=True)
+
+
+def _write_text_encoder(directory: Path, seed: int, vocab: dict[str, int]) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(seed, 3)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=128,
+        bos_token_id=vocab[BOS_TOKEN],
+        eos_token_id=vocab[EOS_TOKEN],
+        pad_token_id=vocab[EOS_TOKEN],
+    )
+    CLIPTextModel(config).save_pretrained(directory, safe_serialization=True)
+
+
+def _write_scheduler(directory: Path) -> None:
+    _write_json(
+        directory / "scheduler_config.json",
+        {
+            "_class_name": "LCMScheduler",
+            "num_train_timesteps": 1000,
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "prediction_type": "epsilon",
+            "set_alpha_to_one": True,
+            "steps_offset": 1,
+            "clip_sample": False,
+            "timestep_spacing": "leading",
+        },
+    )
+
+
+def _write_model_index(directory: Path) -> None:
+    _write_json(
+        directory / "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", "LCMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+
+
+def write_test_model(directory: Path, seed: int = 0) -> Path:
+    """Write a random-weight SD 1.x-architecture diffusers folder (256x256 images, 32x32 latents) and return it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_model_index(directory)
+    vocab = _write_tokenizer(directory / "tokenizer")
+    _write_text_encoder(directory / "text_encoder", seed, vocab)
+    _write_unet(directory / "unet", seed)
+    _write_vae(directory / "vae", seed)
+    _write_scheduler(directory / "scheduler")
+    return directory
+
+
+def write_test_taesd(directory: Path, seed: int = 0) -> Path:
+    """Write a random-weight TAESD (AutoencoderTiny, 4 latent channels, scale factor 8) folder and return it."""
+    from diffusers import AutoencoderTiny
+
+    directory = Path(directory)
+    _seeded(seed, 4)
+    taesd = AutoencoderTiny(
+        encoder_block_out_channels=(16, 16, 16, 16),
+        decoder_block_out_channels=(16, 16, 16, 16),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+    taesd.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def default_cache_root() -> Path:
+    """The per-user cache where built models live (`platformdirs.user_cache_dir("vcam")/models`)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("vcam")) / "models"
+
+
+def ensure_tiny_model(cache_root: Path | None = None) -> TinyModelPaths:
+    """Build the tiny model once into the user cache and reuse it afterwards; this is what `--model tiny` loads.
+
+    It is written to a temporary sibling folder and renamed into place, so a crash or a concurrent build never
+    leaves a half-written model where a later run would trust it.
+    """
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    target = root / TINY_MODEL_VERSION
+    paths = TinyModelPaths(model_dir=target / "model", taesd_dir=target / "taesd")
+    if target.is_dir():
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_VERSION}-", dir=root))
+    try:
+        write_test_model(staging / "model")
+        write_test_taesd(staging / "taesd")
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race with another builder: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths

@@ -1,0 +1,54 @@
+"""Shared fixtures: the tiny random-weight model (built once per session) and an engine running it on the CPU.
+
+Random weights produce denormal floats, which make CPU math ~20x slower, hence flush-to-zero at import; the
+machines running the suite have 2 cores, shared, hence the thread cap.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engines.testmodel import TinyModelPaths, write_test_model, write_test_taesd
+
+torch.set_flush_denormal(True)
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> TinyModelPaths:
+    """The seed-0 tiny SD model and its TAESD, written once per test session (same as `--model tiny`)."""
+    root = tmp_path_factory.mktemp("tiny-model")
+    return TinyModelPaths(model_dir=write_test_model(root / "model"), taesd_dir=write_test_taesd(root / "taesd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: TinyModelPaths):
+    """A torch engine on the CPU (fp32) running the tiny model at 256x256, built once per session.
+
+    Shared by many tests: treat it as read-only (it has no mutable state beyond the model weights).
+    """
+    from engines.base import EngineShapes
+    from engines.factory import create_engine
+    from engines.loading import ModelSpec
+
+    shapes = EngineShapes(width=256, height=256, frame_batch=1, unet_batch=2)
+    return create_engine("torch", ModelSpec(model=str(tiny_model_dir.model_dir)), shapes, device="cpu", threads=2)
+
+
+@pytest.fixture
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A throw-away HOME with its own config / cache / Hugging Face dirs, so tests never touch the user's."""
+    home = tmp_path / "home"
+    for sub in (".config", ".cache", ".local/share"):
+        (home / sub).mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local/share"))
+    monkeypatch.setenv("HF_HOME", str(home / ".cache/huggingface"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
