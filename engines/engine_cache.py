@@ -1,0 +1,176 @@
+"""The on-disk cache of built engines (ONNX graphs, TensorRT plans), keyed by everything that changes them.
+
+Building an engine takes seconds (ONNX export) to many minutes (TensorRT); reusing one that was built for a
+different model, LoRA, resolution, batch, precision or runtime version gives wrong pictures or a crash. So the key
+is every such input, hashed, and an entry is only used after its manifest and file checksums are verified: a
+corrupt, partial or incompatible entry is rebuilt, never used. Entries are written in a temporary directory and
+renamed into place, so a crash mid-build leaves no half-written entry under a valid name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import platformdirs
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1  # bump when the manifest layout itself changes
+
+
+@dataclass(frozen=True)
+class LoraFingerprint:
+    """One LoRA as far as an engine cares: which weights (content hash) fused at what scale."""
+
+    content_hash: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class EngineCacheKey:
+    """Every input that changes a built engine. Two keys that differ in any field name different cache entries."""
+
+    model_hash: str  # content hash of the model weights + configs (from engines.loading)
+    width: int
+    height: int
+    frame_batch: int  # F
+    unet_batch: int  # T*F, 2*T*F (RCFG full) or (T+1)*F (RCFG initialize)
+    text_batch: int
+    precision: Literal["fp32", "fp16"]
+    backend: str  # "onnx", "onnxruntime", "tensorrt"
+    backend_version: str  # onnx / onnxruntime / TensorRT version: graphs and plans are not portable across them
+    opset: int
+    exporter_version: str  # our exporter: a change in what we export invalidates old entries
+    gpu_model: str = ""  # TensorRT plans only run on the GPU model they were built on
+    loras: tuple[LoraFingerprint, ...] = ()
+
+    def digest(self) -> str:
+        """A short stable name for the entry: the SHA-256 of the key's canonical JSON."""
+        canonical = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+    def as_json(self) -> dict:
+        fields = asdict(self)
+        fields["loras"] = [asdict(lora) for lora in self.loras]
+        return fields
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A verified cache entry: its directory, whether it was just built, and what the builder reported."""
+
+    path: Path
+    built: bool  # False: loaded from the cache without rebuilding
+    build_report: dict = field(default_factory=dict)
+    rebuilt_because: str = ""  # why an existing entry was not used ("" when it was used or none existed)
+
+
+def default_cache_root() -> Path:
+    """`<user cache dir>/vcam/engines`; tests and `--cache-dir` pass their own root instead."""
+    return Path(platformdirs.user_cache_dir("vcam")) / "engines"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EngineCache:
+    """Engine entries under one root directory, one subdirectory per key digest."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_root()
+
+    def entry_dir(self, key: EngineCacheKey) -> Path:
+        return self.root / f"{key.backend}-{key.digest()}"
+
+    def verify(self, key: EngineCacheKey) -> str:
+        """Why the entry for `key` cannot be used, or "" when it is complete and intact."""
+        entry = self.entry_dir(key)
+        manifest_path = entry / MANIFEST_NAME
+        if not entry.is_dir():
+            return "no entry"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            return f"manifest unreadable ({type(error).__name__})"
+        if manifest.get("format") != MANIFEST_FORMAT or manifest.get("key") != key.as_json():
+            return "manifest does not match the key"
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            return "manifest lists no files"
+        for name, expected in files.items():
+            path = entry / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != expected.get("bytes") or file_sha256(path) != expected.get("sha256"):
+                return f"{name} fails its checksum"
+        return ""
+
+    def read_report(self, key: EngineCacheKey) -> dict:
+        manifest = json.loads((self.entry_dir(key) / MANIFEST_NAME).read_text())
+        return dict(manifest.get("build_report", {}))
+
+    def get_or_build(self, key: EngineCacheKey, build: Callable[[Path], dict]) -> CacheEntry:
+        """The verified entry for `key`, building it with `build(directory) -> build_report` when needed.
+
+        `build` writes its files into the (temporary) directory it is given and returns a JSON-able report
+        (export times, check differences); the report is stored in the manifest and returned on later hits.
+        """
+        problem = self.verify(key)
+        if not problem:
+            return CacheEntry(self.entry_dir(key), built=False, build_report=self.read_report(key))
+        return self.rebuild(key, build, reason="" if problem == "no entry" else problem)
+
+    def rebuild(self, key: EngineCacheKey, build: Callable[[Path], dict], reason: str = "") -> CacheEntry:
+        """Build the entry for `key` from scratch and swap it in atomically, replacing any existing one.
+
+        Also used when an entry passed its checksums but failed to load (e.g. written by another runtime).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=self.root))
+        try:
+            started = time.perf_counter()
+            report = dict(build(staging))
+            report.setdefault("build_seconds", round(time.perf_counter() - started, 3))
+            files = {
+                path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                for path in sorted(staging.iterdir())
+                if path.is_file()
+            }
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "key": key.as_json(),
+                "files": files,
+                "build_report": report,
+                "built_at": time.time(),
+            }
+            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            destination = self.entry_dir(key)
+            self._replace(destination, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return CacheEntry(destination, built=True, build_report=report, rebuilt_because=reason)
+
+    def _replace(self, destination: Path, staging: Path) -> None:
+        """Move `staging` to `destination`; an old entry is first renamed aside so no reader sees a mix."""
+        if destination.exists():
+            retired = Path(tempfile.mkdtemp(prefix=".retired-", dir=self.root))
+            os.replace(destination, retired / "entry")
+            shutil.rmtree(retired, ignore_errors=True)
+        try:
+            os.replace(staging, destination)
+        except OSError:
+            if not destination.is_dir():  # not a lost race with a concurrent builder of the same key
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
