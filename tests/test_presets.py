@@ -1,0 +1,174 @@
+"""Presets: shipped files load, user files override them, and every mistake is one line naming file and key."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core.config import StreamConfig
+from vcam.presets import PresetError, list_presets, load_preset, parse_hotkey, user_preset_dir
+
+SHIPPED = ("tiny", "sd-turbo-1step", "sd-turbo-2step", "lcm-lora-sd15")
+
+MINIMAL = """
+[[prompts]]
+name = "a"
+text = "first style"
+"""
+
+
+def write_preset(directory: Path, name: str, body: str) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def preset_error(tmp_path: Path, body: str) -> str:
+    path = write_preset(tmp_path, "broken", body)
+    with pytest.raises(PresetError) as caught:
+        load_preset(path)
+    message = str(caught.value)
+    assert "\n" not in message, "a preset error must be one line"
+    assert str(path) in message, "a preset error must name the file"
+    return message
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_preset_loads_with_four_to_six_prompts(name: str) -> None:
+    preset = load_preset(name)
+    assert preset.name == name
+    assert preset.source_path is not None and preset.source_path.name == f"{name}.toml"
+    assert 4 <= len(preset.prompts) <= 6
+    assert isinstance(preset.stream_config(), StreamConfig)
+
+
+def test_list_presets_shows_shipped_presets_with_descriptions(tmp_path: Path) -> None:
+    listed = {info.name: info for info in list_presets(user_dir=tmp_path)}
+    assert set(SHIPPED) <= set(listed)
+    assert all(listed[name].origin == "shipped" and listed[name].description for name in SHIPPED)
+
+
+def test_shipped_presets_match_their_documented_settings() -> None:
+    one_step = load_preset("sd-turbo-1step")
+    assert (one_step.model.model, one_step.model.vae) == ("stabilityai/sd-turbo", "madebyollin/taesd")
+    assert one_step.stream_config().t_index_list == (0,) and one_step.stream.guidance == "none"
+    assert (one_step.stream.width, one_step.stream.height) == (512, 512)
+    assert load_preset("sd-turbo-2step").stream_config().steps == 2
+    lcm = load_preset("lcm-lora-sd15")
+    assert lcm.model.lora == ("latent-consistency/lcm-lora-sdv1-5",)
+    assert lcm.stream_config().steps == 4 and lcm.stream.guidance == "self"
+    tiny = load_preset("tiny")
+    assert tiny.model.model == "tiny" and (tiny.stream.width, tiny.stream.height) == (256, 256)
+    assert tiny.stream_config().steps == 2
+
+
+def test_user_preset_overrides_shipped_preset_of_the_same_name(tmp_path: Path) -> None:
+    write_preset(tmp_path, "tiny", 'description = "my tiny"\n' + MINIMAL)
+    listed = {info.name: info for info in list_presets(user_dir=tmp_path)}
+    assert listed["tiny"].origin == "user" and listed["tiny"].description == "my tiny"
+    assert load_preset("tiny", user_dir=tmp_path).prompt_names == ["a"]
+
+
+def test_user_preset_dir_follows_the_platform_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert user_preset_dir() == tmp_path / "vcam" / "presets"
+    user_preset_dir().mkdir(parents=True)
+    write_preset(user_preset_dir(), "mine", MINIMAL)
+    assert "mine" in {info.name for info in list_presets()}
+
+
+def test_unknown_preset_name_lists_the_available_ones(tmp_path: Path) -> None:
+    with pytest.raises(PresetError, match="unknown preset 'nope'; available: .*tiny"):
+        load_preset("nope", user_dir=tmp_path)
+
+
+def test_defaults_fill_missing_sections_and_prompt_hotkeys_count_from_one(tmp_path: Path) -> None:
+    body = "".join(f'[[prompts]]\nname = "p{i}"\ntext = "style {i}"\n' for i in range(10))
+    preset = load_preset(write_preset(tmp_path, "ten", body))
+    assert preset.output.width == 1280 and preset.output.fit == "crop" and preset.osc.port == 9000
+    assert [p.hotkey for p in preset.prompts[:2]] == ["<ctrl>+<alt>+1", "<ctrl>+<alt>+2"]
+    assert preset.prompts[8].hotkey == "<ctrl>+<alt>+9" and preset.prompts[9].hotkey == ""
+
+
+def test_strength_and_steps_map_onto_the_t_index_list(tmp_path: Path) -> None:
+    preset = load_preset(write_preset(tmp_path, "s", "[stream]\nstrength = 0.5\nsteps = 2\n" + MINIMAL))
+    assert preset.stream_config().t_index_list == (25, 38)
+
+
+def test_unknown_key_names_the_dotted_key_and_the_allowed_ones(tmp_path: Path) -> None:
+    message = preset_error(tmp_path, "[stream]\nguidence = 'self'\n" + MINIMAL)
+    assert "stream.guidence: unknown key; allowed here:" in message and "guidance" in message
+
+
+def test_wrong_choice_names_the_allowed_values(tmp_path: Path) -> None:
+    message = preset_error(tmp_path, "[stream]\nguidance = 'half'\n" + MINIMAL)
+    assert "stream.guidance: must be one of none, full, self, initialize, got 'half'" in message
+
+
+def test_wrong_type_is_reported_with_the_expected_type(tmp_path: Path) -> None:
+    message = preset_error(tmp_path, "[output]\nwidth = '1280'\n" + MINIMAL)
+    assert "output.width: must be an integer, got a string '1280'" in message
+    assert "output.mirror: must be true or false" in preset_error(tmp_path, "[output]\nmirror = 1\n" + MINIMAL)
+
+
+def test_out_of_range_value_names_the_range(tmp_path: Path) -> None:
+    assert "osc.port: must be from 1 to 65535, got 70000" in preset_error(tmp_path, "[osc]\nport = 70000\n" + MINIMAL)
+
+
+def test_stream_rules_of_the_core_are_reported_as_preset_errors(tmp_path: Path) -> None:
+    assert "multiples of 8" in preset_error(tmp_path, "[stream]\nwidth = 100\n" + MINIMAL)
+    assert "strictly increasing" in preset_error(tmp_path, "[stream]\nt_index_list = [45, 32]\n" + MINIMAL)
+    assert "not both" in preset_error(tmp_path, "[stream]\nt_index_list = [1]\nstrength = 0.5\n" + MINIMAL)
+
+
+def test_obs_password_in_a_preset_is_refused_with_where_it_belongs(tmp_path: Path) -> None:
+    message = preset_error(tmp_path, "[obs]\npassword = 'hunter2'\n" + MINIMAL)
+    assert "obs.password" in message and "VCAM_OBS_PASSWORD" in message and "keyring" in message
+    assert "hunter2" not in message
+
+
+def test_obs_scene_must_name_an_existing_prompt(tmp_path: Path) -> None:
+    good = load_preset(write_preset(tmp_path, "ok", '[obs]\nscenes = { "Intro" = "a" }\n' + MINIMAL))
+    assert dict(good.obs.scenes) == {"Intro": "a"}
+    message = preset_error(tmp_path, '[obs]\nscenes = { "Intro" = "zzz" }\n' + MINIMAL)
+    assert "obs.scenes.Intro" in message and "'zzz'" in message
+
+
+def test_duplicate_prompt_names_are_refused(tmp_path: Path) -> None:
+    message = preset_error(tmp_path, MINIMAL + MINIMAL)
+    assert "prompts[1].name: duplicate prompt name 'a'" in message
+
+
+def test_preset_without_prompts_is_refused(tmp_path: Path) -> None:
+    assert "prompts: a preset needs at least one [[prompts]]" in preset_error(tmp_path, "description = 'x'\n")
+
+
+def test_invalid_hotkey_is_refused_with_the_syntax(tmp_path: Path) -> None:
+    message = preset_error(tmp_path, "[hotkeys]\npause = 'ctrl+alt+p'\n" + MINIMAL)
+    assert "hotkeys.pause: 'ctrl+alt+p' is not a valid hotkey" in message and "<ctrl>+<alt>+p" in message
+
+
+def test_two_actions_on_one_hotkey_are_refused(tmp_path: Path) -> None:
+    message = preset_error(tmp_path, "[hotkeys]\npause = '<ctrl>+<alt>+1'\n" + MINIMAL)
+    assert "prompts[0].hotkey: '<ctrl>+<alt>+1' is already bound by hotkeys.pause" in message
+
+
+def test_empty_hotkey_disables_an_action(tmp_path: Path) -> None:
+    preset = load_preset(write_preset(tmp_path, "quiet", "[hotkeys]\nfilter = ''\n" + MINIMAL))
+    assert preset.hotkeys.filter == ""
+
+
+def test_invalid_toml_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    assert "not valid TOML" in preset_error(tmp_path, "[stream\nwidth = 1\n")
+
+
+@pytest.mark.parametrize("combo", ["<ctrl>+<alt>+<right>", "<ctrl>+<shift>+<f5>", "<cmd>+x", "<ctrl>++"])
+def test_hotkey_parser_accepts_pynput_syntax(combo: str) -> None:
+    assert parse_hotkey(combo)
+
+
+@pytest.mark.parametrize("combo", ["ctrl+p", "<ctrl>+<nokey>", "<ctrl>+", "<ctrl>+<ctrl>", ""])
+def test_hotkey_parser_refuses_what_pynput_refuses(combo: str) -> None:
+    with pytest.raises(ValueError):
+        parse_hotkey(combo)
