@@ -1,0 +1,200 @@
+"""Specification of the frame sources: specs, files, patterns, pacing and surviving a lost camera."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.media import close_colour, coloured_frame, distinct_colours, write_image, write_video
+from vcam.sources import (CAMERA_LOST_NOTICE, ReconnectingSource, RetryPolicy, SourceConfig, SourceError,
+                          SyntheticSource, open_source, open_video_capture)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> tuple[Path, list[tuple[int, int, int]]]:
+    colours = distinct_colours(4)
+    return write_video(tmp_path / "clip.avi", [coloured_frame(c) for c in colours], fps=25), colours
+
+
+def read_n(source, count: int) -> list[np.ndarray]:
+    return [source.read() for _ in range(count)]
+
+
+def test_video_file_frames_come_out_as_rgb_in_order(clip):
+    path, colours = clip
+    source = open_source(str(path), SourceConfig(loop=False))
+    frames = read_n(source, 4)
+    assert source.read() is None, "loop=False ends the stream after the last frame"
+    source.close()
+    assert source.live is False, "a file is read as fast as consumed unless asked to be live"
+    for frame, colour in zip(frames, colours):
+        assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8
+        assert close_colour(frame, colour), "channels are RGB, not OpenCV's BGR"
+
+
+def test_video_file_loops_by_default_as_a_camera_stand_in(clip):
+    path, colours = clip
+    source = open_source(str(path))
+    frames = read_n(source, 9)
+    source.close()
+    expected = colours + colours + colours[:1]
+    assert all(close_colour(f, c) for f, c in zip(frames, expected))
+
+
+def test_live_video_file_is_paced_at_the_files_own_rate(tmp_path):
+    path = write_video(tmp_path / "fast.avi", [coloured_frame(c) for c in distinct_colours(3)], fps=40)
+    source = open_source(str(path), SourceConfig(live=True))
+    assert source.live is True
+    source.read()
+    start = time.perf_counter()
+    read_n(source, 6)
+    elapsed = time.perf_counter() - start
+    source.close()
+    assert 6 / 40 * 0.9 <= elapsed < 6 / 40 + 0.5
+
+
+def test_image_file_is_a_still_frame_repeated(tmp_path):
+    path = write_image(tmp_path / "still.png", coloured_frame((10, 120, 240)))
+    source = open_source(str(path))
+    first, second = source.read(), source.read()
+    assert np.array_equal(first, coloured_frame((10, 120, 240))), "png is lossless and RGB"
+    first[:] = 0
+    assert np.array_equal(second, source.read()), "a consumer drawing on one frame cannot change the next"
+    source.close()
+    once = open_source(str(path), SourceConfig(loop=False))
+    assert once.read() is not None and once.read() is None
+
+
+def test_synthetic_pattern_is_deterministic_and_moves():
+    a = open_source("synthetic", SourceConfig(width=96, height=64))
+    b = open_source("synthetic", SourceConfig(width=96, height=64))
+    frames_a, frames_b = read_n(a, 5), read_n(b, 5)
+    assert a.live is False, "generated as fast as consumed by default"
+    assert frames_a[0].shape == (64, 96, 3) and frames_a[0].dtype == np.uint8
+    assert all(np.array_equal(x, y) for x, y in zip(frames_a, frames_b))
+    assert not np.array_equal(frames_a[0], frames_a[4])
+    step = np.abs(frames_a[1].astype(int) - frames_a[0].astype(int)).mean()
+    assert step < 40, "motion is smooth from one frame to the next"
+    assert np.array_equal(SyntheticSource(96, 64).frame(3), frames_a[3]), "frame content depends on index only"
+
+
+def test_synthetic_static_never_changes():
+    source = open_source("synthetic:static", SourceConfig(width=64, height=64))
+    frames = read_n(source, 3)
+    assert all(np.array_equal(frames[0], f) for f in frames[1:])
+
+
+def test_synthetic_with_fps_is_live_and_paced():
+    source = open_source("synthetic", SourceConfig(width=64, height=64, fps=50))
+    assert source.live is True
+    source.read()
+    start = time.perf_counter()
+    read_n(source, 5)
+    assert time.perf_counter() - start >= 5 / 50 * 0.9
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nosuchkind:3", "unknown source kind 'nosuchkind'"),
+    ("/no/such/clip.mp4", "source file not found: /no/such/clip.mp4"),
+    ("synthetic:plaid", "synthetic:static"),
+    ("", "camera:0"),
+])
+def test_bad_specs_give_one_line_errors_naming_the_fix(spec, message):
+    with pytest.raises(SourceError) as error:
+        open_source(spec)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_unreadable_files_give_one_line_errors(tmp_path):
+    bad_video = tmp_path / "broken.mp4"
+    bad_video.write_bytes(b"not a video at all")
+    bad_image = tmp_path / "broken.png"
+    bad_image.write_bytes(b"not an image")
+    for path, message in ((bad_video, "cannot read video file"), (bad_image, "cannot read image file")):
+        with pytest.raises(SourceError, match=message):
+            open_source(str(path))
+
+
+def test_missing_camera_gives_a_one_line_error_naming_what_to_try():
+    # No camera exists on this machine, so index 9 is the real "camera that fails to open" case.
+    with pytest.raises(SourceError) as error:
+        open_source("camera:9", SourceConfig(width=64, height=48))
+    message = str(error.value)
+    assert "camera 9" in message and "another index" in message and "\n" not in message
+
+
+def wait_for(source, predicate, timeout: float) -> tuple[np.ndarray, int]:
+    """Read until a frame satisfies `predicate`; returns it and how many frames were read before it."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        frame = source.read()
+        if predicate(frame):
+            return frame, count
+        count += 1
+    raise AssertionError(f"no matching frame within {timeout} s ({count} frames read)")
+
+
+def test_lost_camera_keeps_sending_the_last_frame_with_a_notice_and_resumes_when_back(tmp_path):
+    """A real capture of a file stands in for the camera: its end is the camera going away; the file is
+    removed (reopen fails, with back-off) and then restored with new content (the camera is back)."""
+    path = tmp_path / "camera.avi"
+    before, after = (200, 30, 30), (30, 30, 200)
+    write_video(path, [coloured_frame(before)] * 3)
+    fps = 50
+    source = ReconnectingSource(lambda: open_video_capture(str(path)), fps=fps,
+                                retry=RetryPolicy(first_delay=0.02, max_delay=0.1))
+    assert source.live is True
+    good = read_n(source, 3)
+    assert all(close_colour(f, before) for f in good) and not source.lost
+
+    os.rename(path, tmp_path / "unplugged.avi")
+    start = time.perf_counter()
+    notices = read_n(source, 10)
+    elapsed = time.perf_counter() - start
+    assert source.lost and source.losses == 1
+    assert elapsed >= 9 / fps * 0.9, "notice frames are paced at the camera rate, not spun out"
+    for notice in notices:
+        assert close_colour(notice, before), "the last good image is still shown"
+        assert np.abs(notice[:8, :40].astype(int) - good[-1][:8, :40].astype(int)).mean() > 20, "with the notice"
+    assert source.reconnect_attempts >= 2, "reopen is retried while the device is away"
+
+    write_video(path, [coloured_frame(after)] * 200)
+    frame, waited = wait_for(source, lambda f: close_colour(f, after), timeout=5)
+    assert not source.lost
+    assert np.abs(frame.astype(int) - coloured_frame(after).astype(int)).mean() < 10, "no notice once resumed"
+    source.close()
+    assert source.read() is None
+
+
+def test_capture_that_never_delivered_shows_the_notice_on_a_black_frame(tmp_path):
+    path = write_video(tmp_path / "one.avi", [coloured_frame((0, 0, 0))])
+
+    def open_drained_capture():
+        capture = open_video_capture(str(path))
+        capture.read()  # the only frame is gone: the first read of the source already finds the capture dry
+        return capture
+
+    source = ReconnectingSource(open_drained_capture, fps=100, retry=RetryPolicy(first_delay=10),
+                                blank_size=(80, 60))
+    frame = source.read()
+    source.close()
+    assert frame.shape == (60, 80, 3) and frame[:10, :60].max() > 150 and frame[40:].max() == 0
+    assert CAMERA_LOST_NOTICE[0].startswith("camera lost")
+
+
+def test_closing_stops_reconnecting_promptly(tmp_path):
+    path = write_video(tmp_path / "cam.avi", [coloured_frame((9, 9, 9))])
+    source = ReconnectingSource(lambda: open_video_capture(str(path)), fps=100,
+                                retry=RetryPolicy(first_delay=0.01, max_delay=0.02))
+    read_n(source, 3)  # one frame, then lost; the file stays, so reopen succeeds and loses again
+    start = time.perf_counter()
+    source.close()
+    assert time.perf_counter() - start < 1.0
+    assert source.read() is None

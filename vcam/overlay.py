@@ -1,0 +1,39 @@
+"""Small status text drawn onto frames: the preview window's fps / skip rate / prompt, the "camera lost" notice.
+
+Text is sized from the frame height so it stays readable on 256x256 and 1280x720 alike, and sits on a dark
+box so it shows on any image.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def draw_status(frame: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """Return a copy of `frame` (H, W, 3) uint8 with `lines` written in its top-left corner.
+
+    A copy, because the caller often keeps the clean frame (the last good camera image is reused for every
+    notice frame while the camera is away).
+    """
+    out = frame.copy()
+    lines = [line for line in lines if line]
+    if not lines:
+        return out
+    height = out.shape[0]
+    scale = max(0.3, height / 720 * 0.8)
+    thickness = max(1, round(scale * 2))
+    margin = max(2, round(6 * scale))
+    sizes = [cv2.getTextSize(line, _FONT, scale, thickness) for line in lines]
+    line_height = max(h + baseline for (_, h), baseline in sizes) + margin
+    box_width = max(w for (w, _), _ in sizes) + 2 * margin
+    box_height = line_height * len(lines) + margin
+    box = out[:box_height, :box_width]
+    box[:] = (box.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken, so white text reads on bright images
+    for index, line in enumerate(lines):
+        baseline_y = margin + line_height * index + sizes[index][0][1]
+        cv2.putText(out, line, (margin, baseline_y), _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    return out

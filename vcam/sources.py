@@ -1,0 +1,431 @@
+"""Where frames come from: a camera, a video or image file, or a generated pattern, chosen by a spec string.
+
+Specs: `camera:0`, `camera:/dev/video2`, `synthetic`, `synthetic:static`, or a path to a video / image file.
+Every source hands out (H, W, 3) uint8 RGB frames. A `live` source behaves like a camera (real time; the
+pipeline keeps only the newest frame); a non-live one is read as fast as it is consumed and nothing is dropped.
+
+A camera that goes away mid-stream (unplugged, taken by another app) must not end the broadcast: the viewers of
+the virtual camera would see it freeze or vanish. `ReconnectingSource` keeps sending the last good image with a
+notice on it and reopens the camera in the background until it is back.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import cv2
+import numpy as np
+
+from vcam.overlay import draw_status
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+DEFAULT_CAMERA_FPS = 30.0
+CAMERA_LOST_NOTICE = ("camera lost - reconnecting...",)
+SPEC_FORMS = "camera:0, camera:/dev/video2, synthetic, synthetic:static, or a video/image file path"
+
+
+class SourceError(Exception):
+    """A source that cannot be opened; the one-line message says what to try instead."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What the user asked of the source.
+
+    `width`/`height`/`fps` are requests to a camera (it may pick the nearest mode it has) and the size of the
+    synthetic pattern; files keep their own size. `fps` None means: the camera's default rate, a file's own rate,
+    and a synthetic pattern generated as fast as consumed. `live` None means the kind's natural behaviour:
+    cameras are live, files and patterns are not (unless `fps` is given for a pattern).
+    """
+
+    width: int = 1280
+    height: int = 720
+    fps: float | None = None
+    loop: bool = True
+    live: bool | None = None
+
+
+class FrameSource(Protocol):
+    live: bool
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class Capture(Protocol):
+    """What `ReconnectingSource` needs of a capture: OpenCV's `VideoCapture` read/release contract (BGR frames)."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+CaptureOpener = Callable[[], Capture]
+
+
+class FramePacer:
+    """Holds a loop to a steady rate against a deadline clock, so small delays do not accumulate into drift.
+
+    After a stall longer than one period it restarts from now instead of bursting to catch up.
+    """
+
+    def __init__(self, fps: float) -> None:
+        if fps <= 0:
+            raise SourceError(f"fps must be positive, got {fps}")
+        self.period = 1.0 / fps
+        self._next_due: float | None = None
+
+    def wait(self) -> None:
+        now = time.perf_counter()
+        if self._next_due is None or now - self._next_due > self.period:
+            self._next_due = now + self.period
+            return
+        if now < self._next_due:
+            time.sleep(self._next_due - now)
+        self._next_due += self.period
+
+    def reset(self) -> None:
+        self._next_due = None
+
+
+def _to_rgb(bgr: np.ndarray) -> np.ndarray:
+    if bgr.ndim == 2:
+        return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+    if bgr.shape[2] == 4:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off between reopen attempts: quick at first (a replug), then gentle on the system."""
+
+    first_delay: float = 0.5
+    max_delay: float = 5.0
+    factor: float = 2.0
+
+
+class ReconnectingSource:
+    """A live source over any capture opener that survives the capture going away.
+
+    While the capture delivers, frames pass through. When a read fails the capture is released, a background
+    thread calls `opener` again with back-off, and `read()` keeps returning the last good frame with a
+    "camera lost" notice, paced at `fps` so the virtual camera downstream keeps receiving frames. The first
+    frame of a successful reopen resumes the stream by itself.
+    """
+
+    live = True
+
+    def __init__(self, opener: CaptureOpener, fps: float, retry: RetryPolicy = RetryPolicy(),
+                 blank_size: tuple[int, int] = (640, 480)) -> None:
+        self._opener = opener
+        self._retry = retry
+        self._pacer = FramePacer(fps)
+        self._blank_size = blank_size  # (width, height) of the notice frame if the camera never gave one
+        self._capture: Capture | None = opener()  # errors of the first open reach the caller as they are
+        self._last_good: np.ndarray | None = None
+        self._notice_frame: np.ndarray | None = None
+        self._recovered: tuple[Capture, np.ndarray] | None = None  # handed over by the retry thread
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
+        self.reconnect_attempts = 0
+        self.losses = 0
+
+    @property
+    def lost(self) -> bool:
+        return self._capture is None
+
+    def read(self) -> np.ndarray | None:
+        if self._stop.is_set():
+            return None
+        if self._capture is None:
+            with self._lock:
+                recovered, self._recovered = self._recovered, None
+            if recovered is not None:
+                self._capture, first_frame = recovered
+                return self._accept(first_frame)
+            self._pacer.wait()
+            return self._notice()
+        ok, frame = self._capture.read()
+        if ok and frame is not None:
+            return self._accept(frame)
+        self._start_reconnecting()
+        self._pacer.reset()
+        return self._notice()
+
+    def _accept(self, bgr: np.ndarray) -> np.ndarray:
+        self._last_good = _to_rgb(bgr)
+        self._notice_frame = None
+        return self._last_good
+
+    def _notice(self) -> np.ndarray:
+        if self._notice_frame is None:  # drawn once per loss: the notice frame is sent many times per second
+            if self._last_good is not None:
+                base = self._last_good
+            else:
+                base = np.zeros((self._blank_size[1], self._blank_size[0], 3), dtype=np.uint8)
+            self._notice_frame = draw_status(base, CAMERA_LOST_NOTICE)
+        return self._notice_frame
+
+    def _start_reconnecting(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.release()
+        self.losses += 1
+        self._retry_thread = threading.Thread(target=self._reconnect, name="camera-reconnect", daemon=True)
+        self._retry_thread.start()
+
+    def _reconnect(self) -> None:
+        delay = self._retry.first_delay
+        while not self._stop.wait(delay):
+            self.reconnect_attempts += 1
+            try:
+                capture = self._opener()
+            except Exception:  # the device is still away: any failure of the opener means "try again later"
+                capture = None
+            if capture is not None:
+                ok, frame = capture.read()
+                if ok and frame is not None:
+                    with self._lock:
+                        if self._stop.is_set():
+                            capture.release()
+                        else:
+                            self._recovered = (capture, frame)
+                    return
+                capture.release()
+            delay = min(delay * self._retry.factor, self._retry.max_delay)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._retry_thread is not None:
+            self._retry_thread.join(timeout=5.0)
+        with self._lock:
+            recovered, self._recovered = self._recovered, None
+        for capture in (self._capture, recovered[0] if recovered else None):
+            if capture is not None:
+                capture.release()
+        self._capture = None
+
+
+def open_video_capture(target: str | int, api: int = cv2.CAP_ANY) -> cv2.VideoCapture:
+    """Open a capture or raise SourceError; used as an opener for files and cameras alike."""
+    capture = cv2.VideoCapture(target, api)
+    if not capture.isOpened():
+        capture.release()
+        raise SourceError(f"cannot open {target!r}")
+    return capture
+
+
+def _camera_apis() -> list[int]:
+    """The platform's native capture backends, best first (DirectShow opens much faster than MSMF on Windows)."""
+    system = platform.system()
+    if system == "Linux":
+        return [cv2.CAP_V4L2]
+    if system == "Windows":
+        return [cv2.CAP_DSHOW, cv2.CAP_MSMF]
+    if system == "Darwin":
+        return [cv2.CAP_AVFOUNDATION]
+    return [cv2.CAP_ANY]
+
+
+def _camera_opener(device: str | int, config: SourceConfig) -> CaptureOpener:
+    fps = config.fps or DEFAULT_CAMERA_FPS
+
+    def open_camera() -> Capture:
+        for api in _camera_apis():
+            capture = cv2.VideoCapture(device, api)
+            if not capture.isOpened():
+                capture.release()
+                continue
+            if api == getattr(cv2, "CAP_V4L2", None):
+                # Most USB cameras reach 720p30 only in MJPG; uncompressed YUYV tops out near 10 fps.
+                capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
+            capture.set(cv2.CAP_PROP_FPS, fps)
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # we want the newest frame, not a queue of old ones
+            return capture
+        raise SourceError(
+            f"camera {device!r} could not be opened: try another index (camera:1), close any app using it, "
+            "or check camera permissions (Linux: be in the 'video' group; macOS/Windows: privacy settings)")
+
+    return open_camera
+
+
+def _parse_camera_device(arg: str) -> str | int:
+    arg = arg.strip() or "0"
+    return int(arg) if arg.isdigit() else arg
+
+
+def _open_camera(arg: str, config: SourceConfig) -> FrameSource:
+    device = _parse_camera_device(arg)
+    opener = _camera_opener(device, config)
+    source = ReconnectingSource(opener, fps=config.fps or DEFAULT_CAMERA_FPS,
+                                blank_size=(config.width, config.height))
+    if source.read() is None or source.lost:  # opened but gives nothing: busy or not a capture device
+        source.close()
+        raise SourceError(
+            f"camera {device!r} opened but delivered no frames: close any app using it or try another index")
+    return source
+
+
+class VideoFileSource:
+    """Frames of a video file; looped by default so a clip can stand in for a camera.
+
+    When live it is paced at the file's own frame rate (or `fps` if given) like a camera; otherwise it is
+    read as fast as consumed (benchmarks, offline rendering).
+    """
+
+    def __init__(self, path: Path, loop: bool, live: bool, fps: float | None = None) -> None:
+        self.path = path
+        self.loop = loop
+        self.live = live
+        self._capture = self._open()
+        file_fps = self._capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps or (file_fps if file_fps and math.isfinite(file_fps) and file_fps > 0 else DEFAULT_CAMERA_FPS)
+        self._pacer = FramePacer(self.fps) if live else None
+        self.frames_read = 0
+
+    def _open(self) -> cv2.VideoCapture:
+        try:
+            return open_video_capture(str(self.path))
+        except SourceError:
+            raise SourceError(f"cannot read video file {self.path} (unsupported format?); "
+                              "try converting it to .mp4 with ffmpeg") from None
+
+    def read(self) -> np.ndarray | None:
+        if self._capture is None:
+            return None
+        ok, frame = self._capture.read()
+        if not ok and self.loop and self.frames_read > 0:
+            # Reopening is the reliable way back to frame 0: seeking is inexact in several containers.
+            self._capture.release()
+            self._capture = self._open()
+            ok, frame = self._capture.read()
+        if not ok or frame is None:
+            return None
+        if self._pacer is not None:
+            self._pacer.wait()
+        self.frames_read += 1
+        return _to_rgb(frame)
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class ImageSource:
+    """A still image repeated: a copy each read, so a consumer that draws on a frame cannot change the next."""
+
+    def __init__(self, path: Path, loop: bool, live: bool, fps: float | None) -> None:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SourceError(f"cannot read image file {path} (unsupported or corrupt); try a .png or .jpg")
+        self._image = _to_rgb(bgr)
+        self.loop = loop
+        self.live = live
+        self._pacer = FramePacer(fps or DEFAULT_CAMERA_FPS) if live else None
+        self._done = False
+
+    def read(self) -> np.ndarray | None:
+        if self._done:
+            return None
+        if not self.loop:
+            self._done = True
+        if self._pacer is not None:
+            self._pacer.wait()
+        return self._image.copy()
+
+    def close(self) -> None:
+        self._done = True
+
+
+class SyntheticSource:
+    """A generated pattern: colour gradients drifting sideways and a disc moving on a Lissajous path.
+
+    Deterministic by frame index (same frames on every machine, so benchmarks and tests are repeatable) and
+    cheap: the gradients are computed once and only shifted per frame.
+    """
+
+    def __init__(self, width: int, height: int, moving: bool = True, live: bool = False,
+                 fps: float | None = None) -> None:
+        if width <= 0 or height <= 0:
+            raise SourceError(f"synthetic size must be positive, got {width}x{height}")
+        self.width, self.height = width, height
+        self.moving = moving
+        self.live = live
+        self._pacer = FramePacer(fps or DEFAULT_CAMERA_FPS) if live else None
+        xs = np.arange(width, dtype=np.float32) / max(1, width - 1)
+        ys = np.arange(height, dtype=np.float32) / max(1, height - 1)
+        self._red = np.broadcast_to((xs * 255).astype(np.uint8)[None, :], (height, width))
+        self._green = np.broadcast_to((ys * 255).astype(np.uint8)[:, None], (height, width))
+        self._blue_row = (127.5 + 127.5 * np.sin(2 * np.pi * xs * 2)).astype(np.uint8)
+        self._index = 0
+
+    def frame(self, index: int) -> np.ndarray:
+        t = index if self.moving else 0
+        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        out[..., 0] = self._red
+        out[..., 1] = self._green
+        out[..., 2] = np.roll(self._blue_row, t * max(1, self.width // 120))[None, :]
+        centre = (round(self.width * (0.5 + 0.3 * math.sin(t * 2 * math.pi / 90))),
+                  round(self.height * (0.5 + 0.3 * math.sin(t * 2 * math.pi / 70 + 1.0))))
+        radius = max(2, min(self.width, self.height) // 8)
+        cv2.circle(out, centre, radius, (250, 240, 220), thickness=-1, lineType=cv2.LINE_AA)
+        return out
+
+    def read(self) -> np.ndarray | None:
+        if self._pacer is not None:
+            self._pacer.wait()
+        frame = self.frame(self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+def _open_synthetic(arg: str, config: SourceConfig) -> FrameSource:
+    if arg not in ("", "static"):
+        raise SourceError(f"unknown synthetic pattern {arg!r}; use 'synthetic' or 'synthetic:static'")
+    live = config.live if config.live is not None else config.fps is not None
+    return SyntheticSource(config.width, config.height, moving=arg != "static", live=live, fps=config.fps)
+
+
+def _open_file(path: Path, config: SourceConfig) -> FrameSource:
+    live = bool(config.live)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageSource(path, loop=config.loop, live=live, fps=config.fps)
+    return VideoFileSource(path, loop=config.loop, live=live, fps=config.fps)
+
+
+SOURCE_KINDS: dict[str, Callable[[str, SourceConfig], FrameSource]] = {
+    "camera": _open_camera,
+    "synthetic": _open_synthetic,
+}
+
+
+def open_source(spec: str, config: SourceConfig = SourceConfig()) -> FrameSource:
+    """Open the source named by `spec` (see the module docstring for the forms)."""
+    spec = spec.strip()
+    if not spec:
+        raise SourceError(f"empty source; use {SPEC_FORMS}")
+    kind, _, arg = spec.partition(":")
+    if kind in SOURCE_KINDS:
+        return SOURCE_KINDS[kind](arg, config)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _open_file(path, config)
+    if path.exists():
+        raise SourceError(f"source {spec!r} is not a file; use {SPEC_FORMS}")
+    if ":" in spec and len(kind) > 1:  # a one-letter kind is a Windows drive, so that spec is a missing path
+        raise SourceError(f"unknown source kind {kind!r}; use {SPEC_FORMS}")
+    raise SourceError(f"source file not found: {spec} (check the path, or use camera:0 or synthetic)")
