@@ -1,0 +1,405 @@
+"""`FramePipeline`: capture, inference and output on three threads joined by `LatestSlot`s.
+
+    source --capture thread--> [input slot] --inference thread--> [output slot] --output thread--> sink
+
+Three threads, because each stage waits on something different (the camera, the model, the display clock) and
+none of them may hold up the others: a slow UNet must not make the camera buffer fill with stale frames, and a
+virtual camera must keep receiving frames at its rate even while the model is late or still loading.
+
+- A live source keeps only the newest frame (older unread ones are counted as `dropped`); a non-live source
+  (file, generator) is read one frame ahead with backpressure, so nothing is lost and the order is kept.
+- A paced sink (`fps` set) is written exactly on a clock: deadlines advance by 1/fps and the thread sleeps only
+  the remainder; when no new frame is ready the last one is repeated; when far behind the clock is resynced
+  instead of bursting. An unpaced sink (`fps` None) gets every produced frame exactly once, in order.
+- `between_frames` runs on the inference thread before each processor call: the service applies its queued
+  commands there, so a command never lands in the middle of a UNet call. `set_processor` swaps the processor at
+  the same boundary (pass-through or loading card while the model loads, then the diffusion processor).
+- An exception in any stage is kept in `error` (with `error_stage`) and ends the run; `stop()` then joins the
+  threads and closes the source and sink. A paced sink keeps getting the last frame until `stop()`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from core.slots import LatestSlot
+from core.stats import RateMeter, RollingStats, Summary
+
+POLL_SECONDS = 0.05  # how often blocked threads look at the stop flag
+RESYNC_PERIODS = 3.0  # a paced output further behind than this many periods resyncs instead of bursting
+
+
+class FrameSource(Protocol):
+    """Where frames come from. `live`: frames arrive in real time (camera), keep only the newest; not live
+    (file, generator): the next frame is read only after the previous one was taken (no drops, deterministic).
+    `close()` must also unblock a `read()` that is waiting."""
+
+    live: bool
+
+    def read(self) -> np.ndarray | None:
+        """(H, W, 3) uint8 RGB; None at the end of the stream."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FrameSink(Protocol):
+    """Where frames go. `fps`: a live sink (virtual camera, window) is written exactly at this rate, repeating
+    the last frame when inference is late; None (file, null) writes each produced frame once, in order."""
+
+    fps: float | None
+
+    def write(self, frame: np.ndarray) -> None:
+        """(H, W, 3) uint8 RGB."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FrameProcessor(Protocol):
+    """The work between capture and output. Gets `frames_per_call` frames per call and returns as many.
+    It may expose `skipped: int` (frames whose inference it skipped) for the statistics."""
+
+    frames_per_call: int
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """`max_frames`: end after this many frames came out of inference (None: until the source ends or stop);
+    `stats_window`: how many recent samples the timing percentiles cover."""
+
+    max_frames: int | None = None
+    stats_window: int = 512
+
+    def __post_init__(self) -> None:
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1 or None, got {self.max_frames}")
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """A snapshot of the counters. frames_in == consumed + dropped + pending at every instant; times in ms."""
+
+    frames_in: int  # read from the source
+    consumed: int  # taken by the inference thread
+    processed: int  # came out of inference
+    written: int  # produced frames written to the sink (first time)
+    repeated: int  # paced repeats of the last frame while inference was late
+    dropped: int  # input frames replaced before inference took them
+    output_dropped: int  # produced frames replaced before a paced sink showed them
+    pending: int  # read but neither consumed nor dropped yet
+    skipped: int  # frames whose inference the processor skipped (similarity filter)
+    resyncs: int  # times the paced output fell too far behind and restarted its clock
+    capture_ms: Summary  # per source.read()
+    inference_ms: Summary  # per processor call (frames_per_call frames)
+    output_ms: Summary  # per sink.write()
+    latency_ms: Summary  # capture -> written, per produced frame
+    fps: float  # frames out of inference per second, recent window
+    output_fps: float  # sink writes per second (repeats included), recent window
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A frame on its way through, with the time it was captured (for latency)."""
+
+    image: np.ndarray
+    captured_at: float
+
+
+class FramePipeline:
+    """Runs source -> processor -> sink on three threads; see the module docstring for the behaviour."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        processor: FrameProcessor,
+        sink: FrameSink,
+        config: PipelineConfig = PipelineConfig(),
+        between_frames: Callable[[], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.config = config
+        self.between_frames = between_frames
+        self.error: BaseException | None = None
+        self.error_stage: str | None = None
+        self._processor = processor
+        self._next_processor: FrameProcessor | None = None
+        self._swap_lock = threading.Lock()
+        self._skipped_before_swaps = 0
+        self._input: LatestSlot[_Frame] = LatestSlot(1)
+        self._output: LatestSlot[_Frame] = LatestSlot(max(1, processor.frames_per_call))
+        self._halt = threading.Event()  # capture and inference stop (end, max_frames, error, stop)
+        self._stop = threading.Event()  # everything stops, the output thread too
+        self._finished = threading.Event()  # what wait() waits for
+        self._threads: list[threading.Thread] = []
+        self._closed: set[str] = set()
+        self._counters_lock = threading.Lock()
+        self._frames_in = self._consumed = self._processed = self._written = self._repeated = self._resyncs = 0
+        self._gathered = 0  # consumed by inference but not yet passed to the processor
+        window = config.stats_window
+        self._capture_time = RollingStats(window)
+        self._inference_time = RollingStats(window)
+        self._output_time = RollingStats(window)
+        self._latency = RollingStats(window)
+        self._processed_rate = RateMeter()
+        self._written_rate = RateMeter()
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    @property
+    def processor(self) -> FrameProcessor:
+        return self._processor
+
+    def set_processor(self, processor: FrameProcessor) -> None:
+        """Use `processor` from the next frame boundary on (the current call finishes with the old one)."""
+        with self._swap_lock:
+            self._next_processor = processor
+
+    def start(self) -> None:
+        if self._threads:
+            raise RuntimeError("a FramePipeline can be started once; build a new one to run again")
+        stages = (("capture", self._capture_loop), ("inference", self._inference_loop), ("output", self._output_loop))
+        self._threads = [
+            threading.Thread(target=self._run_stage, args=(name, loop), name=f"vcam-{name}", daemon=True)
+            for name, loop in stages
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def __enter__(self) -> FramePipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until max_frames came out, the source ended and its frames were written, an error, or stop.
+        True if finished, False on timeout."""
+        return self._finished.wait(timeout)
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Stop every thread and close the source and sink within `timeout`; True if all threads joined.
+
+        Threads get half the time to leave on their own; then the source and sink are closed under them, which
+        is what unblocks a read or write that is stuck (a camera that stopped delivering, a full pipe).
+        """
+        deadline = time.monotonic() + timeout
+        self._halt.set()
+        self._stop.set()
+        self._input.close()
+        self._output.close()
+        self._join_until(time.monotonic() + timeout / 2)
+        self._close_once("capture", self.source.close)
+        self._close_once("output", self.sink.close)
+        self._join_until(deadline)
+        self._finished.set()
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def stats(self) -> PipelineStats:
+        with self._counters_lock:
+            frames_in, consumed, processed = self._frames_in, self._consumed, self._processed
+            written, repeated, resyncs = self._written, self._repeated, self._resyncs
+        dropped = self._input.dropped
+        return PipelineStats(
+            frames_in=frames_in,
+            consumed=consumed,
+            processed=processed,
+            written=written,
+            repeated=repeated,
+            dropped=dropped,
+            output_dropped=self._output.dropped,
+            pending=frames_in - consumed - dropped,
+            skipped=self._skipped_before_swaps + int(getattr(self._processor, "skipped", 0)),
+            resyncs=resyncs,
+            capture_ms=self._capture_time.summary().scaled(1000),
+            inference_ms=self._inference_time.summary().scaled(1000),
+            output_ms=self._output_time.summary().scaled(1000),
+            latency_ms=self._latency.summary().scaled(1000),
+            fps=self._processed_rate.rate(),
+            output_fps=self._written_rate.rate(),
+        )
+
+    # -- the three stages ----------------------------------------------------------------------------------
+
+    def _run_stage(self, name: str, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except BaseException as error:  # noqa: BLE001 - any failure of a stage ends the run and is reported
+            self._record_error(name, error)
+            self._halt.set()
+            self._input.close()
+            self._output.close()
+            if name == "output":
+                self._stop.set()
+            self._finished.set()
+
+    def _record_error(self, stage: str, error: BaseException) -> None:
+        with self._counters_lock:
+            if self.error is None:
+                self.error, self.error_stage = error, stage
+
+    def _capture_loop(self) -> None:
+        limit = None if self.source.live else self.config.max_frames  # a file is read no further than needed
+        while not self._halt.is_set() and (limit is None or self._frames_in < limit):
+            started = time.monotonic()
+            image = self.source.read()
+            if image is None or self._halt.is_set():
+                break
+            captured_at = time.monotonic()
+            self._capture_time.add(captured_at - started)
+            frame = _Frame(image, captured_at)
+            with self._counters_lock:
+                self._frames_in += 1
+            if self.source.live:
+                self._input.put(frame)
+            elif not self._input.put_wait(frame):
+                with self._counters_lock:  # refused by a closed slot: it never entered the pipeline
+                    self._frames_in -= 1
+                break
+        self._input.close()  # end of stream travels down: inference drains what is left, then ends
+
+    def _inference_loop(self) -> None:
+        try:
+            while not self._halt.is_set() and not self._reached_max_frames():
+                if self.between_frames is not None:
+                    self.between_frames()
+                processor = self._apply_pending_swap()
+                frames = self._gather(processor.frames_per_call)
+                if not frames:
+                    break
+                self._run_processor(processor, frames)
+        finally:
+            self._halt.set()  # a live camera is read no longer than inference runs
+            self._input.close()
+            self._output.close()
+
+    def _output_loop(self) -> None:
+        if self.sink.fps is None:
+            self._write_each_once()
+        else:
+            self._write_paced(1.0 / self.sink.fps)
+
+    # -- inference helpers ---------------------------------------------------------------------------------
+
+    def _reached_max_frames(self) -> bool:
+        return self.config.max_frames is not None and self._processed >= self.config.max_frames
+
+    def _apply_pending_swap(self) -> FrameProcessor:
+        with self._swap_lock:
+            incoming, self._next_processor = self._next_processor, None
+        if incoming is not None:
+            self._skipped_before_swaps += int(getattr(self._processor, "skipped", 0))
+            self._processor = incoming
+            self._output.set_capacity(max(1, incoming.frames_per_call))
+        return self._processor
+
+    def _gather(self, count: int) -> list[_Frame]:
+        """Up to `count` frames; fewer only at the end of the stream or on stop (empty: nothing left)."""
+        frames: list[_Frame] = []
+        while len(frames) < count and not self._halt.is_set():
+            frame = self._input.get(POLL_SECONDS)
+            if frame is not None:
+                frames.append(frame)
+                with self._counters_lock:
+                    self._consumed += 1
+            elif self._input.closed and not len(self._input):
+                break
+        return frames
+
+    def _run_processor(self, processor: FrameProcessor, frames: list[_Frame]) -> None:
+        # a short last batch is padded with its last frame; the outputs of the padding are discarded
+        real = len(frames)
+        images = [frame.image for frame in frames]
+        images += [images[-1]] * (processor.frames_per_call - real)
+        started = time.monotonic()
+        outputs = processor.process(images)
+        self._inference_time.add(time.monotonic() - started)
+        if self.config.max_frames is not None:
+            real = min(real, self.config.max_frames - self._processed)
+        for index, image in enumerate(outputs[:real]):
+            produced = _Frame(image, frames[min(index, len(frames) - 1)].captured_at)
+            with self._counters_lock:
+                self._processed += 1
+            self._processed_rate.tick()
+            if self.sink.fps is None:
+                if not self._output.put_wait(produced):
+                    return
+            else:
+                self._output.put(produced)
+
+    # -- output helpers ------------------------------------------------------------------------------------
+
+    def _write_each_once(self) -> None:
+        while not self._stop.is_set():
+            frame = self._output.get(POLL_SECONDS)
+            if frame is not None:
+                self._write(frame, first_time=True)
+            elif self._output.closed and not len(self._output):
+                break
+        self._finished.set()
+
+    def _write_paced(self, period: float) -> None:
+        last = self._output.get(POLL_SECONDS)
+        while last is None and not self._stop.is_set():
+            if self._output.closed and not len(self._output):
+                self._finished.set()  # ended before producing anything: nothing to show
+            last = self._output.get(POLL_SECONDS)
+        if last is None:
+            return
+        self._write(last, first_time=True)
+        deadline = time.monotonic() + period
+        while not self._stop.is_set():
+            if self._stop.wait(max(0.0, deadline - time.monotonic())):
+                break
+            fresh = self._output.get(0)
+            if fresh is not None:
+                last = fresh
+            elif self._output.closed:
+                self._finished.set()  # every produced frame was shown; keep the last one up until stop
+            self._write(last, first_time=fresh is not None)
+            deadline += period
+            now = time.monotonic()
+            if now - deadline > RESYNC_PERIODS * period:  # far behind (sink or machine stalled): no burst
+                deadline = now + period
+                with self._counters_lock:
+                    self._resyncs += 1
+
+    def _write(self, frame: _Frame, first_time: bool) -> None:
+        started = time.monotonic()
+        self.sink.write(frame.image)
+        written_at = time.monotonic()
+        self._output_time.add(written_at - started)
+        self._written_rate.tick(written_at)
+        with self._counters_lock:
+            if first_time:
+                self._written += 1
+            else:
+                self._repeated += 1
+        if first_time:
+            self._latency.add(written_at - frame.captured_at)
+
+    # -- shutdown helpers ----------------------------------------------------------------------------------
+
+    def _join_until(self, deadline: float) -> None:
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _close_once(self, stage: str, close: Callable[[], None]) -> None:
+        if stage in self._closed:
+            return
+        self._closed.add(stage)
+        try:
+            close()
+        except Exception as error:  # noqa: BLE001 - a failing close must not keep the other one open
+            self._record_error(f"{stage} close", error)

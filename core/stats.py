@@ -1,0 +1,89 @@
+"""Rolling statistics over a bounded window: what the pipeline and the benchmark report.
+
+A mean alone hides the stutters a viewer notices, so every timing is summarised as mean, median and 95th
+percentile. The window is bounded so a service running for days uses constant memory and reports the recent
+behaviour, not the warm-up of an hour ago.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, median and 95th percentile of the values in the window; `count` is all values ever added."""
+
+    count: int
+    mean: float
+    p50: float
+    p95: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def scaled(self, factor: float) -> Summary:
+        """The same summary in other units (e.g. factor 1000 for seconds -> milliseconds)."""
+        return Summary(self.count, self.mean * factor, self.p50 * factor, self.p95 * factor)
+
+
+class RollingStats:
+    """Keeps the last `window` values; one thread may add while another reads a summary."""
+
+    def __init__(self, window: int = 512) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self._values: deque[float] = deque(maxlen=window)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self._values.append(float(value))
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0..100, linear interpolation) of the window; NaN when empty."""
+        with self._lock:
+            values = np.array(self._values, dtype=np.float64)
+        return float(np.percentile(values, q)) if values.size else float("nan")
+
+    def summary(self) -> Summary:
+        with self._lock:
+            values = np.array(self._values, dtype=np.float64)
+            count = self._count
+        if not values.size:
+            return Summary(count, float("nan"), float("nan"), float("nan"))
+        p50, p95 = np.percentile(values, [50, 95])
+        return Summary(count, float(values.mean()), float(p50), float(p95))
+
+
+class RateMeter:
+    """Events per second over the last `window_seconds` (e.g. frames produced); 0.0 until two events."""
+
+    def __init__(self, window_seconds: float = 2.0) -> None:
+        self._window = window_seconds
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            while self._times and now - self._times[0] > self._window:
+                self._times.popleft()
+
+    def rate(self) -> float:
+        with self._lock:
+            if len(self._times) < 2:
+                return 0.0
+            span = self._times[-1] - self._times[0]
+            return (len(self._times) - 1) / span if span > 0 else 0.0
