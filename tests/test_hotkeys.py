@@ -1,0 +1,127 @@
+"""Global hotkeys under a real X server (Xvfb): keys typed with xdotool reach pynput and become commands."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import pytest
+
+from tests.xvfb import XvfbServer, xvfb  # noqa: F401  (fixture)
+from vcam.commands import CommandQueue, QueuedCommand, SetPaused, SetSimilarityFilter, SwitchPrompt
+from vcam.controls.hotkeys import HotkeyControl, HotkeyError, bindings_from_preset
+from vcam.presets import load_preset
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def tiny_bindings() -> dict:
+    return bindings_from_preset(load_preset("tiny"))
+
+
+@pytest.fixture
+def listening(xvfb: XvfbServer, tiny_bindings: dict, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:  # noqa: F811
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool is not installed (apt-get install xdotool)")
+    for key, value in xvfb.environment().items():
+        monkeypatch.setenv(key, value)
+    queue, status = CommandQueue(), []
+    control = HotkeyControl(tiny_bindings, queue, on_status=status.append)
+    assert control.start(), status
+    try:
+        yield queue, xvfb
+    finally:
+        control.stop()
+
+
+def press(server: XvfbServer, keys: str) -> None:
+    subprocess.run(["xdotool", "key", "--delay", "30", keys], env=server.environment(), check=True, timeout=10)
+
+
+def next_command(queue: CommandQueue) -> QueuedCommand:
+    item = queue.get(timeout=5.0)
+    assert item is not None, "no command arrived within 5 s"
+    return item
+
+
+def test_preset_bindings_cover_prompts_navigation_pause_and_filter(tiny_bindings: dict) -> None:
+    assert tiny_bindings["<ctrl>+<alt>+1"] == SwitchPrompt(name="watercolor")
+    assert tiny_bindings["<ctrl>+<alt>+2"] == SwitchPrompt(name="neon")
+    assert tiny_bindings["<ctrl>+<alt>+<right>"] == SwitchPrompt(step=1)
+    assert tiny_bindings["<ctrl>+<alt>+<left>"] == SwitchPrompt(step=-1)
+    assert tiny_bindings["<ctrl>+<alt>+p"] == SetPaused(paused=None)
+    assert tiny_bindings["<ctrl>+<alt>+f"] == SetSimilarityFilter(enabled=None)
+
+
+def test_ctrl_alt_2_switches_to_the_second_prompt(listening: tuple) -> None:
+    queue, server = listening
+    press(server, "ctrl+alt+2")
+    item = next_command(queue)
+    assert item == QueuedCommand(SwitchPrompt(name="neon"), "hotkey")
+
+
+def test_ctrl_alt_arrows_step_through_prompts_and_p_toggles_pause(listening: tuple) -> None:
+    queue, server = listening
+    press(server, "ctrl+alt+Right")
+    assert next_command(queue).command == SwitchPrompt(step=1)
+    press(server, "ctrl+alt+Left")
+    assert next_command(queue).command == SwitchPrompt(step=-1)
+    press(server, "ctrl+alt+p")
+    assert next_command(queue).command == SetPaused(paused=None)
+
+
+def test_keys_without_the_modifiers_send_nothing(listening: tuple) -> None:
+    queue, server = listening
+    press(server, "2")
+    press(server, "ctrl+2")
+    assert queue.get(timeout=0.5) is None
+
+
+def test_invalid_binding_is_refused_with_the_syntax() -> None:
+    with pytest.raises(HotkeyError, match=r"'ctrl\+p' is not a valid hotkey.*<ctrl>\+<alt>\+p"):
+        HotkeyControl({"ctrl+p": SetPaused()}, CommandQueue())
+
+
+def test_without_a_display_start_says_so_in_one_line_and_does_not_raise() -> None:
+    # A fresh interpreter, so no pynput backend loaded earlier in this process can hide the missing display.
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    script = (
+        "from vcam.commands import CommandQueue\n"
+        "from vcam.controls.hotkeys import HotkeyControl, bindings_from_preset\n"
+        "from vcam.presets import load_preset\n"
+        "control = HotkeyControl(bindings_from_preset(load_preset('tiny')), CommandQueue())\n"
+        "print('started' if control.start() else 'not started')\n"
+        "control.stop()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("hotkeys unavailable: no X display (DISPLAY is not set)")
+    assert lines[1:] == ["not started"]
+
+
+def test_with_an_unreachable_display_start_says_so_and_does_not_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPLAY", ":987")
+    status: list[str] = []
+    control = HotkeyControl({"<ctrl>+<alt>+p": SetPaused()}, CommandQueue(), on_status=status.append)
+    assert control.start() is False
+    assert len(status) == 1 and status[0].startswith("hotkeys unavailable: cannot open X display :987")
+    control.stop()
+
+
+def test_stop_ends_listening_at_once(xvfb: XvfbServer, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    for key, value in xvfb.environment().items():
+        monkeypatch.setenv(key, value)
+    queue = CommandQueue()
+    control = HotkeyControl({"<ctrl>+<alt>+p": SetPaused()}, queue, on_status=lambda line: None)
+    assert control.start()
+    started = time.monotonic()
+    control.stop()
+    assert time.monotonic() - started < 1.0 and not control.running
+    press(xvfb, "ctrl+alt+p")
+    assert queue.get(timeout=0.3) is None

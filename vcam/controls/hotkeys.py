@@ -1,0 +1,169 @@
+"""Global hotkeys: key combinations typed anywhere on the desktop become commands on the queue.
+
+pynput's `GlobalHotKeys` does the listening (the X RECORD extension on Linux, hooks on Windows, an event tap on
+macOS). A hotkey backend is a convenience, never a requirement: where none can start (no X display, Wayland,
+no accessibility permission) the control says so in one line and the show goes on with the tray, OBS or OSC.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Callable, Mapping
+
+from vcam.commands import Command, CommandQueue, SetPaused, SetSimilarityFilter, SwitchPrompt
+from vcam.presets import Preset, parse_hotkey
+
+READY_TIMEOUT_S = 5.0
+FALLBACK_ADVICE = "use the tray, OBS WebSocket or OSC instead"
+
+
+class HotkeyError(ValueError):
+    """A binding that is not a valid hotkey; the message shows the accepted syntax."""
+
+
+def bindings_from_preset(preset: Preset) -> dict[str, Command]:
+    """The preset's combinations: one per prompt (Ctrl+Alt+1..9 by default), next, previous, pause, filter."""
+    bindings: dict[str, Command] = {}
+    for prompt in preset.prompts:
+        if prompt.hotkey:
+            bindings[prompt.hotkey] = SwitchPrompt(name=prompt.name)
+    actions: dict[str, Command] = {
+        preset.hotkeys.next: SwitchPrompt(step=1),
+        preset.hotkeys.previous: SwitchPrompt(step=-1),
+        preset.hotkeys.pause: SetPaused(paused=None),
+        preset.hotkeys.filter: SetSimilarityFilter(enabled=None),
+    }
+    bindings.update({combo: command for combo, command in actions.items() if combo})
+    return bindings
+
+
+def hotkey_backend_problem() -> str | None:
+    """Why global hotkeys cannot work in this session, as one line, or None when they can.
+
+    Checked before touching pynput because its X backend fails inside its listener thread (a traceback, and a
+    `wait()` that never returns) when the display is missing; asking first turns that into a sentence.
+    """
+    if sys.platform in ("win32", "darwin") or os.environ.get("PYNPUT_BACKEND_KEYBOARD", os.environ.get("PYNPUT_BACKEND")):
+        return None
+    display = os.environ.get("DISPLAY", "")
+    if not display:
+        if os.environ.get("WAYLAND_DISPLAY"):
+            return f"hotkeys unavailable: Wayland does not let programs read global keys (no X DISPLAY); {FALLBACK_ADVICE}"
+        return f"hotkeys unavailable: no X display (DISPLAY is not set); {FALLBACK_ADVICE}"
+    try:
+        from Xlib import display as xdisplay
+        from Xlib.error import DisplayError
+    except ImportError:
+        return f"hotkeys unavailable: python-xlib is missing (pip install python-xlib); {FALLBACK_ADVICE}"
+    try:
+        connection = xdisplay.Display(display)
+    except (DisplayError, OSError) as error:
+        return f"hotkeys unavailable: cannot open X display {display} ({error}); {FALLBACK_ADVICE}"
+    try:
+        if not connection.has_extension("RECORD"):
+            return f"hotkeys unavailable: X display {display} lacks the RECORD extension; {FALLBACK_ADVICE}"
+    finally:
+        connection.close()
+    return None
+
+
+class HotkeyControl:
+    """Listens for `bindings` (pynput syntax -> command) and puts each command on `queue` with origin "hotkey".
+
+    `on_status` receives one-line messages (listening, or why not); it is the only way this control talks to
+    the user, so the service decides whether that is a log line or the console.
+    """
+
+    def __init__(
+        self,
+        bindings: Mapping[str, Command],
+        queue: CommandQueue,
+        on_status: Callable[[str], None] = print,
+    ) -> None:
+        for combo in bindings:
+            try:
+                parse_hotkey(combo)
+            except ValueError:
+                raise HotkeyError(
+                    f"{combo!r} is not a valid hotkey; write keys joined by '+' with modifiers and named keys in "
+                    "angle brackets, e.g. \"<ctrl>+<alt>+p\""
+                ) from None
+        self._bindings = dict(bindings)
+        self._queue = queue
+        self._on_status = on_status
+        self._listener = None  # pynput.keyboard.GlobalHotKeys while running
+
+    @property
+    def running(self) -> bool:
+        return self._listener is not None and self._listener.is_alive()
+
+    def start(self) -> bool:
+        """Start listening; False (after one status line) where no hotkey backend can run here."""
+        if self._listener is not None:
+            return self.running
+        problem = hotkey_backend_problem()
+        if problem is None:
+            problem = self._start_listener()
+        if problem is not None:
+            self._on_status(problem)
+            return False
+        self._on_status(f"hotkeys: listening for {len(self._bindings)} combinations")
+        return True
+
+    def _start_listener(self) -> str | None:
+        try:
+            from pynput import keyboard
+        except ImportError as error:
+            reason = str(error).splitlines()[0]
+            return f"hotkeys unavailable: pynput cannot load a keyboard backend ({reason}); {FALLBACK_ADVICE}"
+        listener = keyboard.GlobalHotKeys(
+            {combo: self._sender(command) for combo, command in self._bindings.items()}
+        )
+        listener.start()
+        # pynput's wait() blocks forever if the backend dies before it is ready, so wait for it from a helper.
+        ready = threading.Event()
+        threading.Thread(target=lambda: (listener.wait(), ready.set()), daemon=True, name="hotkeys-ready").start()
+        if not ready.wait(READY_TIMEOUT_S) or not listener.is_alive():
+            listener.stop()
+            return f"hotkeys unavailable: the keyboard listener did not start; {FALLBACK_ADVICE}"
+        self._listener = listener
+        return None
+
+    def _sender(self, command: Command) -> Callable[[], None]:
+        def send() -> None:
+            self._queue.put(command, "hotkey")
+
+        return send
+
+    def stop(self) -> None:
+        """Stop listening; safe to call twice or when `start()` found no backend."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+            _end_x_recording(listener)
+            listener.join(timeout=READY_TIMEOUT_S)
+
+
+def _end_x_recording(listener: object) -> None:
+    """Make pynput's X listener thread end now rather than at the next key event.
+
+    Its `stop()` queues the RECORD disable request on the connection its own thread is blocked reading, so the
+    request only leaves when another event arrives. Disabling the same server-side context from a second
+    connection delivers the end-of-data reply immediately. Other backends have no `_context` and need nothing.
+    """
+    context = getattr(listener, "_context", None)
+    display = os.environ.get("DISPLAY")
+    if context is None or not display or sys.platform in ("win32", "darwin"):
+        return
+    from Xlib import display as xdisplay
+
+    try:
+        connection = xdisplay.Display(display)
+    except Exception:  # the server is gone: the listener thread ends on the broken connection by itself
+        return
+    try:
+        connection.record_disable_context(context)
+        connection.flush()
+    finally:
+        connection.close()
