@@ -1,0 +1,349 @@
+"""Specification of the sinks: virtual camera (through pyvirtualcam), video files, MJPEG over HTTP, null."""
+from __future__ import annotations
+
+import platform
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import pyvirtualcam
+
+from tests.media import close_colour, coloured_frame, distinct_colours, read_video
+from vcam.framing import fit_frame
+from vcam.sinks import SinkConfig, SinkError, detect_sinks, open_sink
+
+pytestmark = pytest.mark.timeout(60)
+
+RECORDER = "vcam-test-recorder"
+
+
+class RecordedDevice:
+    """What reached the (fake) device: the one thing that cannot exist here is the device itself."""
+
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.opened_with: dict = {}
+        self.closed = False
+
+
+@pytest.fixture
+def recorder():
+    """A pyvirtualcam backend that records frames, registered for one test: pyvirtualcam's own shape and dtype
+    checks and its pacing run for real in front of it."""
+    device = RecordedDevice()
+
+    class RecordingBackend:
+        def __init__(self, *, width, height, fps, fourcc, device: str | None, **kw):
+            device_record.opened_with = dict(width=width, height=height, fps=fps, fourcc=fourcc, device=device)
+
+        def send(self, frame: np.ndarray) -> None:
+            device_record.frames.append(frame.copy())
+
+        def close(self) -> None:
+            device_record.closed = True
+
+        def device(self) -> str:
+            return device_record.opened_with["device"] or "recorder0"
+
+        def native_fourcc(self):
+            return None
+
+    device_record = device
+    pyvirtualcam.register_backend(RECORDER, RecordingBackend)
+    yield device
+    del pyvirtualcam.camera.BACKENDS[RECORDER]  # pyvirtualcam has no unregister; leave its registry as found
+
+
+def noisy_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_virtual_camera_receives_frames_fitted_to_the_configured_size_in_rgb(recorder):
+    config = SinkConfig(width=128, height=72, fps=60, backend=RECORDER)
+    sink = open_sink("vcam", config)
+    assert sink.fps == 60
+    source_frames = [noisy_frame(256, 256, seed) for seed in range(3)]
+    for frame in source_frames:
+        sink.write(frame)
+    sink.close()
+    assert recorder.opened_with["width"] == 128 and recorder.opened_with["height"] == 72
+    assert recorder.closed and len(recorder.frames) == 3
+    for sent, frame in zip(recorder.frames, source_frames):
+        assert sent.dtype == np.uint8 and sent.size == 72 * 128 * 3
+        assert np.array_equal(sent.reshape(72, 128, 3), fit_frame(frame, 128, 72, "crop"))
+
+
+def test_virtual_camera_can_take_bgr_or_i420_for_backends_that_want_them(recorder):
+    frame = coloured_frame((220, 40, 10), 64, 48)
+    for pixel_format in ("BGR", "I420"):
+        sink = open_sink("vcam", SinkConfig(width=64, height=48, fps=60, backend=RECORDER, pixel_format=pixel_format))
+        sink.write(frame)
+        sink.close()
+    bgr, i420 = recorder.frames[-2:]
+    assert np.array_equal(bgr.reshape(48, 64, 3), frame[..., ::-1])
+    assert i420.size == 64 * 48 * 3 // 2
+    back = cv2.cvtColor(i420.reshape(48 * 3 // 2, 64), cv2.COLOR_YUV2RGB_I420)
+    assert np.abs(back.astype(int) - frame.astype(int)).mean() < 8, "I420 decodes back to the same picture"
+
+
+def test_virtual_camera_is_paced_at_its_fps_when_written_faster(recorder):
+    sink = open_sink("vcam", SinkConfig(width=32, height=32, fps=25, backend=RECORDER))
+    frame = noisy_frame(32, 32)
+    start = time.perf_counter()
+    for _ in range(6):
+        sink.write(frame)
+    elapsed = time.perf_counter() - start
+    sink.close()
+    assert 5 / 25 * 0.8 <= elapsed < 5 / 25 + 0.5
+
+
+def test_virtual_camera_device_is_passed_through(recorder):
+    sink = open_sink("vcam:/dev/video42", SinkConfig(width=32, height=32, backend=RECORDER))
+    assert sink.device == "/dev/video42" and recorder.opened_with["device"] == "/dev/video42"
+    sink.close()
+
+
+def test_every_backend_tried_is_reported_on_one_line_with_the_fix():
+    class UnpluggedBackend:
+        def __init__(self, **kw):
+            raise RuntimeError("device unplugged")
+
+    pyvirtualcam.register_backend("vcam-test-unplugged", UnpluggedBackend)
+    try:
+        real_backends = [name for name in pyvirtualcam.camera.BACKENDS if name != "vcam-test-unplugged"]
+        with pytest.raises(SinkError) as error:
+            open_sink("vcam:/dev/no-such-device", SinkConfig(width=32, height=32))
+    finally:
+        del pyvirtualcam.camera.BACKENDS["vcam-test-unplugged"]
+    message = str(error.value)
+    assert "\n" not in message
+    assert "'vcam-test-unplugged' backend: device unplugged" in message
+    assert all(f"'{name}' backend" in message for name in real_backends)
+    assert ("modprobe v4l2loopback" if platform.system() == "Linux" else "OBS") in message
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="v4l2loopback is the Linux backend")
+def test_missing_v4l2loopback_device_says_how_to_create_it():
+    try:
+        open_sink("vcam", SinkConfig(width=64, height=48, backend="v4l2loopback")).close()
+    except SinkError as error:
+        assert "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=vcam" in str(error)
+        assert "setup-v4l2loopback.sh" in str(error) and "\n" not in str(error)
+    else:
+        pytest.skip("this machine has a v4l2loopback device")
+
+
+def test_unknown_backend_lists_the_ones_this_platform_has():
+    with pytest.raises(SinkError, match="unknown virtual camera backend 'nope'; this platform has"):
+        open_sink("vcam", SinkConfig(backend="nope"))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])
+def test_video_file_sink_writes_a_playable_file_with_every_frame_in_order(tmp_path: Path, suffix):
+    colours = distinct_colours(5)
+    path = tmp_path / f"out{suffix}"
+    sink = open_sink(str(path), SinkConfig(width=96, height=64, fps=12))
+    assert sink.fps is None, "a file gets every frame once, not paced"
+    for colour in colours:
+        sink.write(coloured_frame(colour, 200, 100))
+    sink.close()
+    frames = read_video(path)
+    assert len(frames) == 5
+    assert frames[0].shape == (64, 96, 3)
+    assert all(close_colour(frame, colour) for frame, colour in zip(frames, colours))
+    capture = cv2.VideoCapture(str(path))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12, abs=0.01), "the container carries the configured fps"
+    capture.release()
+
+
+def test_video_file_sink_refuses_unknown_formats_and_missing_folders(tmp_path: Path):
+    with pytest.raises(SinkError, match=r"cannot write '.gif' files; use .mp4, .avi or .mkv"):
+        open_sink(str(tmp_path / "out.gif"))
+    with pytest.raises(SinkError, match="does not exist"):
+        open_sink(str(tmp_path / "missing" / "out.mp4"))
+
+
+def test_null_sink_discards_but_counts():
+    sink = open_sink("null")
+    for _ in range(3):
+        sink.write(noisy_frame(16, 16))
+    sink.close()
+    assert sink.fps is None and sink.frames_written == 3
+
+
+@pytest.mark.parametrize("spec,message", [("speaker", "unknown sink 'speaker'"), ("mjpeg:http", "mjpeg port"),
+                                          ("window", "needs the Qt host")])
+def test_bad_sink_specs_give_one_line_errors_naming_the_fix(spec, message):
+    with pytest.raises(SinkError) as error:
+        open_sink(spec)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_bad_output_settings_are_refused():
+    with pytest.raises(SinkError, match="crop' or 'letterbox"):
+        open_sink("null", SinkConfig(fit="stretch"))  # type: ignore[arg-type]
+    with pytest.raises(SinkError, match="positive"):
+        open_sink("null", SinkConfig(width=0))
+
+
+# --- MJPEG over HTTP -------------------------------------------------------------------------------------------
+
+def read_multipart_frames(response, count: int) -> list[np.ndarray]:
+    """Parse `count` parts of a multipart/x-mixed-replace JPEG stream the way a strict client would."""
+    frames = []
+    for _ in range(count):
+        assert response.readline() == b"--vcamframe\r\n"
+        headers = {}
+        while (line := response.readline()) != b"\r\n":
+            name, _, value = line.decode("ascii").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        assert headers["content-type"] == "image/jpeg"
+        body = response.read(int(headers["content-length"]))
+        assert response.read(2) == b"\r\n"
+        image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None, "every part is a decodable JPEG"
+        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return frames
+
+
+class Publisher:
+    """Writes frames to a sink on its own thread, like the pipeline's output thread, and times each write."""
+
+    def __init__(self, sink, frame_for_index, interval: float) -> None:
+        self.write_seconds: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(sink, frame_for_index, interval), daemon=True)
+        self._thread.start()
+
+    def _run(self, sink, frame_for_index, interval) -> None:
+        index = 0
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            sink.write(frame_for_index(index))
+            self.write_seconds.append(time.perf_counter() - start)
+            index += 1
+            time.sleep(interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def mjpeg_sink():
+    sink = open_sink("mjpeg:0", SinkConfig(width=96, height=64, fps=50))
+    yield sink
+    sink.close()
+
+
+def test_mjpeg_snapshot_is_the_newest_frame_at_the_configured_size(mjpeg_sink):
+    mjpeg_sink.write(coloured_frame((30, 200, 30), 300, 200))
+    with urllib.request.urlopen(f"http://127.0.0.1:{mjpeg_sink.port}/frame.jpg", timeout=5) as response:
+        assert response.headers["Content-Type"] == "image/jpeg"
+        image = cv2.imdecode(np.frombuffer(response.read(), np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (64, 96, 3)
+    assert close_colour(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), (30, 200, 30))
+
+
+def test_mjpeg_stream_is_a_correct_multipart_stream_following_the_frames(mjpeg_sink):
+    colours = distinct_colours(3)
+    mjpeg_sink.write(coloured_frame(colours[0], 96, 64))
+    with urllib.request.urlopen(mjpeg_sink.url, timeout=5) as response:
+        assert response.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=vcamframe"
+        first = read_multipart_frames(response, 1)[0]
+        assert close_colour(first, colours[0])
+        publisher = Publisher(mjpeg_sink, lambda i: coloured_frame(colours[1 + (i // 5) % 2], 96, 64), 0.01)
+        later = read_multipart_frames(response, 8)
+        publisher.stop()
+    seen = {tuple(np.round(f[32:, 48:].reshape(-1, 3).mean(axis=0) / 50).astype(int)) for f in later}
+    assert len(seen) >= 2, "the stream shows new frames as they are written"
+
+
+def test_mjpeg_stream_is_paced_at_the_configured_fps(mjpeg_sink):
+    publisher = Publisher(mjpeg_sink, lambda i: coloured_frame(distinct_colours(8)[i % 8], 96, 64), 0.002)
+    with urllib.request.urlopen(mjpeg_sink.url, timeout=5) as response:
+        read_multipart_frames(response, 1)
+        start = time.perf_counter()
+        read_multipart_frames(response, 10)
+        elapsed = time.perf_counter() - start
+    publisher.stop()
+    assert elapsed >= 10 / 50 * 0.85, "a client never gets more than fps frames per second"
+
+
+def test_slow_mjpeg_client_never_blocks_the_pipeline_or_other_clients():
+    sink = open_sink("mjpeg:0", SinkConfig(width=320, height=240, fps=100, jpeg_quality=95))
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", sink.port))
+    stalled.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")  # ... and never reads a byte
+    publisher = Publisher(sink, lambda i: noisy_frame(320, 240, i % 4), 0.005)  # ~60 KB per JPEG
+    try:
+        time.sleep(0.5)  # long enough for the stalled client's socket buffers to fill
+        with urllib.request.urlopen(sink.url, timeout=5) as response:
+            frames = read_multipart_frames(response, 5)
+        assert all(f.shape == (240, 320, 3) for f in frames)
+    finally:
+        publisher.stop()
+        stalled.close()
+        sink.close()
+    assert len(publisher.write_seconds) > 20
+    assert max(publisher.write_seconds) < 0.1, "write() only swaps in the newest frame"
+
+
+def test_mjpeg_serves_any_number_of_clients(mjpeg_sink):
+    mjpeg_sink.write(coloured_frame((200, 200, 30), 96, 64))
+    responses = [urllib.request.urlopen(mjpeg_sink.url, timeout=5) for _ in range(3)]
+    try:
+        for response in responses:
+            assert close_colour(read_multipart_frames(response, 1)[0], (200, 200, 30))
+    finally:
+        for response in responses:
+            response.close()
+
+
+def test_mjpeg_unknown_path_is_404_and_index_page_embeds_the_stream(mjpeg_sink):
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(f"http://127.0.0.1:{mjpeg_sink.port}/nothing", timeout=5)
+    assert error.value.code == 404
+    with urllib.request.urlopen(f"http://127.0.0.1:{mjpeg_sink.port}/", timeout=5) as response:
+        assert b"/stream.mjpg" in response.read()
+
+
+def test_mjpeg_port_in_use_is_a_one_line_error_naming_another_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SinkError) as error:
+            open_sink(f"mjpeg:{port}")
+    assert f"127.0.0.1:{port}" in str(error.value) and f"mjpeg:{port + 1}" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_mjpeg_close_ends_open_streams_and_frees_the_port():
+    sink = open_sink("mjpeg:0", SinkConfig(width=32, height=32, fps=30))
+    sink.write(noisy_frame(32, 32))
+    response = urllib.request.urlopen(sink.url, timeout=5)
+    read_multipart_frames(response, 1)
+    start = time.perf_counter()
+    sink.close()
+    assert time.perf_counter() - start < 3
+    response.read()  # the server ends the stream: this returns instead of hanging until the timeout
+    response.close()
+    open_sink(f"mjpeg:{sink.port}", SinkConfig(width=32, height=32)).close()
+
+
+def test_detect_sinks_says_which_outputs_can_work_here_in_one_line_each(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    lines = detect_sinks(SinkConfig(width=64, height=48))
+    assert [line[2:].split(":")[0] for line in lines] == ["vcam", "window", "mjpeg"]
+    assert all(line[0] in "+-" and "\n" not in line for line in lines)
+    if platform.system() == "Linux":
+        assert lines[1].startswith("- window"), "no display in this session"
