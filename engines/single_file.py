@@ -1,0 +1,392 @@
+"""Single-file `.safetensors` Stable Diffusion checkpoints in the original LDM key layout, loaded fully offline.
+
+Users download models as one file (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`), not as
+diffusers folders. Such a file carries weights only, so the architecture is recognised from tensor names and shapes
+and its configuration comes from a folder bundled under `engines/configs/<arch>/` — nothing is fetched from the hub.
+Only safetensors is read: a pickled `.ckpt` can run code when opened, so it is refused, never unpickled.
+
+`export_single_file` writes the reverse (diffusers folder -> LDM single file) with our own key mapping; it is how
+the tiny test model becomes a single file, and loading it back through diffusers' LDM converters checks both sides.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from engines.base import ModelError, NoiseScheduleConfig
+
+CONFIGS_DIR = Path(__file__).parent / "configs"
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer."
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
+
+TextLayout = Literal["clip", "open_clip"]
+PredictionType = Literal["epsilon", "v_prediction"]
+
+
+@dataclass(frozen=True)
+class SingleFileArchitecture:
+    """A model family we can load from one file: how to recognise it and where its configuration lives."""
+
+    name: str  # folder under engines/configs/
+    cross_attention_dim: int  # width of the text embeddings the UNet attends to
+    text_layout: TextLayout  # OpenAI CLIP keys (SD 1.x) or OpenCLIP keys (SD 2.x)
+    # Local Hugging Face cache entries (repo id, subfolder) that hold the same tokenizer, tried in order.
+    cached_tokenizers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def config_dir(self) -> Path:
+        return CONFIGS_DIR / self.name
+
+
+ARCHITECTURES: tuple[SingleFileArchitecture, ...] = (
+    SingleFileArchitecture("sd15", 768, "clip", (("openai/clip-vit-large-patch14", ""),
+                                                 ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+                                                 ("runwayml/stable-diffusion-v1-5", "tokenizer"))),
+    SingleFileArchitecture("sd21", 1024, "open_clip", (("stabilityai/sd-turbo", "tokenizer"),
+                                                       ("stabilityai/stable-diffusion-2-1", "tokenizer"),
+                                                       ("stabilityai/stable-diffusion-2-1-base", "tokenizer"))),
+    SingleFileArchitecture("tiny", 128, "clip"),  # engines.testmodel's random-weight model; tokenizer is bundled
+)
+
+SUPPORTED = "an SD 1.x or SD 2.x checkpoint in the original LDM layout"
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on the CPU; anything else is refused with a one-line ModelError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist; pass an existing .safetensors file")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin") or head[:2] == b"PK" or head[:1] == b"\x80":
+        raise ModelError(f"{path.name} is a pickle checkpoint, which can run code when loaded; "
+                         "download the .safetensors version of this model instead")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"{path.name} is not a complete .safetensors file ({reason}); "
+                         "download it again") from None
+
+
+def detect_architecture(shapes: Mapping[str, tuple[int, ...]]) -> SingleFileArchitecture:
+    """Recognise the model family from key names and the UNet's cross-attention width."""
+    if any(key.startswith("conditioner.") for key in shapes) or f"{UNET_PREFIX}label_emb.0.0.weight" in shapes:
+        raise ModelError(f"this looks like an SDXL (or other conditioned) checkpoint; vcam loads {SUPPORTED}")
+    context_widths = {shape[1] for key, shape in shapes.items()
+                      if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")}
+    if len(context_widths) != 1:
+        raise ModelError(f"no Stable Diffusion UNet found (model.diffusion_model.*...attn2 keys); "
+                         f"vcam loads {SUPPORTED}")
+    width = context_widths.pop()
+    if any(key.startswith(OPEN_CLIP_PREFIX) for key in shapes):
+        layout: TextLayout = "open_clip"
+    elif any(key.startswith(CLIP_PREFIX) for key in shapes):
+        layout = "clip"
+    else:
+        raise ModelError(f"the checkpoint has no text encoder (cond_stage_model.*); vcam loads {SUPPORTED}")
+    if not any(key.startswith(VAE_PREFIX) for key in shapes):
+        raise ModelError(f"the checkpoint has no VAE (first_stage_model.*); vcam loads {SUPPORTED}")
+    for arch in ARCHITECTURES:
+        if arch.cross_attention_dim == width and arch.text_layout == layout:
+            return arch
+    raise ModelError(f"unknown architecture (cross-attention width {width}, {layout} text encoder); "
+                     f"vcam loads {SUPPORTED}")
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def load_single_file_components(
+    path: Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    tokenizer_dir: Path | None = None,
+    prediction_type: PredictionType | None = None,
+    hf_cache_dir: Path | None = None,
+):
+    """Load (unet, vae, text_encoder, tokenizer, noise_schedule) from one LDM-layout `.safetensors` file.
+
+    `tokenizer_dir` (the CLI's --tokenizer) overrides where the tokenizer comes from; `prediction_type` overrides
+    what the file and its neighbours say (see `resolve_prediction_type`). Nothing here touches the network.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    arch = detect_architecture({key: tuple(value.shape) for key, value in checkpoint.items()})
+    config_dir = arch.config_dir
+
+    unet_config = UNet2DConditionModel.load_config(config_dir / "unet")
+    unet = UNet2DConditionModel.from_config(unet_config)
+    _load_strict(unet, convert_ldm_unet_checkpoint(checkpoint, unet_config), "UNet", path)
+
+    vae_config = AutoencoderKL.load_config(config_dir / "vae")
+    vae = AutoencoderKL.from_config(vae_config)
+    _load_strict(vae, convert_ldm_vae_checkpoint(checkpoint, vae_config), "VAE", path)
+
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config_dir / "text_encoder", local_files_only=True))
+    if arch.text_layout == "open_clip":
+        text_state = convert_open_clip_checkpoint(text_encoder, checkpoint)
+    else:
+        text_state = convert_ldm_clip_checkpoint(checkpoint)
+    _load_strict(text_encoder, _align_text_model_prefix(text_state, text_encoder), "text encoder", path)
+
+    tokenizer = load_tokenizer(arch, path, tokenizer_dir, hf_cache_dir)
+    noise_schedule = NoiseScheduleConfig(**_schedule_fields(config_dir / "scheduler" / "scheduler_config.json"),
+                                         prediction_type=prediction_type or resolve_prediction_type(arch, path, checkpoint))
+    del checkpoint
+    for model in (unet, vae, text_encoder):
+        model.to(device=device).eval().requires_grad_(False)
+        if dtype != torch.float32:  # built in float32; casting only when asked avoids diffusers' cast warning
+            model.to(dtype=dtype)
+    return unet, vae, text_encoder, tokenizer, noise_schedule
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
+    """Every parameter must come from the file: a random-initialised layer would silently ruin the images."""
+    state = {key: value for key, value in state.items() if not key.endswith("position_ids")}
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    wrong = [key for key, value in state.items() if key in expected and value.shape != expected[key].shape]
+    if missing or wrong:
+        first = (missing or wrong)[0]
+        raise ModelError(f"{path.name}: the {what} does not match the detected architecture "
+                         f"({len(missing)} weights missing, {len(wrong)} of the wrong shape, e.g. {first}); "
+                         f"vcam loads {SUPPORTED}")
+    model.load_state_dict({key: state[key] for key in expected}, strict=True)
+
+
+def _align_text_model_prefix(state: dict[str, torch.Tensor], text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """LDM files name CLIP weights `text_model.*`; transformers >= 5 dropped that level, 4.x still has it."""
+    wants_prefix = any(key.startswith("text_model.") for key in text_encoder.state_dict())
+    aligned = {}
+    for key, value in state.items():
+        bare = key.removeprefix("text_model.")
+        aligned["text_model." + bare if wants_prefix else bare] = value
+    return aligned
+
+
+def _schedule_fields(scheduler_config: Path) -> dict:
+    config = json.loads(scheduler_config.read_text())
+    return {"num_train_timesteps": int(config.get("num_train_timesteps", 1000)),
+            "beta_start": float(config.get("beta_start", 0.00085)),
+            "beta_end": float(config.get("beta_end", 0.012)),
+            "beta_schedule": config.get("beta_schedule", "scaled_linear")}
+
+
+def resolve_prediction_type(arch: SingleFileArchitecture, path: Path,
+                            checkpoint: Mapping[str, torch.Tensor]) -> PredictionType:
+    """epsilon or v: a single file does not say which objective it was trained on, so look for the usual hints.
+
+    In order: a `v_pred` marker tensor (written by ComfyUI), the original LDM yaml next to the file
+    (`<name>.yaml`, `parameterization: "v"`, the A1111 convention), then the bundled default for the family.
+    """
+    if "v_pred" in checkpoint:
+        return "v_prediction"
+    sidecar = path.with_suffix(".yaml")
+    if sidecar.is_file():
+        is_v = re.search(r"""parameterization:\s*["']?v["']?\s*$""", sidecar.read_text(), re.MULTILINE)
+        return "v_prediction" if is_v else "epsilon"
+    config = json.loads((arch.config_dir / "scheduler" / "scheduler_config.json").read_text())
+    return config.get("prediction_type", "epsilon")
+
+
+# --------------------------------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(arch: SingleFileArchitecture, checkpoint_path: Path, tokenizer_dir: Path | None = None,
+                   hf_cache_dir: Path | None = None):
+    """The CLIP tokenizer for `arch`, from local files only.
+
+    A real model's vocabulary cannot be bundled or downloaded here, so it is looked for in: `tokenizer_dir`, the
+    checkpoint's folder (`tokenizer/` or vocab.json + merges.txt), then the local Hugging Face cache. Its settings
+    (padding token, length) always come from the bundled config, since they differ between SD 1.x and SD 2.x.
+    """
+    from transformers import CLIPTokenizer
+
+    settings_dir = arch.config_dir / "tokenizer"
+    settings = json.loads((settings_dir / "tokenizer_config.json").read_text())
+    settings = {key: value for key, value in settings.items()
+                if key in ("bos_token", "eos_token", "unk_token", "pad_token", "model_max_length")}
+    settings = {key: value["content"] if isinstance(value, dict) else value for key, value in settings.items()}
+
+    candidates = [settings_dir]  # holds the vocabulary only for generated tokenizers (the tiny model)
+    if tokenizer_dir is not None:
+        tokenizer_dir = Path(tokenizer_dir)
+        candidates = [tokenizer_dir, tokenizer_dir / "tokenizer"]
+        if not any(_has_vocabulary(folder) for folder in candidates):
+            raise ModelError(f"--tokenizer {tokenizer_dir} holds no vocab.json and merges.txt; "
+                             "pass the tokenizer folder of a diffusers copy of this model")
+    else:
+        folder = Path(checkpoint_path).parent
+        candidates += [folder / "tokenizer", folder]
+        candidates += [found for repo, sub in arch.cached_tokenizers
+                       if (found := _cached_tokenizer(repo, sub, hf_cache_dir)) is not None]
+    for folder in candidates:
+        if _has_vocabulary(folder):
+            return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), **settings)
+    repo = arch.cached_tokenizers[0][0]
+    raise ModelError(f"no tokenizer found for this {arch.name} checkpoint; put vocab.json and merges.txt next to it, "
+                     f"pass --tokenizer FOLDER, or run `huggingface-cli download {repo}` once while online")
+
+
+def _has_vocabulary(folder: Path) -> bool:
+    return (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+
+
+def _cached_tokenizer(repo_id: str, subfolder: str, cache_dir: Path | None) -> Path | None:
+    """The folder of a tokenizer already in the local HF cache; a pure file-system look-up, never a download."""
+    from huggingface_hub import try_to_load_from_cache
+
+    filename = f"{subfolder}/vocab.json" if subfolder else "vocab.json"
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=None if cache_dir is None else str(cache_dir))
+    return Path(found).parent if isinstance(found, str) else None
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                  "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_ATTENTION_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+Rule = tuple[re.Pattern, Callable[[re.Match], str], Mapping[str, str]]
+
+
+def _rename(key: str, rules: list[Rule], what: str) -> str:
+    """Apply the first rule whose pattern matches the start of `key`; the rule's table renames the layer after it."""
+    for pattern, new_prefix, inner in rules:
+        match = pattern.match(key)
+        if match:
+            rest = key[match.end():]
+            for old, new in inner.items():
+                if rest.startswith(old + "."):
+                    rest = new + rest[len(old):]
+                    break
+            return new_prefix(match) + rest
+    raise ModelError(f"{what} weight {key} has no place in the LDM layout; only SD-style models can be exported")
+
+
+def _unet_rules(layers_per_block: int, up_blocks_with_attention: set[int]) -> list[Rule]:
+    """diffusers UNet2DConditionModel -> LDM `input_blocks` / `middle_block` / `output_blocks` numbering."""
+    per_block = layers_per_block + 1  # LDM counts the resnets of a block plus its down/upsampler
+    down = lambda block, layer: 1 + int(block) * per_block + int(layer)  # noqa: E731 (input_blocks.0 is conv_in)
+    up = lambda block, layer: int(block) * per_block + int(layer)  # noqa: E731
+    up_sampler_slot = lambda block: 2 if int(block) in up_blocks_with_attention else 1  # noqa: E731 (after attn)
+    c = re.compile
+    return [
+        (c(r"time_embedding\.linear_1\."), lambda m: "time_embed.0.", {}),
+        (c(r"time_embedding\.linear_2\."), lambda m: "time_embed.2.", {}),
+        (c(r"conv_in\."), lambda m: "input_blocks.0.0.", {}),
+        (c(r"conv_norm_out\."), lambda m: "out.0.", {}),
+        (c(r"conv_out\."), lambda m: "out.2.", {}),
+        (c(r"down_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"input_blocks.{down(m[1], m[2])}.0.", _RESNET_TO_LDM),
+        (c(r"down_blocks\.(\d+)\.attentions\.(\d+)\."), lambda m: f"input_blocks.{down(m[1], m[2])}.1.", {}),
+        (c(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\."),
+         lambda m: f"input_blocks.{down(m[1], layers_per_block)}.0.op.", {}),
+        (c(r"mid_block\.resnets\.(\d+)\."), lambda m: f"middle_block.{2 * int(m[1])}.", _RESNET_TO_LDM),
+        (c(r"mid_block\.attentions\.0\."), lambda m: "middle_block.1.", {}),
+        (c(r"up_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"output_blocks.{up(m[1], m[2])}.0.", _RESNET_TO_LDM),
+        (c(r"up_blocks\.(\d+)\.attentions\.(\d+)\."), lambda m: f"output_blocks.{up(m[1], m[2])}.1.", {}),
+        (c(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\."),
+         lambda m: f"output_blocks.{up(m[1], layers_per_block)}.{up_sampler_slot(m[1])}.conv.", {}),
+    ]
+
+
+def _vae_rules(num_up_blocks: int) -> list[Rule]:
+    """diffusers AutoencoderKL -> LDM `down.i.block.j` / `mid.block_k` / `up.i` (decoder blocks numbered in reverse)."""
+    c = re.compile
+    return [
+        (c(r"(encoder|decoder|quant_conv|post_quant_conv)\.(conv_in\.|conv_out\.|weight|bias)"), lambda m: m[0], {}),
+        (c(r"(encoder|decoder)\.conv_norm_out\."), lambda m: f"{m[1]}.norm_out.", {}),
+        (c(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"encoder.down.{m[1]}.block.{m[2]}.",
+         {"conv_shortcut": "nin_shortcut"}),
+        (c(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\."), lambda m: f"encoder.down.{m[1]}.downsample.conv.",
+         {}),
+        (c(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\."), lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.",
+         {"conv_shortcut": "nin_shortcut"}),
+        (c(r"(encoder|decoder)\.mid_block\.attentions\.0\."), lambda m: f"{m[1]}.mid.attn_1.", _VAE_ATTENTION_TO_LDM),
+        (c(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\."),
+         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.block.{m[2]}.", {"conv_shortcut": "nin_shortcut"}),
+        (c(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\."),
+         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.upsample.conv.", {}),
+    ]
+
+
+def export_single_file(model_dir: Path, out_file: Path) -> Path:
+    """Write a diffusers folder (unet, vae, text_encoder) as one LDM-layout SD 1.x-style `.safetensors` file."""
+    model_dir, out_file = Path(model_dir), Path(out_file)
+    unet_config = json.loads((model_dir / "unet" / "config.json").read_text())
+    vae_config = json.loads((model_dir / "vae" / "config.json").read_text())
+    up_with_attention = {i for i, kind in enumerate(unet_config["up_block_types"]) if "CrossAttn" in kind}
+    unet_rules = _unet_rules(int(unet_config["layers_per_block"]), up_with_attention)
+    vae_rules = _vae_rules(len(vae_config["up_block_types"]))
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in _read_component(model_dir, "unet").items():
+        out[UNET_PREFIX + _rename(key, unet_rules, "UNet")] = value
+    for key, value in _read_component(model_dir, "vae").items():
+        ldm_key = _rename(key, vae_rules, "VAE")
+        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions, diffusers Linear layers
+        out[VAE_PREFIX + ldm_key] = value
+    for key, value in _read_component(model_dir, "text_encoder").items():
+        out[CLIP_PREFIX + "text_model." + key.removeprefix("text_model.")] = value  # as SD 1.x files name them
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in out.items()}, str(out_file))
+    return out_file
+
+
+def _read_component(model_dir: Path, component: str) -> dict[str, torch.Tensor]:
+    files = sorted((model_dir / component).glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{model_dir / component} has no .safetensors weights; save the model with safetensors")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+# ------------------------------------------------------------------------------------------- bundled configs
+
+CONFIG_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                "scheduler/scheduler_config.json")
+_VERSION_FIELDS = ("_diffusers_version", "transformers_version", "_name_or_path", "dtype", "torch_dtype")
+
+
+def architecture_config_from_folder(model_dir: Path, out_dir: Path, with_vocabulary: bool) -> Path:
+    """Write the weight-free configuration of a diffusers folder, as bundled under `engines/configs/<arch>/`.
+
+    Version stamps are dropped so the bundle only changes when the architecture does. `with_vocabulary` also
+    copies vocab.json / merges.txt: right for a generated tokenizer (the tiny model), not for a real one.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    for name in CONFIG_FILES:
+        config = json.loads((model_dir / name).read_text())
+        config = {key: value for key, value in config.items() if key not in _VERSION_FIELDS}
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_files = ["tokenizer_config.json", "special_tokens_map.json"]
+    tokenizer_files += ["vocab.json", "merges.txt"] if with_vocabulary else []
+    (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
+    for name in tokenizer_files:
+        (out_dir / "tokenizer" / name).write_bytes((model_dir / "tokenizer" / name).read_bytes())
+    return out_dir
