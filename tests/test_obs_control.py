@@ -1,0 +1,258 @@
+"""ObsControl against a real OBS Studio 29 (obs-websocket 5.1) under Xvfb, with a second obsws-python client
+sending `BroadcastCustomEvent`s through OBS, as an OBS script, Stream Deck or Touch Portal plugin would."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.obs_harness import ObsInstance, free_port, obs_instance  # noqa: F401  (session fixture)
+from tests.test_osc_control import queue, status  # noqa: F401  (shared fixtures)
+from vcam.commands import CommandQueue, QueuedCommand, SetPaused, SetPromptText, SwitchPrompt
+from vcam.controls import ControlConfigError
+from vcam.controls.obs import ObsConfig, ObsControl
+from vcam.secrets import lookup_secret
+
+pytestmark = pytest.mark.timeout(120)
+
+PASSWORD_ENV = "VCAM_TEST_OBS_PASSWORD"  # not the real variable: a developer's own OBS password must not leak in
+PROMPTS = ("anime", "sketch", "noir")
+
+
+def obs_config(obs: ObsInstance, **overrides) -> ObsConfig:
+    settings = dict(host=obs.host, port=obs.port, password_env=PASSWORD_ENV, use_keyring=False, known_prompts=PROMPTS)
+    settings.update(overrides)
+    return ObsConfig(**settings)
+
+
+def next_item(queue: CommandQueue, timeout: float = 5.0) -> QueuedCommand:
+    item = queue.get(timeout=timeout)
+    assert item is not None, f"no command arrived within {timeout} s"
+    return item
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def password(obs_instance: ObsInstance, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(PASSWORD_ENV, obs_instance.password)
+    return obs_instance.password
+
+
+@pytest.fixture
+def control(obs_instance: ObsInstance, password: str, queue, status) -> Iterator[ObsControl]:
+    obs = ObsControl(obs_config(obs_instance, scene_prompts={"vcam-sketch-scene": "sketch"}), queue, status)
+    obs.start()
+    assert obs.wait_connected(15), status.lines
+    yield obs
+    obs.stop()
+
+
+def test_commands_broadcast_through_obs_reach_the_queue(obs_instance, control, queue) -> None:
+    for payload in (
+        {"command": "prompt", "name": "anime"},
+        {"command": "pause", "value": True},
+        {"command": "resume"},
+        {"command": "next"},
+        {"command": "text", "text": "a neon city"},
+    ):
+        obs_instance.broadcast({"vcam": payload})
+    received = [next_item(queue) for _ in range(5)]
+    assert [item.command for item in received] == [
+        SwitchPrompt(name="anime"), SetPaused(paused=True), SetPaused(paused=False), SwitchPrompt(step=1),
+        SetPromptText(text="a neon city"),
+    ]
+    assert {item.origin for item in received} == {"obs"}
+
+
+def test_custom_events_of_other_plugins_are_ignored_silently(obs_instance, control, queue, status) -> None:
+    lines_before = len(status.lines)
+    obs_instance.broadcast({"command": "next"})  # our command shape, but not under our key: not for us
+    obs_instance.broadcast({"advss": {"macro": "go"}, "attrs": 1})
+    obs_instance.broadcast({"vcam": {"command": "quit"}})
+    assert next_item(queue).command.__class__.__name__ == "Quit"
+    assert queue.drain() == []
+    assert status.lines[lines_before:] == []
+
+
+def test_bad_payloads_each_give_one_line_and_the_connection_stays_up(obs_instance, control, queue, status) -> None:
+    bad = [
+        ("next", "a command is a JSON object"),
+        ([1, 2], "a command is a JSON object"),
+        ({"command": "dance"}, "unknown command 'dance'"),
+        ({"command": "prompt", "name": "watercolour"}, "unknown prompt 'watercolour'"),
+        ({"command": "text", "text": "x" * 5000}, "at most 1000 are accepted"),
+        ({"command": "blend", "name": "anime", "frames": "lots"}, "'frames' must be a whole number"),
+    ]
+    lines_before = len(status.lines)
+    for payload, _ in bad:
+        obs_instance.broadcast({"vcam": payload})
+    obs_instance.broadcast({"vcam": {"command": "prompt", "name": "noir"}})
+    assert next_item(queue).command == SwitchPrompt(name="noir")
+    lines = status.wait_for(lines_before + len(bad))[lines_before:]
+    assert len(lines) == len(bad), lines
+    for line, (_, fragment) in zip(lines, bad):
+        assert line.startswith("OBS: ignored a command:") and fragment in line, line
+        assert "\n" not in line and len(line) <= 300
+    assert control.connected
+
+
+def test_switching_to_a_mapped_scene_switches_the_prompt(obs_instance, control, queue) -> None:
+    with obs_instance.client() as client:
+        if "vcam-sketch-scene" not in [s["sceneName"] for s in client.get_scene_list().scenes]:
+            client.create_scene("vcam-sketch-scene")
+        client.set_current_program_scene("vcam-sketch-scene")
+        item = next_item(queue)
+        client.set_current_program_scene("Scene")  # not mapped: no command
+    assert item.command == SwitchPrompt(name="sketch") and item.origin == "obs"
+    time.sleep(0.5)
+    assert queue.drain() == []
+
+
+def test_control_reconnects_by_itself_after_obs_restarts(obs_instance, control, queue, status) -> None:
+    obs_instance.restart(down_seconds=1.0)
+    assert wait_until(lambda: any("lost" in line for line in status.lines)), status.lines
+    assert control.wait_connected(20), status.lines
+    obs_instance.broadcast({"vcam": {"command": "previous"}})
+    assert next_item(queue).command == SwitchPrompt(step=-1)
+    assert sum("connected to" in line for line in status.lines) == 2
+
+
+def test_wrong_password_gives_the_clear_line_once_and_does_not_spin(obs_instance, monkeypatch, queue, status) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
+    obs = ObsControl(obs_config(obs_instance), queue, status)
+    obs.start()
+    try:
+        lines = status.wait_for(1, timeout=10)
+        time.sleep(1.5)  # a spinning client would have retried many times by now
+        assert obs.connection_attempts == 1
+    finally:
+        obs.stop()
+    assert lines == [
+        f"OBS rejected the WebSocket password from {PASSWORD_ENV}: set {PASSWORD_ENV} to the password shown in "
+        "OBS > Tools > WebSocket Server Settings"
+    ]
+    assert not obs.connected
+
+
+def test_missing_password_names_the_variable_and_the_keyring(obs_instance, monkeypatch, queue, status) -> None:
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    obs = ObsControl(obs_config(obs_instance), queue, status)
+    obs.start()
+    try:
+        line = status.wait_for(1, timeout=10)[0]
+    finally:
+        obs.stop()
+    assert line.startswith(f"OBS at {obs_instance.host}:{obs_instance.port} asks for a WebSocket password: set {PASSWORD_ENV}")
+    assert "keyring set vcam obs" in line
+
+
+def test_obs_not_running_is_reported_once_while_retrying_with_back_off(queue, status) -> None:
+    config = ObsConfig(port=free_port(), password_env=PASSWORD_ENV, use_keyring=False, retry_initial=0.1, retry_max=0.4)
+    obs = ObsControl(config, queue, status)
+    obs.start()
+    time.sleep(1.5)
+    obs.stop()
+    assert 3 <= obs.connection_attempts <= 8  # 0.1, 0.2, 0.4, 0.4, ... : retries, but with back-off
+    assert len(status.lines) == 1 and "OBS is not reachable at 127.0.0.1" in status.lines[0], status.lines
+
+
+def test_stop_returns_within_a_second_and_joins_the_threads(obs_instance, password, queue, status) -> None:
+    obs = ObsControl(obs_config(obs_instance), queue, status)
+    obs.start()
+    assert obs.wait_connected(15)
+    started = time.monotonic()
+    obs.stop()
+    assert time.monotonic() - started < 1.0
+    assert not any(t.name == "vcam-obs-control" and t.is_alive() for t in threading.enumerate())
+
+
+def test_the_password_never_reaches_the_logs(obs_instance, password, queue, status, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    obs = ObsControl(obs_config(obs_instance), queue, status)
+    obs.start()
+    assert obs.wait_connected(15)
+    obs.stop()
+    assert password not in caplog.text and all(password not in line for line in status.lines)
+
+
+def test_a_scene_mapped_to_an_unknown_prompt_is_refused_at_configuration() -> None:
+    with pytest.raises(ControlConfigError, match=r"obs.scenes maps to unknown prompt\(s\) 'oil'; the preset has"):
+        ObsConfig(scene_prompts={"Intro": "oil"}, known_prompts=PROMPTS)
+
+
+def test_password_comes_from_the_environment_before_the_keyring(monkeypatch) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "from-env")
+    assert lookup_secret(PASSWORD_ENV, "obs").value == "from-env"
+    assert lookup_secret(PASSWORD_ENV, "obs").origin == "environment"
+
+
+def test_a_broken_keyring_backend_means_no_password_not_a_crash(tmp_path) -> None:
+    """keyring's `fail` backend raises on every call, like a headless Linux without a Secret Service."""
+    script = "from vcam.secrets import lookup_secret; s = lookup_secret('VCAM_UNSET_VAR', 'obs'); print(s.origin)"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "none"
+
+
+# -- "OBS shows our stream": the harness helper that puts an MJPEG URL in a Media Source -------------------------
+
+
+class _MjpegHandler(BaseHTTPRequestHandler):
+    """multipart/x-mixed-replace JPEG frames, the format our MJPEG sink serves, until the server stops."""
+
+    frame = b""
+    stopping = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            while not self.stopping.is_set():
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n")
+                self.wfile.write(f"Content-Length: {len(self.frame)}\r\n\r\n".encode() + self.frame + b"\r\n")
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_obs_media_source_shows_an_mjpeg_http_stream(obs_instance) -> None:
+    picture = np.zeros((180, 320, 3), np.uint8)
+    picture[:, :160] = (0, 0, 255)  # left half red, right half green (BGR)
+    picture[:, 160:] = (0, 255, 0)
+    handler = type("Handler", (_MjpegHandler,), {"frame": cv2.imencode(".jpg", picture)[1].tobytes(),
+                                                  "stopping": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    serving.start()
+    try:
+        shown = obs_instance.screenshot_media_url(f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg")
+    finally:
+        handler.stopping.set()
+        server.shutdown()
+        server.server_close()
+        serving.join(timeout=2)
+    height, width = shown.shape[:2]
+    left, right = shown[height // 2, width // 4].astype(int), shown[height // 2, 3 * width // 4].astype(int)
+    assert left[2] > 180 and left[1] < 80, left  # red
+    assert right[1] > 180 and right[2] < 80, right  # green
