@@ -103,8 +103,21 @@ class PipelineStats:
     fps: float  # frames out of inference per second, recent window
     output_fps: float  # sink writes per second (repeats included), recent window
 
+    @property
+    def latency_ms_p50(self) -> float:
+        return self.latency_ms.p50
+
+    @property
+    def latency_ms_p95(self) -> float:
+        return self.latency_ms.p95
+
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def _skipped(processor: FrameProcessor) -> int:
+    """How many frames the processor has skipped so far (0 if it does not say)."""
+    return int(getattr(processor, "skipped", 0))
 
 
 @dataclass(frozen=True)
@@ -135,7 +148,8 @@ class FramePipeline:
         self._processor = processor
         self._next_processor: FrameProcessor | None = None
         self._swap_lock = threading.Lock()
-        self._skipped_before_swaps = 0
+        self._skipped_before_swaps = 0  # skips counted by processors swapped out (or in again) earlier
+        self._skipped_at_swap_in = _skipped(processor)
         self._input: LatestSlot[_Frame] = LatestSlot(1)
         self._output: LatestSlot[_Frame] = LatestSlot(max(1, processor.frames_per_call))
         self._halt = threading.Event()  # capture and inference stop (end, max_frames, error, stop)
@@ -210,6 +224,7 @@ class FramePipeline:
         with self._counters_lock:
             frames_in, consumed, processed = self._frames_in, self._consumed, self._processed
             written, repeated, resyncs = self._written, self._repeated, self._resyncs
+            skipped = self._skipped_before_swaps + _skipped(self._processor) - self._skipped_at_swap_in
         dropped = self._input.dropped
         return PipelineStats(
             frames_in=frames_in,
@@ -220,7 +235,7 @@ class FramePipeline:
             dropped=dropped,
             output_dropped=self._output.dropped,
             pending=frames_in - consumed - dropped,
-            skipped=self._skipped_before_swaps + int(getattr(self._processor, "skipped", 0)),
+            skipped=skipped,
             resyncs=resyncs,
             capture_ms=self._capture_time.summary().scaled(1000),
             inference_ms=self._inference_time.summary().scaled(1000),
@@ -299,8 +314,10 @@ class FramePipeline:
         with self._swap_lock:
             incoming, self._next_processor = self._next_processor, None
         if incoming is not None:
-            self._skipped_before_swaps += int(getattr(self._processor, "skipped", 0))
-            self._processor = incoming
+            with self._counters_lock:  # stats() must never see the skip counts half-updated
+                self._skipped_before_swaps += _skipped(self._processor) - self._skipped_at_swap_in
+                self._skipped_at_swap_in = _skipped(incoming)
+                self._processor = incoming
             self._output.set_capacity(max(1, incoming.frames_per_call))
         return self._processor
 
@@ -393,7 +410,8 @@ class FramePipeline:
 
     def _join_until(self, deadline: float) -> None:
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread is not threading.current_thread():  # stop() called from a stage (e.g. the hook)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _close_once(self, stage: str, close: Callable[[], None]) -> None:
         if stage in self._closed:

@@ -128,6 +128,20 @@ def test_pixel_noise_on_a_large_static_frame_is_pooled_away_and_skipped():
     assert similarity.skipped >= 20
 
 
+@pytest.mark.parametrize("shift", [8, 32])
+def test_a_camera_pan_of_a_few_pixels_is_processed(shift):
+    # a smooth 256x256 scene in [-1, 1] (the Engine's pixel range) panned by `shift` pixels: the cosine falls
+    # well below the default threshold, so the frame is processed with certainty (in [0, 1] an 8-pixel pan
+    # keeps a cosine of ~0.98 from the constant offset alone, which is why the filter wants centred pixels)
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(1, 3, 12, 12, generator=generator) * 2 - 1
+    wide = torch.nn.functional.interpolate(coarse, size=(288, 288), mode="bilinear")
+    similarity = SimilarityFilter(SimilarityFilterConfig())
+    similarity.should_skip(wide[..., :256, :256])
+    assert similarity.should_skip(wide[..., shift:256 + shift, :256]) is False
+    assert similarity.last_cosine < 0.9
+
+
 def test_disabled_filter_never_skips_and_can_be_toggled_at_runtime():
     frame = torch.rand(SHAPE)
     similarity = SimilarityFilter(SimilarityFilterConfig(enabled=False, threshold=0.5, max_skip=10))
