@@ -1,0 +1,50 @@
+"""`create_engine`: one entry point from an engine name to a ready `Engine`.
+
+Backends are a registry of builders keyed by name, so adding one (onnxruntime, tensorrt, torch-compile, auto)
+is one line in `ENGINE_BUILDERS`, e.g. `"onnxruntime": lazy_builder("engines.ort_engine", "build_ort_engine")`,
+and the CLI can list the choices from the keys. Builders are imported lazily so that importing the factory never
+pulls in onnxruntime or tensorrt.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from engines.base import Engine, EngineShapes, EngineUnavailableError
+from engines.devices import place
+from engines.loading import ModelSpec, load_components
+
+EngineBuilder = Callable[[ModelSpec, EngineShapes, str, "int | None"], Engine]
+
+
+def lazy_builder(module: str, function: str) -> EngineBuilder:
+    """A builder that imports `module.function` only when that engine is asked for."""
+
+    def build(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+        return getattr(importlib.import_module(module), function)(spec, shapes, device, threads)
+
+    build.__name__ = f"{module}.{function}"
+    return build
+
+
+def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+    """Torch eager: load the components onto the chosen device (fp16 on GPUs, fp32 on CPU) and wrap them."""
+    from engines.torch_engine import TorchEngine
+
+    placement = place(device, threads)
+    return TorchEngine(load_components(spec, placement.device, placement.dtype), shapes)
+
+
+ENGINE_BUILDERS: dict[str, EngineBuilder] = {
+    "torch": build_torch_engine,
+}
+
+
+def create_engine(
+    kind: str, spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None
+) -> Engine:
+    """Build the engine named `kind` for `spec` at `shapes`; an unknown name lists the known ones."""
+    builder = ENGINE_BUILDERS.get(kind)
+    if builder is None:
+        raise EngineUnavailableError(f"unknown engine {kind!r}; choose one of: {', '.join(sorted(ENGINE_BUILDERS))}")
+    return builder(spec, shapes, device, threads)

@@ -1,0 +1,398 @@
+"""Finding and loading a diffusion model offline, safely, with errors a user can act on.
+
+Every engine starts here. `resolve_model` checks everything that can be checked from files alone (paths,
+components, architecture, safetensors integrity, pickle refusal, Hugging Face cache lookup) *before* a GPU is
+touched, so a wrong `--model` fails in a second with one line naming the fix instead of a traceback minutes in.
+Nothing here ever opens a network connection or unpickles a file: a model file must never be able to run code.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from engines.base import ModelError, NoiseScheduleConfig
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
+HF_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HASH_SAMPLES = 64  # chunks read per large weight file for the content hash
+HASH_CHUNK = 1 << 16
+HOW_TO_PASS_A_MODEL = "pass a diffusers folder, a .safetensors checkpoint, an org/name in the Hugging Face cache, or tiny"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for: `model` is "tiny", a diffusers folder, a .safetensors file or an HF id (org/name).
+
+    `vae` optionally replaces the model's VAE: a TAESD (AutoencoderTiny) or AutoencoderKL folder, an HF id, or
+    "tiny" for the tiny TAESD. `lora` are .safetensors files fused into the weights at `lora_scale`.
+    """
+
+    model: str
+    vae: str | None = None
+    lora: tuple[str, ...] = ()
+    lora_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A spec checked against the files: concrete paths, what they are, and a hash of everything that loads."""
+
+    kind: Literal["folder", "single_file"]
+    path: Path  # the diffusers folder, or the .safetensors checkpoint
+    vae_path: Path | None
+    vae_is_tiny: bool  # the replacement VAE is a TAESD (AutoencoderTiny)
+    lora_paths: tuple[Path, ...]
+    lora_scale: float
+    content_hash: str  # changes whenever any loaded weight, config, VAE, LoRA or LoRA scale changes
+
+
+@dataclass(frozen=True)
+class DiffusionComponents:
+    """The loaded parts of an SD 1.x / 2.x model, on their device and dtype, ready for an engine."""
+
+    unet: Any  # diffusers UNet2DConditionModel
+    vae: Any  # diffusers AutoencoderKL or AutoencoderTiny
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any  # transformers CLIPTokenizer
+    noise_schedule: NoiseScheduleConfig
+    content_hash: str
+
+
+# --- safetensors and config files -------------------------------------------------------------------------------
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or non-safetensors file by reading only its header (cheap even for 5 GB files).
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header of tensor offsets, then the data;
+    its size must be exactly header + the largest data offset, which catches interrupted downloads and copies.
+    """
+    broken = f"{path} is not a complete .safetensors file (truncated or corrupt); download or convert it again"
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ModelError(broken)
+        header_length = int.from_bytes(prefix, "little")
+        if header_length <= 0 or 8 + header_length > size:
+            raise ModelError(broken)
+        try:
+            header = json.loads(handle.read(header_length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelError(broken) from None
+    if not isinstance(header, dict):
+        raise ModelError(broken)
+    try:
+        data_end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                       default=0)
+    except (TypeError, KeyError, IndexError):
+        raise ModelError(broken) from None
+    if 8 + header_length + data_end != size:
+        raise ModelError(broken)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{what} is missing {path.name} at {path}; {HOW_TO_PASS_A_MODEL}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelError(f"{path} is not valid JSON; download the model again") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object; download the model again")
+    return data
+
+
+def _component_weights(component_dir: Path) -> list[Path]:
+    """The .safetensors files a component loads (single file or shards); pickled weights are refused."""
+    index_files = sorted(component_dir.glob("*.safetensors.index.json"))
+    if index_files:
+        shards = set(_read_json(index_files[0], component_dir.name).get("weight_map", {}).values())
+        weights = [component_dir / shard for shard in sorted(shards)]
+        missing = [w.name for w in weights if not w.is_file()]
+        if missing:
+            raise ModelError(f"{component_dir} is missing weight shards {missing}; download the model again")
+        return weights
+    weights = sorted(p for p in component_dir.glob("*.safetensors"))
+    if not weights:
+        if any(p.suffix in PICKLE_SUFFIXES for p in component_dir.iterdir()):
+            raise ModelError(
+                f"{component_dir} has only pickled weights (.bin), which can run code when loaded; "
+                "use the model's safetensors version or convert it to .safetensors")
+        raise ModelError(f"{component_dir} has no .safetensors weights; download the model again")
+    return weights
+
+
+# --- architecture checks ----------------------------------------------------------------------------------------
+
+
+def _check_sd_architecture(folder: Path) -> None:
+    """Accept SD 1.x / 2.x style folders only: 4-channel latents, a cross-attention UNet, a CLIP text encoder."""
+    index = _read_json(folder / "model_index.json", f"folder {folder}")
+    pipeline = str(index.get("_class_name", ""))
+    if "XL" in pipeline or "text_encoder_2" in index:
+        raise ModelError(f"{folder} is an SDXL model ({pipeline}); vcam runs SD 1.x / 2.x models, pass one of those")
+    missing = [name for name in REQUIRED_COMPONENTS if not (folder / name).is_dir()]
+    if missing:
+        raise ModelError(
+            f"{folder} is missing the {', '.join(missing)} folder(s) of a Stable Diffusion model; "
+            "download the complete model (all components)")
+    unet = _read_json(folder / "unet" / "config.json", "the unet folder")
+    if unet.get("_class_name") != "UNet2DConditionModel" or not unet.get("cross_attention_dim"):
+        raise ModelError(f"{folder}/unet is not a text-conditioned UNet2DConditionModel; pass an SD 1.x / 2.x model")
+    if unet.get("in_channels") != 4:
+        raise ModelError(
+            f"{folder}/unet takes {unet.get('in_channels')} input channels (inpainting/depth model?); "
+            "vcam needs a plain 4-channel SD 1.x / 2.x model")
+    if unet.get("addition_embed_type"):
+        raise ModelError(f"{folder}/unet needs extra conditioning ({unet['addition_embed_type']}, SDXL-style); "
+                         "pass an SD 1.x / 2.x model")
+    text = _read_json(folder / "text_encoder" / "config.json", "the text_encoder folder")
+    if text.get("hidden_size") != unet["cross_attention_dim"]:
+        raise ModelError(
+            f"{folder}: text encoder width {text.get('hidden_size')} does not match the UNet's cross-attention "
+            f"width {unet['cross_attention_dim']}; the components come from different models, download it again")
+    _check_vae_config(folder / "vae")
+    tokenizer = folder / "tokenizer"
+    if not ((tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()) and not (
+            tokenizer / "tokenizer.json").is_file():
+        raise ModelError(f"{tokenizer} has no vocab.json + merges.txt (or tokenizer.json); download the model again")
+
+
+def _check_vae_config(vae_dir: Path) -> bool:
+    """Validate a VAE folder; returns True when it is a TAESD (AutoencoderTiny)."""
+    config = _read_json(vae_dir / "config.json", f"VAE folder {vae_dir}")
+    kind = config.get("_class_name")
+    if kind not in ("AutoencoderKL", "AutoencoderTiny"):
+        raise ModelError(f"{vae_dir} is a {kind or 'unknown model'}, not a VAE; pass an AutoencoderKL or TAESD folder")
+    if config.get("latent_channels", 4) != 4:
+        raise ModelError(f"{vae_dir} has {config['latent_channels']} latent channels; SD 1.x / 2.x VAEs have 4")
+    return kind == "AutoencoderTiny"
+
+
+def _noise_schedule(folder: Path) -> NoiseScheduleConfig:
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return NoiseScheduleConfig()  # the SD 1.x training schedule
+    config = _read_json(path, "the scheduler folder")
+    defaults = NoiseScheduleConfig()
+    schedule = NoiseScheduleConfig(
+        num_train_timesteps=int(config.get("num_train_timesteps", defaults.num_train_timesteps)),
+        beta_start=float(config.get("beta_start", defaults.beta_start)),
+        beta_end=float(config.get("beta_end", defaults.beta_end)),
+        beta_schedule=config.get("beta_schedule", defaults.beta_schedule),
+        prediction_type=config.get("prediction_type", defaults.prediction_type),
+    )
+    if schedule.beta_schedule not in ("scaled_linear", "linear"):
+        raise ModelError(f"{path}: beta_schedule {schedule.beta_schedule!r} is not supported (scaled_linear, linear)")
+    if schedule.prediction_type not in ("epsilon", "v_prediction"):
+        raise ModelError(f"{path}: prediction_type {schedule.prediction_type!r} is not supported (epsilon, v_prediction)")
+    return schedule
+
+
+# --- where a name points ----------------------------------------------------------------------------------------
+
+
+def hf_hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as the environment says *now* (huggingface_hub reads it only at import)."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home).expanduser() / "huggingface" / "hub"
+
+
+def _from_hf_cache(repo_id: str) -> Path:
+    """The local snapshot of an HF model id, looked up strictly offline."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = hf_hub_cache_dir()
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        raise ModelError(
+            f"model {repo_id!r} is not in the Hugging Face cache at {cache}; download it once with "
+            f"`huggingface-cli download {repo_id}` on a machine with internet, or pass a folder") from None
+
+
+def _locate(name: str, what: str) -> Path:
+    """A user's string as a path: an existing file/folder, else an HF id in the local cache."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if HF_ID_PATTERN.match(name) and not name.startswith((".", "/")):
+        return _from_hf_cache(name)
+    raise ModelError(f"{what} {name!r} does not exist; {HOW_TO_PASS_A_MODEL}")
+
+
+def _refuse_pickle(path: Path, what: str) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError(
+            f"{what} {path} is a pickle file ({path.suffix}), which can run code when loaded; "
+            "use a .safetensors version of it (or convert it once in a sandbox)")
+
+
+def _content_hash(files: list[Path], extra: str = "") -> str:
+    """SHA-256 over names, sizes, configs and content of the files; large weights are sampled at fixed offsets.
+
+    Reading all of a multi-GB model on every start would cost seconds; a fine-tune or a different model changes
+    (nearly) every weight, so 64 evenly spaced 64 KiB chunks plus the size and header identify it reliably.
+    """
+    digest = hashlib.sha256(extra.encode())
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            if size <= HASH_SAMPLES * HASH_CHUNK * 4:
+                digest.update(handle.read())
+                continue
+            for i in range(HASH_SAMPLES):
+                handle.seek(i * (size - HASH_CHUNK) // (HASH_SAMPLES - 1))
+                digest.update(handle.read(HASH_CHUNK))
+    return digest.hexdigest()[:32]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Everything in a diffusers folder that changes the numbers: configs, tokenizer files and weights."""
+    files = [folder / "model_index.json"]
+    for component in (*REQUIRED_COMPONENTS, "scheduler"):
+        directory = folder / component
+        if directory.is_dir():
+            files += sorted(p for p in directory.iterdir() if p.suffix in (".json", ".txt"))
+    for component in ("unet", "vae", "text_encoder"):
+        files += _component_weights(folder / component)
+    return files
+
+
+def resolve_model(spec: ModelSpec) -> ResolvedModel:
+    """Check a spec against the files, without touching any device; raises ModelError with one line on failure."""
+    if spec.model == "tiny":
+        from engines.testmodel import ensure_tiny_model
+
+        path = ensure_tiny_model().model_dir
+    else:
+        path = _locate(spec.model, "model")
+    _refuse_pickle(path, "model")
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise ModelError(f"model file {path} is not a .safetensors checkpoint; {HOW_TO_PASS_A_MODEL}")
+        check_safetensors(path)
+        kind, files = "single_file", [path]
+    else:
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"{path} is not a diffusers model folder (no model_index.json); {HOW_TO_PASS_A_MODEL}")
+        _check_sd_architecture(path)
+        files = _folder_files(path)
+        for weights in files:
+            if weights.suffix == ".safetensors":
+                check_safetensors(weights)
+        kind = "folder"
+
+    vae_path, vae_is_tiny = None, False
+    if spec.vae is not None:
+        if spec.vae == "tiny":
+            from engines.testmodel import ensure_tiny_model
+
+            vae_path = ensure_tiny_model().taesd_dir
+        else:
+            vae_path = _locate(spec.vae, "VAE")
+        _refuse_pickle(vae_path, "VAE")
+        if not vae_path.is_dir():
+            raise ModelError(f"VAE {vae_path} must be a folder with config.json and .safetensors weights")
+        vae_is_tiny = _check_vae_config(vae_path)
+        vae_weights = _component_weights(vae_path)
+        for weights in vae_weights:
+            check_safetensors(weights)
+        files += [vae_path / "config.json", *vae_weights]
+
+    lora_paths = []
+    for name in spec.lora:
+        lora = Path(name).expanduser()
+        if not lora.is_file():
+            raise ModelError(f"LoRA {name!r} does not exist; pass the path of a LoRA .safetensors file")
+        _refuse_pickle(lora, "LoRA")
+        if lora.suffix.lower() != ".safetensors":
+            raise ModelError(f"LoRA {lora} is not a .safetensors file; pass a LoRA in safetensors format")
+        check_safetensors(lora)
+        lora_paths.append(lora)
+        files.append(lora)
+
+    return ResolvedModel(
+        kind=kind, path=path, vae_path=vae_path, vae_is_tiny=vae_is_tiny, lora_paths=tuple(lora_paths),
+        lora_scale=spec.lora_scale, content_hash=_content_hash(files, extra=f"lora_scale={spec.lora_scale}"),
+    )
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
+
+
+def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, Any, Any, NoiseScheduleConfig]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    common = {"use_safetensors": True, "local_files_only": True}
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, low_cpu_mem_usage=False, **common)
+    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False, **common)
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **common)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    return unet, vae, text_encoder, tokenizer, _noise_schedule(folder)
+
+
+def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, ...]:
+    try:
+        from engines.single_file import load_single_file_components
+    except ImportError:
+        raise ModelError(
+            f"single-file checkpoints are not supported by this build yet; pass {path.name} as a diffusers folder "
+            "(convert it with diffusers' convert_original_stable_diffusion_to_diffusers)") from None
+    loaded = load_single_file_components(path, device, dtype)
+    if isinstance(loaded, tuple):
+        return loaded
+    return loaded.unet, loaded.vae, loaded.text_encoder, loaded.tokenizer, loaded.noise_schedule
+
+
+def _load_vae(resolved: ResolvedModel, dtype: torch.dtype) -> Any:
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    vae_class = AutoencoderTiny if resolved.vae_is_tiny else AutoencoderKL
+    return vae_class.from_pretrained(
+        resolved.vae_path, torch_dtype=dtype, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
+
+
+def _fuse_loras(resolved: ResolvedModel, unet: Any, text_encoder: Any) -> None:
+    try:
+        from engines.lora import fuse_lora
+    except ImportError:
+        raise ModelError("LoRA support is not available in this build yet; run without --lora") from None
+    for lora in resolved.lora_paths:
+        fuse_lora(unet, text_encoder, lora, resolved.lora_scale)
+
+
+def load_components(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype) -> DiffusionComponents:
+    """Resolve and load a model for inference: eval mode, no grads, on `device` in `dtype`, strictly offline."""
+    resolved = resolve_model(spec)
+    device = torch.device(device)
+    if resolved.kind == "single_file":
+        unet, vae, text_encoder, tokenizer, schedule = _load_single_file(resolved.path, device, dtype)
+    else:
+        unet, vae, text_encoder, tokenizer, schedule = _load_folder(resolved.path, dtype)
+    if resolved.vae_path is not None:
+        vae = _load_vae(resolved, dtype)
+    if resolved.lora_paths:
+        _fuse_loras(resolved, unet, text_encoder)
+    for module in (unet, vae, text_encoder):  # already in `dtype`: casting after loading would undo fp32 islands
+        module.to(device).eval().requires_grad_(False)
+    return DiffusionComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                               noise_schedule=schedule, content_hash=resolved.content_hash)
