@@ -33,12 +33,14 @@ class ModelSpec:
 
     `vae` optionally replaces the model's VAE: a TAESD (AutoencoderTiny) or AutoencoderKL folder, an HF id, or
     "tiny" for the tiny TAESD. `lora` are .safetensors files fused into the weights at `lora_scale`.
+    `tokenizer` is a folder with a CLIP tokenizer for single-file checkpoints, which carry no tokenizer.
     """
 
     model: str
     vae: str | None = None
     lora: tuple[str, ...] = ()
     lora_scale: float = 1.0
+    tokenizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ResolvedModel:
     vae_is_tiny: bool  # the replacement VAE is a TAESD (AutoencoderTiny)
     lora_paths: tuple[Path, ...]
     lora_scale: float
+    tokenizer_path: Path | None  # only used for single-file checkpoints
     content_hash: str  # changes whenever any loaded weight, config, VAE, LoRA or LoRA scale changes
 
 
@@ -329,9 +332,16 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
         lora_paths.append(lora)
         files.append(lora)
 
+    tokenizer_path = None
+    if spec.tokenizer is not None:
+        tokenizer_path = Path(spec.tokenizer).expanduser()
+        if not tokenizer_path.is_dir():
+            raise ModelError(f"tokenizer {spec.tokenizer!r} is not a folder; pass a folder with vocab.json and merges.txt")
+        files += sorted(p for p in tokenizer_path.iterdir() if p.suffix in (".json", ".txt"))
+
     return ResolvedModel(
         kind=kind, path=path, vae_path=vae_path, vae_is_tiny=vae_is_tiny, lora_paths=tuple(lora_paths),
-        lora_scale=spec.lora_scale, content_hash=_content_hash(files, extra=f"lora_scale={spec.lora_scale}"),
+        lora_scale=spec.lora_scale, tokenizer_path=tokenizer_path, content_hash=_content_hash(files, extra=f"lora_scale={spec.lora_scale}"),
     )
 
 
@@ -350,17 +360,11 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, Any, Any, 
     return unet, vae, text_encoder, tokenizer, _noise_schedule(folder)
 
 
-def _load_single_file(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, ...]:
-    try:
-        from engines.single_file import load_single_file_components
-    except ImportError:
-        raise ModelError(
-            f"single-file checkpoints are not supported by this build yet; pass {path.name} as a diffusers folder "
-            "(convert it with diffusers' convert_original_stable_diffusion_to_diffusers)") from None
-    loaded = load_single_file_components(path, device, dtype)
-    if isinstance(loaded, tuple):
-        return loaded
-    return loaded.unet, loaded.vae, loaded.text_encoder, loaded.tokenizer, loaded.noise_schedule
+def _load_single_file(resolved: ResolvedModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, ...]:
+    from engines.single_file import load_single_file_components
+
+    return load_single_file_components(
+        resolved.path, device, dtype, tokenizer_dir=resolved.tokenizer_path, hf_cache_dir=hf_hub_cache_dir())
 
 
 def _load_vae(resolved: ResolvedModel, dtype: torch.dtype) -> Any:
@@ -385,7 +389,7 @@ def load_components(spec: ModelSpec, device: torch.device | str, dtype: torch.dt
     resolved = resolve_model(spec)
     device = torch.device(device)
     if resolved.kind == "single_file":
-        unet, vae, text_encoder, tokenizer, schedule = _load_single_file(resolved.path, device, dtype)
+        unet, vae, text_encoder, tokenizer, schedule = _load_single_file(resolved, device, dtype)
     else:
         unet, vae, text_encoder, tokenizer, schedule = _load_folder(resolved.path, dtype)
     if resolved.vae_path is not None:

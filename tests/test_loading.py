@@ -205,3 +205,17 @@ def test_noise_schedule_comes_from_the_scheduler_config(tiny_model_dir: TinyMode
     schedule = load_components(ModelSpec(model=str(folder)), "cpu", torch.float32).noise_schedule
     assert (schedule.prediction_type, schedule.beta_end, schedule.beta_schedule) == (
         "v_prediction", 0.02, "scaled_linear")
+
+
+def test_single_file_checkpoint_loads_through_the_same_entry_point_as_its_folder(
+        tiny_model_dir: TinyModelPaths, tiny_engine, tmp_path: Path) -> None:
+    from engines.single_file import export_single_file
+
+    checkpoint = export_single_file(tiny_model_dir.model_dir, tmp_path / "tiny.safetensors")
+    assert resolve_model(ModelSpec(model=str(checkpoint))).kind == "single_file"
+    engine = create_engine("torch", ModelSpec(model=str(checkpoint)), SHAPES, device="cpu")
+    embeddings = tiny_engine.encode_prompt(["a cat"])
+    torch.testing.assert_close(engine.encode_prompt(["a cat"]), embeddings)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(engine.predict_noise(latents, torch.tensor([250]), embeddings),
+                               tiny_engine.predict_noise(latents, torch.tensor([250]), embeddings))
