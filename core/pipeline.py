@@ -159,7 +159,6 @@ class FramePipeline:
         self._closed: set[str] = set()
         self._counters_lock = threading.Lock()
         self._frames_in = self._consumed = self._processed = self._written = self._repeated = self._resyncs = 0
-        self._gathered = 0  # consumed by inference but not yet passed to the processor
         window = config.stats_window
         self._capture_time = RollingStats(window)
         self._inference_time = RollingStats(window)
@@ -234,7 +233,7 @@ class FramePipeline:
             repeated=repeated,
             dropped=dropped,
             output_dropped=self._output.dropped,
-            pending=frames_in - consumed - dropped,
+            pending=max(0, frames_in - consumed - dropped),  # the slot counts apart: may lag by one frame
             skipped=skipped,
             resyncs=resyncs,
             capture_ms=self._capture_time.summary().scaled(1000),
