@@ -202,13 +202,35 @@ def test_password_comes_from_the_environment_before_the_keyring(monkeypatch) -> 
     assert lookup_secret(PASSWORD_ENV, "obs").origin == "environment"
 
 
-def test_a_broken_keyring_backend_means_no_password_not_a_crash(tmp_path) -> None:
-    """keyring's `fail` backend raises on every call, like a headless Linux without a Secret Service."""
-    script = "from vcam.secrets import lookup_secret; s = lookup_secret('VCAM_UNSET_VAR', 'obs'); print(s.origin)"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+def run_lookup(tmp_path, prelude: str = "", backend: str = "") -> str:
+    """`lookup_secret` in a fresh interpreter: keyring's chosen backend is process-wide, so tests keep it there."""
+    script = prelude + "from vcam.secrets import lookup_secret\ns = lookup_secret('VCAM_UNSET_VAR', 'obs'); print(s.value, s.origin, repr(s))\n"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    if backend:
+        env["PYTHON_KEYRING_BACKEND"] = backend
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "none"
+    return result.stdout.strip()
+
+
+def test_a_broken_keyring_backend_means_no_password_not_a_crash(tmp_path) -> None:
+    """keyring's `fail` backend raises on every call, like a headless Linux without a Secret Service."""
+    assert run_lookup(tmp_path, backend="keyring.backends.fail.Keyring") == "none Secret(origin='none')"
+
+
+def test_without_the_variable_the_password_comes_from_the_keyring(tmp_path) -> None:
+    """A keyring backend holding only ("vcam", "obs"), chosen with keyring's own `set_keyring`."""
+    prelude = (
+        "import keyring\nfrom keyring.backend import KeyringBackend\n"
+        "class OneSecret(KeyringBackend):\n"
+        "    priority = 1\n"
+        "    def get_password(self, service, user):\n"
+        "        return 'from-keyring' if (service, user) == ('vcam', 'obs') else None\n"
+        "    def set_password(self, service, user, password): raise NotImplementedError\n"
+        "    def delete_password(self, service, user): raise NotImplementedError\n"
+        "keyring.set_keyring(OneSecret())\n"
+    )
+    assert run_lookup(tmp_path, prelude) == "from-keyring keyring Secret(origin='keyring')"
 
 
 # -- "OBS shows our stream": the harness helper that puts an MJPEG URL in a Media Source -------------------------

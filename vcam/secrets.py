@@ -6,7 +6,7 @@ services and CI) and the OS keyring (for desktops) are the two places a user can
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 KEYRING_SERVICE = "vcam"
@@ -18,8 +18,8 @@ SecretOrigin = Literal["environment", "keyring", "none"]
 class Secret:
     """A looked-up secret and where it came from (the origin goes in messages; the value never does)."""
 
-    value: str
-    origin: SecretOrigin
+    value: str = field(repr=False)  # a Secret that ends up in a log line must not carry the password there
+    origin: SecretOrigin = "none"
 
 
 def read_keyring(user: str) -> str | None:
