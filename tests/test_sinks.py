@@ -100,7 +100,7 @@ def test_virtual_camera_is_paced_at_its_fps_when_written_faster(recorder):
         sink.write(frame)
     elapsed = time.perf_counter() - start
     sink.close()
-    assert 5 / 25 * 0.8 <= elapsed < 5 / 25 + 0.5
+    assert 5 / 25 * 0.8 <= elapsed < 5 / 25 + 1.0
 
 
 def test_virtual_camera_device_is_passed_through(recorder):
@@ -293,7 +293,7 @@ def test_slow_mjpeg_client_never_blocks_the_pipeline_or_other_clients():
         stalled.close()
         sink.close()
     assert len(publisher.write_seconds) > 20
-    assert max(publisher.write_seconds) < 0.1, "write() only swaps in the newest frame"
+    assert max(publisher.write_seconds) < 0.5, "write() only swaps in the newest frame (a blocked one waits 10 s)"
 
 
 def test_mjpeg_serves_any_number_of_clients(mjpeg_sink):
@@ -347,3 +347,70 @@ def test_detect_sinks_says_which_outputs_can_work_here_in_one_line_each(monkeypa
     assert all(line[0] in "+-" and "\n" not in line for line in lines)
     if platform.system() == "Linux":
         assert lines[1].startswith("- window"), "no display in this session"
+
+
+# --- preview window -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def qt_host(monkeypatch):
+    """The real QtHost on Qt's offscreen platform: real widgets and pixmaps, no display server needed."""
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    from vcam.qt_host import QtHost
+
+    host = QtHost()
+    yield host
+    host.close()
+
+
+def test_window_shows_the_newest_frame_written_from_another_thread(qt_host):
+    sink = open_sink("window", SinkConfig(width=96, height=64, fps=30), host=qt_host)
+    assert sink.fps == 30
+    colours = distinct_colours(6)
+    writer = threading.Thread(target=lambda: [sink.write(coloured_frame(c, 192, 128)) for c in colours])
+    writer.start()
+    writer.join()
+    qt_host.run_for(0.2)
+    shown = sink.shown_image()
+    assert shown is not None and shown.shape == (64, 96, 3), "fitted to the configured size"
+    assert np.abs(shown.astype(int) - fit_frame(coloured_frame(colours[-1], 192, 128), 96, 64).astype(int)).max() <= 1
+    assert 1 <= sink.frames_shown <= len(colours), "a busy GUI skips to the newest frame instead of queueing"
+    sink.close()
+    qt_host.run_for(0.05)
+    assert sink.shown_image() is None, "closing removes the window"
+
+
+def test_window_status_overlay_is_drawn_on_the_frames_that_follow(qt_host):
+    sink = open_sink("window", SinkConfig(width=128, height=96, fps=30), host=qt_host)
+    frame = coloured_frame((240, 240, 240), 128, 96)
+    sink.write(frame)
+    qt_host.run_for(0.1)
+    plain = sink.shown_image()
+    sink.set_status(["14.8 fps", "skip 20%", "prompt: anime"])
+    sink.write(frame)
+    qt_host.run_for(0.1)
+    with_status = sink.shown_image()
+    sink.close()
+    qt_host.run_for(0.05)
+    assert np.array_equal(plain, frame)
+    assert with_status[:30, :50].mean() < plain[:30, :50].mean() - 50, "text box in the top-left corner"
+    assert np.array_equal(with_status[60:, 80:], plain[60:, 80:])
+
+
+# --- with the real frame pipeline ------------------------------------------------------------------------------
+
+def test_file_source_through_the_pipeline_to_a_file_sink_keeps_every_frame_in_order(tmp_path: Path):
+    from core.pipeline import FramePipeline
+    from tests.media import write_video
+    from vcam.processor import PassThroughProcessor
+    from vcam.sources import SourceConfig, open_source
+
+    colours = distinct_colours(6)
+    clip = write_video(tmp_path / "in.avi", [coloured_frame(c, 160, 120) for c in colours])
+    source = open_source(str(clip), SourceConfig(loop=False))
+    sink = open_sink(str(tmp_path / "out.avi"), SinkConfig(width=64, height=64, fps=10))
+    with FramePipeline(source, PassThroughProcessor(notice=None), sink) as pipeline:
+        assert pipeline.wait(timeout=20)
+    assert pipeline.error is None
+    frames = read_video(tmp_path / "out.avi")
+    assert len(frames) == len(colours)
+    assert all(f.shape == (64, 64, 3) and close_colour(f, c) for f, c in zip(frames, colours))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -49,14 +50,36 @@ def test_video_file_loops_by_default_as_a_camera_stand_in(clip):
 
 def test_live_video_file_is_paced_at_the_files_own_rate(tmp_path):
     path = write_video(tmp_path / "fast.avi", [coloured_frame(c) for c in distinct_colours(3)], fps=40)
-    source = open_source(str(path), SourceConfig(live=True))
+    source = open_source(str(path), SourceConfig(live=True, fps=10))  # fps is only a camera request
     assert source.live is True
     source.read()
     start = time.perf_counter()
     read_n(source, 6)
     elapsed = time.perf_counter() - start
     source.close()
-    assert 6 / 40 * 0.9 <= elapsed < 6 / 40 + 0.5
+    assert 6 / 40 * 0.9 <= elapsed < 6 / 40 + 1.0
+
+
+@pytest.mark.parametrize("kind", ["video", "image", "synthetic"])
+def test_close_ends_a_paced_read_at_once(tmp_path, kind):
+    slow = 0.5  # frames per second: a paced read would wait two seconds
+    if kind == "video":
+        spec = str(write_video(tmp_path / "slow.avi", [coloured_frame((1, 2, 3))] * 3, fps=slow))
+    elif kind == "image":
+        spec = str(write_image(tmp_path / "still.png", coloured_frame((1, 2, 3))))
+    else:
+        spec = "synthetic"
+    source = open_source(spec, SourceConfig(width=32, height=32, fps=slow, live=True))
+    assert source.read() is not None, "the first frame comes at once"
+    results = []
+    reader = threading.Thread(target=lambda: results.append(source.read()))
+    reader.start()
+    time.sleep(0.1)
+    start = time.perf_counter()
+    source.close()
+    reader.join(timeout=5)
+    assert time.perf_counter() - start < 0.5
+    assert source.read() is None
 
 
 def test_image_file_is_a_still_frame_repeated(tmp_path):

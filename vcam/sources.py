@@ -72,13 +72,15 @@ CaptureOpener = Callable[[], Capture]
 class FramePacer:
     """Holds a loop to a steady rate against a deadline clock, so small delays do not accumulate into drift.
 
-    After a stall longer than one period it restarts from now instead of bursting to catch up.
+    After a stall longer than one period it restarts from now instead of bursting to catch up. The wait ends
+    early when `interrupt` is set, so closing a source never waits out a long frame period.
     """
 
-    def __init__(self, fps: float) -> None:
+    def __init__(self, fps: float, interrupt: threading.Event | None = None) -> None:
         if fps <= 0:
             raise SourceError(f"fps must be positive, got {fps}")
         self.period = 1.0 / fps
+        self._interrupt = interrupt or threading.Event()
         self._next_due: float | None = None
 
     def wait(self) -> None:
@@ -87,7 +89,7 @@ class FramePacer:
             self._next_due = now + self.period
             return
         if now < self._next_due:
-            time.sleep(self._next_due - now)
+            self._interrupt.wait(self._next_due - now)
         self._next_due += self.period
 
     def reset(self) -> None:
@@ -126,14 +128,15 @@ class ReconnectingSource:
                  blank_size: tuple[int, int] = (640, 480)) -> None:
         self._opener = opener
         self._retry = retry
-        self._pacer = FramePacer(fps)
+        self._stop = threading.Event()
+        self._pacer = FramePacer(fps, interrupt=self._stop)
         self._blank_size = blank_size  # (width, height) of the notice frame if the camera never gave one
         self._capture: Capture | None = opener()  # errors of the first open reach the caller as they are
         self._last_good: np.ndarray | None = None
         self._notice_frame: np.ndarray | None = None
         self._recovered: tuple[Capture, np.ndarray] | None = None  # handed over by the retry thread
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards `_recovered`, shared with the retry thread
+        self._reading = threading.Lock()  # held for the whole of a read
         self._retry_thread: threading.Thread | None = None
         self.reconnect_attempts = 0
         self.losses = 0
@@ -143,8 +146,16 @@ class ReconnectingSource:
         return self._capture is None
 
     def read(self) -> np.ndarray | None:
-        if self._stop.is_set():
-            return None
+        with self._reading:  # close() never releases a capture while a read is inside it
+            if self._stop.is_set():
+                return None
+            frame = self._read_or_notice()
+            if self._stop.is_set():  # closed while we waited on the device: finish the release close() left
+                self._release_captures()
+                return None
+            return frame
+
+    def _read_or_notice(self) -> np.ndarray:
         if self._capture is None:
             with self._lock:
                 recovered, self._recovered = self._recovered, None
@@ -158,6 +169,7 @@ class ReconnectingSource:
             return self._accept(frame)
         self._start_reconnecting()
         self._pacer.reset()
+        self._pacer.wait()  # starts the notice clock now: the next notice comes one period later
         return self._notice()
 
     def _accept(self, bgr: np.ndarray) -> np.ndarray:
@@ -203,9 +215,18 @@ class ReconnectingSource:
             delay = min(delay * self._retry.factor, self._retry.max_delay)
 
     def close(self) -> None:
+        """Stop reconnecting and release the capture; returns promptly even if a read hangs on the device."""
         self._stop.set()
         if self._retry_thread is not None:
-            self._retry_thread.join(timeout=5.0)
+            self._retry_thread.join(timeout=1.0)  # a hanging open finishes later and releases what it opened
+        if self._reading.acquire(timeout=1.0):
+            try:
+                self._release_captures()
+            finally:
+                self._reading.release()
+        # else: the read stuck in the device releases the captures itself when it returns
+
+    def _release_captures(self) -> None:
         with self._lock:
             recovered, self._recovered = self._recovered, None
         for capture in (self._capture, recovered[0] if recovered else None):
@@ -279,18 +300,21 @@ def _open_camera(arg: str, config: SourceConfig) -> FrameSource:
 class VideoFileSource:
     """Frames of a video file; looped by default so a clip can stand in for a camera.
 
-    When live it is paced at the file's own frame rate (or `fps` if given) like a camera; otherwise it is
-    read as fast as consumed (benchmarks, offline rendering).
+    When live it is paced at the file's own frame rate like a camera (`fallback_fps` only if the file does not
+    say); otherwise it is read as fast as consumed (benchmarks, offline rendering).
     """
 
-    def __init__(self, path: Path, loop: bool, live: bool, fps: float | None = None) -> None:
+    def __init__(self, path: Path, loop: bool, live: bool, fallback_fps: float | None = None) -> None:
         self.path = path
         self.loop = loop
         self.live = live
-        self._capture = self._open()
+        self._capture: cv2.VideoCapture | None = self._open()
         file_fps = self._capture.get(cv2.CAP_PROP_FPS)
-        self.fps = fps or (file_fps if file_fps and math.isfinite(file_fps) and file_fps > 0 else DEFAULT_CAMERA_FPS)
-        self._pacer = FramePacer(self.fps) if live else None
+        usable = bool(file_fps) and math.isfinite(file_fps) and 0 < file_fps <= 1000
+        self.fps = file_fps if usable else (fallback_fps or DEFAULT_CAMERA_FPS)
+        self._stop = threading.Event()
+        self._reading = threading.Lock()  # close() must not release the capture while a read is inside it
+        self._pacer = FramePacer(self.fps, interrupt=self._stop) if live else None
         self.frames_read = 0
 
     def _open(self) -> cv2.VideoCapture:
@@ -301,25 +325,28 @@ class VideoFileSource:
                               "try converting it to .mp4 with ffmpeg") from None
 
     def read(self) -> np.ndarray | None:
-        if self._capture is None:
-            return None
-        ok, frame = self._capture.read()
-        if not ok and self.loop and self.frames_read > 0:
-            # Reopening is the reliable way back to frame 0: seeking is inexact in several containers.
-            self._capture.release()
-            self._capture = self._open()
+        with self._reading:
+            if self._capture is None or self._stop.is_set():
+                return None
             ok, frame = self._capture.read()
-        if not ok or frame is None:
-            return None
-        if self._pacer is not None:
-            self._pacer.wait()
-        self.frames_read += 1
-        return _to_rgb(frame)
+            if not ok and self.loop and self.frames_read > 0:
+                # Reopening is the reliable way back to frame 0: seeking is inexact in several containers.
+                self._capture.release()
+                self._capture = self._open()
+                ok, frame = self._capture.read()
+            if not ok or frame is None:
+                return None
+            if self._pacer is not None:
+                self._pacer.wait()
+            self.frames_read += 1
+            return _to_rgb(frame)
 
     def close(self) -> None:
-        if self._capture is not None:
-            self._capture.release()
-            self._capture = None
+        self._stop.set()  # ends a paced wait at once; a decode in progress takes milliseconds
+        with self._reading:
+            if self._capture is not None:
+                self._capture.release()
+                self._capture = None
 
 
 class ImageSource:
@@ -332,20 +359,20 @@ class ImageSource:
         self._image = _to_rgb(bgr)
         self.loop = loop
         self.live = live
-        self._pacer = FramePacer(fps or DEFAULT_CAMERA_FPS) if live else None
-        self._done = False
+        self._done = threading.Event()
+        self._pacer = FramePacer(fps or DEFAULT_CAMERA_FPS, interrupt=self._done) if live else None
 
     def read(self) -> np.ndarray | None:
-        if self._done:
+        if self._done.is_set():
             return None
-        if not self.loop:
-            self._done = True
         if self._pacer is not None:
             self._pacer.wait()
+        if not self.loop:
+            self._done.set()
         return self._image.copy()
 
     def close(self) -> None:
-        self._done = True
+        self._done.set()
 
 
 class SyntheticSource:
@@ -362,7 +389,8 @@ class SyntheticSource:
         self.width, self.height = width, height
         self.moving = moving
         self.live = live
-        self._pacer = FramePacer(fps or DEFAULT_CAMERA_FPS) if live else None
+        self._closed = threading.Event()
+        self._pacer = FramePacer(fps or DEFAULT_CAMERA_FPS, interrupt=self._closed) if live else None
         xs = np.arange(width, dtype=np.float32) / max(1, width - 1)
         ys = np.arange(height, dtype=np.float32) / max(1, height - 1)
         self._red = np.broadcast_to((xs * 255).astype(np.uint8)[None, :], (height, width))
@@ -385,12 +413,14 @@ class SyntheticSource:
     def read(self) -> np.ndarray | None:
         if self._pacer is not None:
             self._pacer.wait()
+        if self._closed.is_set():
+            return None
         frame = self.frame(self._index)
         self._index += 1
         return frame
 
     def close(self) -> None:
-        pass
+        self._closed.set()
 
 
 def _open_synthetic(arg: str, config: SourceConfig) -> FrameSource:
@@ -404,7 +434,7 @@ def _open_file(path: Path, config: SourceConfig) -> FrameSource:
     live = bool(config.live)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource(path, loop=config.loop, live=live, fps=config.fps)
-    return VideoFileSource(path, loop=config.loop, live=live, fps=config.fps)
+    return VideoFileSource(path, loop=config.loop, live=live, fallback_fps=config.fps)
 
 
 SOURCE_KINDS: dict[str, Callable[[str, SourceConfig], FrameSource]] = {
