@@ -331,18 +331,22 @@ def _vae_rules(num_up_blocks: int) -> list[Rule]:
     ]
 
 
+def ldm_unet_key(key: str, unet_config: Mapping) -> str:
+    """The LDM name (`input_blocks.4.1.proj_in.weight`) of a diffusers UNet weight, for a UNet of `unet_config`."""
+    up_with_attention = {i for i, kind in enumerate(unet_config["up_block_types"]) if "CrossAttn" in kind}
+    return _rename(key, _unet_rules(int(unet_config["layers_per_block"]), up_with_attention), "UNet")
+
+
 def export_single_file(model_dir: Path, out_file: Path) -> Path:
     """Write a diffusers folder (unet, vae, text_encoder) as one LDM-layout SD 1.x-style `.safetensors` file."""
     model_dir, out_file = Path(model_dir), Path(out_file)
     unet_config = json.loads((model_dir / "unet" / "config.json").read_text())
     vae_config = json.loads((model_dir / "vae" / "config.json").read_text())
-    up_with_attention = {i for i, kind in enumerate(unet_config["up_block_types"]) if "CrossAttn" in kind}
-    unet_rules = _unet_rules(int(unet_config["layers_per_block"]), up_with_attention)
     vae_rules = _vae_rules(len(vae_config["up_block_types"]))
 
     out: dict[str, torch.Tensor] = {}
     for key, value in _read_component(model_dir, "unet").items():
-        out[UNET_PREFIX + _rename(key, unet_rules, "UNet")] = value
+        out[UNET_PREFIX + ldm_unet_key(key, unet_config)] = value
     for key, value in _read_component(model_dir, "vae").items():
         ldm_key = _rename(key, vae_rules, "VAE")
         if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.ndim == 2:
