@@ -37,6 +37,18 @@ def tiny_engine(tiny_model_dir: TinyModelPaths):
     return create_engine("torch", ModelSpec(model=str(tiny_model_dir.model_dir)), shapes, device="cpu", threads=2)
 
 
+@pytest.fixture(scope="session")
+def tiny_taesd_engine(tiny_model_dir: TinyModelPaths):
+    """The tiny model with its TAESD as the VAE (what `--model tiny` runs): ~4x cheaper encode / decode."""
+    from engines.base import EngineShapes
+    from engines.factory import create_engine
+    from engines.loading import ModelSpec
+
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    shapes = EngineShapes(width=256, height=256, frame_batch=1, unet_batch=2)
+    return create_engine("torch", spec, shapes, device="cpu", threads=2)
+
+
 @pytest.fixture
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A throw-away HOME with its own config / cache / Hugging Face dirs, so tests never touch the user's."""

@@ -81,6 +81,8 @@ def test_tiny_name_builds_the_seed_zero_model_and_loads_it_like_any_folder(
     assert resolved.kind == "folder"
     assert resolved.path.is_relative_to(isolated_home)  # built into the (isolated) user cache
     assert resolved.content_hash == resolve_model(ModelSpec(model=str(tiny_model_dir.model_dir))).content_hash
+    with_taesd = resolve_model(ModelSpec(model="tiny", vae="tiny"))
+    assert with_taesd.vae_is_tiny and with_taesd.vae_path.is_relative_to(isolated_home)
 
 
 def test_model_id_in_hf_cache_loads_offline_and_matches_the_folder(

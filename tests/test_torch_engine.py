@@ -17,12 +17,6 @@ def random_images(batch: int, size: int = 256, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-@pytest.fixture(scope="module")
-def taesd_engine(tiny_model_dir: TinyModelPaths) -> Engine:
-    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
-    return create_engine("torch", spec, EngineShapes(width=64, height=64, frame_batch=2, unet_batch=2), device="cpu")
-
-
 def test_engine_satisfies_the_contract_with_the_model_description(tiny_engine) -> None:
     assert isinstance(tiny_engine, Engine)
     assert tiny_engine.name == "torch"
@@ -85,16 +79,16 @@ def test_torch_engine_runs_the_full_256_resolution_it_was_built_for(tiny_engine)
 
 
 def test_taesd_latents_are_used_as_they_are_and_round_trip_shapes(
-        taesd_engine, tiny_model_dir: TinyModelPaths) -> None:
+        tiny_taesd_engine, tiny_model_dir: TinyModelPaths) -> None:
     from diffusers import AutoencoderTiny
 
     images = random_images(2, size=64, seed=7)
-    latents = taesd_engine.encode_images(images)
-    assert latents.shape == (2, 4, 8, 8) and taesd_engine.vae_scale_factor == 8
+    latents = tiny_taesd_engine.encode_images(images)
+    assert latents.shape == (2, 4, 8, 8) and tiny_taesd_engine.vae_scale_factor == 8
     taesd = AutoencoderTiny.from_pretrained(tiny_model_dir.taesd_dir, use_safetensors=True)
     with torch.inference_mode():
         torch.testing.assert_close(latents, taesd.encode(images).latents)
-    decoded = taesd_engine.decode_latents(latents)
+    decoded = tiny_taesd_engine.decode_latents(latents)
     assert decoded.shape == (2, 3, 64, 64) and torch.isfinite(decoded).all()
 
 
