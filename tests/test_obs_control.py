@@ -3,6 +3,7 @@ sending `BroadcastCustomEvent`s through OBS, as an OBS script, Stream Deck or To
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -179,6 +180,19 @@ def test_stop_returns_within_a_second_and_joins_the_threads(obs_instance, passwo
     started = time.monotonic()
     obs.stop()
     assert time.monotonic() - started < 1.0
+    assert not any(t.name == "vcam-obs-control" and t.is_alive() for t in threading.enumerate())
+
+
+def test_stop_returns_within_a_second_while_a_handshake_hangs(queue, status) -> None:
+    """A port that accepts but never answers (a wrong service, a frozen OBS) must not hold stop() up."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        config = ObsConfig(port=silent.getsockname()[1], password_env=PASSWORD_ENV, use_keyring=False)
+        obs = ObsControl(config, queue, status)
+        obs.start()
+        time.sleep(0.3)  # the supervisor is now waiting for the WebSocket upgrade answer
+        started = time.monotonic()
+        obs.stop()
+        assert time.monotonic() - started < 1.0
     assert not any(t.name == "vcam-obs-control" and t.is_alive() for t in threading.enumerate())
 
 

@@ -41,7 +41,7 @@ class ObsConfig:
     use_keyring: bool = True  # keyring.get_password("vcam", "obs")
     scene_prompts: Mapping[str, str] = field(default_factory=dict)  # OBS scene name -> preset prompt name
     known_prompts: tuple[str, ...] = ()  # the preset's prompt names; empty = don't check names here
-    connect_timeout: float = 1.0  # per handshake step; short so that stop() is never held up for long
+    connect_timeout: float = 0.75  # per handshake step: stop() may wait for one step, and must finish within 1 s
     retry_initial: float = 0.5  # seconds before the first reconnect; doubles up to retry_max
     retry_max: float = 10.0
 
