@@ -30,6 +30,7 @@ from core.slots import LatestSlot
 from core.stats import RateMeter, RollingStats, Summary
 
 POLL_SECONDS = 0.05  # how often blocked threads look at the stop flag
+STOP_GRACE_SECONDS = 0.5  # stop() lets a stage finish its read / write this long before closing under it
 RESYNC_PERIODS = 3.0  # a paced output further behind than this many periods resyncs instead of bursting
 
 
@@ -204,15 +205,16 @@ class FramePipeline:
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop every thread and close the source and sink within `timeout`; True if all threads joined.
 
-        Threads get half the time to leave on their own; then the source and sink are closed under them, which
-        is what unblocks a read or write that is stuck (a camera that stopped delivering, a full pipe).
+        Threads get a short grace (a camera read or a frame write takes milliseconds) to leave on their own; then
+        the source and sink are closed under them, which is what unblocks a read or write that is stuck (a camera
+        that stopped delivering, a full pipe).
         """
         deadline = time.monotonic() + timeout
         self._halt.set()
         self._stop.set()
         self._input.close()
         self._output.close()
-        self._join_until(time.monotonic() + timeout / 2)
+        self._join_until(time.monotonic() + min(timeout / 2, STOP_GRACE_SECONDS))
         self._close_once("capture", self.source.close)
         self._close_once("output", self.sink.close)
         self._join_until(deadline)
