@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VCAM_OBS_SCRIPT = REPO_ROOT / "vcam" / "obs" / "vcam_obs_script.py"
 SCENE_COLLECTION = "vcam-tests"
 MAIN_SCENE = "Scene"
+SCRIPT_KEY_BINDING = ("vcam.prompt.noir", "ctrl+shift+F9")  # (script hotkey, xdotool keys) in `obs_instance`
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -201,6 +202,12 @@ class ObsInstance:
         with self.client() as client:
             client.broadcast_custom_event({"eventData": event_data})
 
+    def press_keys(self, combo: str) -> None:
+        """A real key press on OBS's X display (xdotool syntax, e.g. "ctrl+shift+F9"): OBS's global hotkeys see it."""
+        if self._xvfb is None:
+            raise RuntimeError("OBS is not started")
+        subprocess.run(["xdotool", "key", combo], env=self._xvfb.environment(), check=True, timeout=10)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -248,14 +255,18 @@ def start_obs(home: Path, scripts: tuple[ObsScript, ...] = (), script_osc_port: 
 @pytest.fixture(scope="session")
 def obs_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObsInstance]:
     """A real OBS for the whole session, with the vcam OBS script loaded (its OSC target is
-    `obs_instance.script_osc_port`, UDP on 127.0.0.1, prompts "anime", "sketch", "noir").
+    `obs_instance.script_osc_port`, UDP on 127.0.0.1, prompts "anime", "sketch", "noir"; its hotkey
+    `SCRIPT_KEY_BINDING[0]` is bound to the keys `SCRIPT_KEY_BINDING[1]`).
 
     Skipped only where OBS or Xvfb is not installed.
     """
     if not obs_available():
         pytest.skip("OBS Studio or Xvfb is not installed (apt-get install obs-studio xvfb)")
     osc_port = free_port(socket.SOCK_DGRAM)
-    script = ObsScript(VCAM_OBS_SCRIPT, {"osc_host": "127.0.0.1", "osc_port": osc_port, "prompts": "anime\nsketch\nnoir"})
+    script = ObsScript(VCAM_OBS_SCRIPT, {
+        "osc_host": "127.0.0.1", "osc_port": osc_port, "prompts": "anime\nsketch\nnoir",
+        SCRIPT_KEY_BINDING[0]: [{"control": True, "shift": True, "key": "OBS_KEY_F9"}],  # as OBS saves a binding
+    })
     instance = start_obs(tmp_path_factory.mktemp("obs-home"), scripts=(script,), script_osc_port=osc_port)
     try:
         yield instance

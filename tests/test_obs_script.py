@@ -3,6 +3,7 @@ through obs-websocket's TriggerHotkeyByName) and its pure parts run here, all re
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
@@ -10,7 +11,7 @@ from typing import Iterator
 import pytest
 from pythonosc.osc_message import OscMessage
 
-from tests.obs_harness import REPO_ROOT, VCAM_OBS_SCRIPT, ObsInstance, obs_instance  # noqa: F401  (fixture)
+from tests.obs_harness import REPO_ROOT, SCRIPT_KEY_BINDING, VCAM_OBS_SCRIPT, ObsInstance, obs_instance  # noqa: F401  (fixture)
 from tests.test_osc_control import StatusLines, queue, status  # noqa: F401  (shared fixtures)
 from vcam.commands import CommandQueue, SetPaused, SetSimilarityFilter, SwitchPrompt
 from vcam.controls.osc import OSC_ADDRESSES, OscConfig, OscControl
@@ -136,3 +137,12 @@ def test_an_obs_hotkey_of_the_script_sends_its_command_to_vcam(obs_instance, vca
         client.send("TriggerHotkeyByName", {"hotkeyName": hotkey})
     item = queue.get(timeout=5.0)
     assert item is not None and item.command == expected and item.origin == "osc"
+
+
+@pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed (apt-get install xdotool)")
+def test_a_real_key_press_bound_in_obs_switches_the_vcam_prompt(obs_instance, vcam_osc, queue) -> None:
+    """The whole path a user takes: X key press -> OBS global hotkey -> the script -> OSC -> vcam's queue."""
+    hotkey, keys = SCRIPT_KEY_BINDING
+    obs_instance.press_keys(keys)
+    item = queue.get(timeout=5.0)
+    assert item is not None and item.command == SwitchPrompt(name=hotkey.rsplit(".", 1)[1])
