@@ -125,3 +125,21 @@ def test_status_overlay_writes_text_on_a_copy_and_leaves_the_rest_alone():
     assert out[:20, :40].mean() < 200, "the text box darkens the top-left corner"
     assert (out[96:, 96:] == 255).all(), "far from the text nothing changes"
     assert np.array_equal(draw_status(frame, []), frame)
+
+
+def test_large_shrink_averages_fine_detail_instead_of_aliasing():
+    stripes = np.zeros((720, 1280, 3), dtype=np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: the worst case for a sampling (non-averaging) resize
+    out = fit_frame(stripes, 256, 256, "crop").astype(int)
+    assert abs(out.mean() - 127.5) < 2 and out.std() < 4, "averaged to an even grey, no moire bands"
+
+
+def test_camera_to_model_size_is_cheap():
+    import time
+
+    frame = np.random.default_rng(1).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    fit_frame(frame, 256, 256)
+    start = time.process_time()  # CPU time: not inflated when other work shares the machine
+    for _ in range(20):
+        fit_frame(frame, 256, 256)
+    assert (time.process_time() - start) / 20 < 0.008, "a small part of a 30 fps frame period"

@@ -16,12 +16,27 @@ FIT_MODES: tuple[str, ...] = ("crop", "letterbox")
 
 
 def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize with the filter that suits the direction: INTER_AREA avoids aliasing down, INTER_LINEAR is cheap up."""
+    """Resize fast without visible aliasing, in at most two steps.
+
+    A shrink by 2x or more first goes through INTER_AREA's whole-number-factor fast path (an exact box filter,
+    trimming at most factor-1 source pixels, less than one output pixel, so the factor divides exactly).
+    What remains is less than 2x either way and done with INTER_LINEAR, which at that ratio still reads every
+    source pixel: INTER_AREA at fractional factors costs 10-15 ms per 720p frame in this OpenCV, bilinear 1-2 ms.
+    """
     src_height, src_width = frame.shape[:2]
     if (src_width, src_height) == (width, height):
         return frame
-    shrinking = width * height < src_width * src_height
-    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    factor = min(src_width // width, src_height // height)
+    if factor >= 2:
+        trim_width, trim_height = src_width - src_width % factor, src_height - src_height % factor
+        top, left = (src_height - trim_height) // 2, (src_width - trim_width) // 2
+        frame = cv2.resize(frame[top : top + trim_height, left : left + trim_width],
+                           (trim_width // factor, trim_height // factor), interpolation=cv2.INTER_AREA)
+        src_height, src_width = frame.shape[:2]
+        if (src_width, src_height) == (width, height):
+            return frame
+    big_shrink = src_width >= 2 * width or src_height >= 2 * height  # only for very unequal axes
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if big_shrink else cv2.INTER_LINEAR)
 
 
 def _centre_crop_to_aspect(frame: np.ndarray, width: int, height: int) -> np.ndarray:
