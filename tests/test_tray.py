@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -75,7 +76,7 @@ def make_tray(host: QtHost, queue: CommandQueue, state: ServiceState, **kwargs) 
 def test_tray_icon_appears_in_the_tray_with_the_prompts_in_its_menu(tray_host: QtHost) -> None:
     status: list[str] = []
     tray = make_tray(tray_host, CommandQueue(), ServiceState(), on_status=status.append)
-    tray_host.run_for(0.3)
+    assert spin_until(tray_host, lambda: tray.icon.geometry().width() > 0), "the tray host did not embed the icon"
     assert tray.available and tray.icon.isVisible() and status == []
     labels = [action.text() for action in tray.menu.actions() if not action.isSeparator()]
     assert labels == [*PROMPTS, "Pause (pass camera through)", "Similarity filter", "Quit"]
@@ -83,6 +84,52 @@ def test_tray_icon_appears_in_the_tray_with_the_prompts_in_its_menu(tray_host: Q
     assert tray.filter_action.isChecked() and not tray.pause_action.isChecked()
     assert tray.icon.toolTip() == "vcam: watercolor"
     tray.close()
+
+
+def test_real_right_click_on_the_icon_opens_the_menu_and_a_click_chooses_a_prompt(
+    tray_host: QtHost, display: XvfbServer
+) -> None:
+    if shutil.which("xdotool") is None:
+        pytest.skip("xdotool is not installed (apt-get install xdotool)")
+    queue = CommandQueue()
+    tray = make_tray(tray_host, queue, ServiceState())
+    icon_centre = settled_icon_geometry(tray_host, tray).center()
+    click_with_xdotool(tray_host, display, icon_centre.x(), icon_centre.y(), button=3, until=tray.menu.isVisible)
+    item = tray.menu.mapToGlobal(tray.menu.actionGeometry(tray.prompt_action("neon")).center())
+    received: list[QueuedCommand] = []
+    click_with_xdotool(tray_host, display, item.x(), item.y(), button=1,
+                       until=lambda: bool(received.extend(queue.drain()) or received))
+    assert received == [QueuedCommand(SwitchPrompt(name="neon"), "tray")]
+    tray.close()
+
+
+def click_with_xdotool(host: QtHost, server: XvfbServer, x: int, y: int, button: int, until) -> None:
+    """Click from a worker thread while the Qt loop keeps running (as a user's click arrives) until `until()`."""
+    command = ["xdotool", "mousemove", str(x), str(y), "click", str(button)]
+    worker = threading.Thread(target=subprocess.run, args=(command,), kwargs={"env": server.environment()})
+    worker.start()
+    assert spin_until(host, until), f"nothing happened within 5 s of clicking button {button} at ({x}, {y})"
+    worker.join()
+
+
+def settled_icon_geometry(host: QtHost, tray: TrayControl):
+    """Where the tray host finally put the icon: embedding first reports a provisional place, then moves it."""
+    seen = []
+
+    def unchanged_for_a_while() -> bool:
+        seen.append(tray.icon.geometry())
+        return len(seen) >= 6 and seen[-1].width() > 0 and all(g == seen[-1] for g in seen[-6:])
+
+    assert spin_until(host, unchanged_for_a_while), f"the tray host did not settle the icon: {seen[-3:]}"
+    return seen[-1]
+
+
+def spin_until(host: QtHost, condition, timeout: float = 5.0) -> bool:
+    """Run the Qt loop in short turns until `condition()` holds (so a busy machine only makes tests slower)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        host.run_for(0.05)
+    return bool(condition())
 
 
 def test_choosing_a_prompt_puts_switch_prompt_on_the_queue(tray_host: QtHost) -> None:
@@ -109,12 +156,12 @@ def test_menu_follows_the_service_state_by_polling(tray_host: QtHost) -> None:
     state = ServiceState()
     tray = make_tray(tray_host, CommandQueue(), state)
     state.value = TrayState(current_prompt="neon", paused=True, filter_enabled=False)  # e.g. changed by a hotkey
-    tray_host.run_for(0.6)
+    assert spin_until(tray_host, tray.pause_action.isChecked)
     assert tray.prompt_action("neon").isChecked() and not tray.prompt_action("watercolor").isChecked()
     assert tray.pause_action.isChecked() and not tray.filter_action.isChecked()
     assert tray.icon.toolTip() == "vcam: paused"
     state.value = TrayState(current_prompt=None, paused=False, filter_enabled=False)  # a free-text prompt
-    tray_host.run_for(0.6)
+    assert spin_until(tray_host, lambda: not tray.pause_action.isChecked())
     assert not any(tray.prompt_action(name).isChecked() for name in PROMPTS)
     tray.close()
 
@@ -126,8 +173,7 @@ def test_update_state_from_another_thread_lands_on_the_gui_thread(tray_host: QtH
     )
     worker.start()
     worker.join()
-    tray_host.run_for(0.05)
-    assert tray.prompt_action("sketch").isChecked()
+    assert spin_until(tray_host, tray.prompt_action("sketch").isChecked)
     tray.close()
 
 
@@ -165,8 +211,7 @@ def test_call_soon_from_a_worker_thread_runs_on_the_gui_thread(host: QtHost) -> 
     worker.start()
     worker.join()
     assert ran_on == []  # queued, not run on the worker
-    host.run_for(0.05)
-    assert ran_on == [True]
+    assert spin_until(host, lambda: bool(ran_on)) and ran_on == [True]
 
 
 def test_run_returns_when_quit_is_called_from_another_thread(host: QtHost) -> None:
