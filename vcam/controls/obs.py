@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from vcam.commands import CommandError, CommandQueue, SwitchPrompt, parse_command
-from vcam.controls import StatusCallback, check_known_prompt, check_port, ControlConfigError, one_line
+from vcam.controls import ControlConfigError, StatusCallback, check_known_prompt, check_port, one_line
 from vcam.secrets import lookup_secret
 
 EVENT_KEY = "vcam"
@@ -55,12 +55,13 @@ class ObsConfig:
             )
 
 
-class ObsAuthError(Exception):
-    """OBS refused our login; retrying fast cannot help, so the supervisor waits `retry_max` between tries."""
-
-
 def describe_connect_failure(error: Exception, config: ObsConfig, password_origin: str) -> tuple[str, bool]:
-    """A one-line reason for a failed connection, and whether it is an authentication problem."""
+    """A one-line reason for a failed connection, and whether it is an authentication problem (retrying those
+    fast cannot help: the supervisor then waits `retry_max` between tries).
+
+    obsws-python 1.8 raises a bare OBSSDKError for both; OBS closes with code 4009 on a wrong password, which
+    reaches obsws-python as an unreadable identify answer ("failed to identify client").
+    """
     where = f"{config.host}:{config.port}"
     text = str(error)
     if "no password provided" in text:
