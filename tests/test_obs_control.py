@@ -272,6 +272,12 @@ class _MjpegHandler(BaseHTTPRequestHandler):
         pass
 
 
+def left_and_right_colours(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BGR colours at the middle of the left and right halves (the test pictures are two flat halves)."""
+    height, width = image.shape[:2]
+    return image[height // 2, width // 4].astype(int), image[height // 2, 3 * width // 4].astype(int)
+
+
 def test_obs_media_source_shows_an_mjpeg_http_stream(obs_instance) -> None:
     picture = np.zeros((180, 320, 3), np.uint8)
     picture[:, :160] = (0, 0, 255)  # left half red, right half green (BGR)
@@ -288,7 +294,34 @@ def test_obs_media_source_shows_an_mjpeg_http_stream(obs_instance) -> None:
         server.shutdown()
         server.server_close()
         serving.join(timeout=2)
-    height, width = shown.shape[:2]
-    left, right = shown[height // 2, width // 4].astype(int), shown[height // 2, 3 * width // 4].astype(int)
+    left, right = left_and_right_colours(shown)
     assert left[2] > 180 and left[1] < 80, left  # red
     assert right[1] > 180 and right[2] < 80, right  # green
+
+
+def test_obs_media_source_shows_the_vcam_mjpeg_sink(obs_instance) -> None:
+    """The same with our own MJPEG server (vcam.mjpeg), publishing RGB frames as the service does."""
+    from vcam.mjpeg import MjpegServer
+
+    picture = np.zeros((180, 320, 3), np.uint8)
+    picture[:, :160] = (255, 0, 0)  # left half red, right half blue (RGB)
+    picture[:, 160:] = (0, 0, 255)
+    server = MjpegServer(0, fps=10)
+    stopping = threading.Event()
+
+    def publish() -> None:
+        while not stopping.is_set():
+            server.publish(picture)
+            time.sleep(0.1)
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    try:
+        shown = obs_instance.screenshot_media_url(server.url)
+    finally:
+        stopping.set()
+        publisher.join(timeout=2)
+        server.close()
+    left, right = left_and_right_colours(shown)
+    assert left[2] > 180 and left[0] < 80, left  # red, in OpenCV's BGR order
+    assert right[0] > 180 and right[2] < 80, right  # blue
