@@ -16,7 +16,7 @@ import pyvirtualcam
 
 from tests.media import close_colour, coloured_frame, distinct_colours, read_video
 from vcam.framing import fit_frame
-from vcam.sinks import SinkConfig, SinkError, detect_sinks, open_sink
+from vcam.sinks import SinkConfig, SinkError, detect_sinks, open_sink, virtual_camera_fix
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -340,13 +340,23 @@ def test_mjpeg_close_ends_open_streams_and_frees_the_port():
 
 
 def test_detect_sinks_says_which_outputs_can_work_here_in_one_line_each(monkeypatch):
+    from vcam.qt_host import QtHost
+
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    lines = detect_sinks(SinkConfig(width=64, height=48))
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.0.1", 8090))  # make the default MJPEG port busy (if nobody else already does)
+            holder.listen()
+        except OSError:
+            pass
+        lines = detect_sinks(SinkConfig(width=64, height=48))
     assert [line[2:].split(":")[0] for line in lines] == ["vcam", "window", "mjpeg"]
     assert all(line[0] in "+-" and "\n" not in line for line in lines)
-    if platform.system() == "Linux":
-        assert lines[1].startswith("- window"), "no display in this session"
+    assert lines[1].startswith("+ window" if QtHost.available() else "- window: no display")
+    assert lines[2] == "- mjpeg: port 8090 is in use; use mjpeg:PORT with a free port"
+    if not lines[0].startswith("+"):
+        assert virtual_camera_fix() in lines[0]
 
 
 # --- preview window -------------------------------------------------------------------------------------------

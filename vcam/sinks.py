@@ -304,21 +304,12 @@ def open_sink(spec: str, config: SinkConfig = SinkConfig(), host: QtHostLike | N
 
 
 def _display_problem() -> str | None:
-    """Why a window cannot show here, or None if it can."""
+    """Why a window cannot show here (one line), or None if it can; the Qt host's own test."""
     try:
-        from vcam.qt_host import QtHost  # the service's own test, when engineer F's host is installed
-    except ImportError:
-        QtHost = None  # noqa: N806
-    if QtHost is not None:
-        return None if QtHost.available() else "no display for Qt (headless session)"
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("PySide6") is None:
-        return "PySide6 is not installed (pip install PySide6-Essentials)"
-    if platform.system() == "Linux" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no DISPLAY or WAYLAND_DISPLAY (headless session)"
-    return None
+        from vcam.qt_host import QtHost
+    except ImportError as error:
+        return f"Qt is not usable ({error}); reinstall with pip install PySide6-Essentials"
+    return QtHost.problem()
 
 
 def _port_free(port: int) -> bool:
