@@ -125,3 +125,25 @@ def test_stop_ends_listening_at_once(xvfb: XvfbServer, monkeypatch: pytest.Monke
     assert time.monotonic() - started < 1.0 and not control.running
     press(xvfb, "ctrl+alt+p")
     assert queue.get(timeout=0.3) is None
+
+
+def test_under_wayland_with_xwayland_start_warns_about_focus(
+    xvfb: XvfbServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    for key, value in xvfb.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    status: list[str] = []
+    control = HotkeyControl({"<ctrl>+<alt>+p": SetPaused()}, CommandQueue(), on_status=status.append)
+    assert control.start()
+    control.stop()
+    assert status == ["hotkeys: listening for 1 combinations (Wayland session: keys are seen only while an "
+                      "X11/XWayland window has focus)"]
+
+
+def test_wayland_without_x_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    status: list[str] = []
+    assert HotkeyControl({"<ctrl>+<alt>+p": SetPaused()}, CommandQueue(), on_status=status.append).start() is False
+    assert len(status) == 1 and status[0].startswith("hotkeys unavailable: Wayland does not let programs read")

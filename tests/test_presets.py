@@ -83,6 +83,17 @@ def test_unknown_preset_name_lists_the_available_ones(tmp_path: Path) -> None:
         load_preset("nope", user_dir=tmp_path)
 
 
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_preset("tiny").model.model == "tiny"
+
+
+def test_missing_preset_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(PresetError, match="no such preset file"):
+        load_preset(tmp_path / "absent.toml")
+
+
 def test_defaults_fill_missing_sections_and_prompt_hotkeys_count_from_one(tmp_path: Path) -> None:
     body = "".join(f'[[prompts]]\nname = "p{i}"\ntext = "style {i}"\n' for i in range(10))
     preset = load_preset(write_preset(tmp_path, "ten", body))

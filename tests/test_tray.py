@@ -191,10 +191,20 @@ def test_without_a_tray_host_the_tray_says_so_once_and_menu_still_works(host: Qt
     queue = CommandQueue()
     tray = make_tray(host, queue, ServiceState(), on_status=status.append)
     host.run_for(0.3)
-    assert not tray.available and not tray.icon.isVisible()
-    assert len(status) == 1 and status[0].startswith("tray unavailable: this desktop has no system tray")
+    assert not tray.available and tray.icon.geometry().width() == 0
+    assert len(status) == 1 and status[0].startswith("tray unavailable: no system tray is running")
     tray.prompt_action("neon").trigger()
     assert queue.drain() == [QueuedCommand(SwitchPrompt(name="neon"), "tray")]
+    tray.close()
+
+
+def test_icon_is_embedded_when_a_tray_host_starts_later(host: QtHost, display: XvfbServer) -> None:
+    if shutil.which("trayer") is None:
+        pytest.skip("trayer is not installed (apt-get install trayer)")
+    tray = make_tray(host, CommandQueue(), ServiceState(), on_status=lambda line: None)
+    assert not tray.available
+    display.start_tray_host()  # e.g. the desktop panel starting after vcam at login
+    assert spin_until(host, lambda: tray.icon.geometry().width() > 0), "the late tray host did not embed the icon"
     tray.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import os
 import sys
 import types
 import typing
@@ -143,7 +144,7 @@ class PromptSpec:
 
     name: str
     text: str
-    hotkey: str | None = None
+    hotkey: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,8 @@ def _description_of(path: Path) -> str:
 def load_preset(name_or_path: str | Path, user_dir: Path | None = None) -> Preset:
     """Load a preset by name (user presets first, then shipped ones) or from a .toml path."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or candidate.exists():
+    # Only something that looks like a path is one, so a folder called "tiny" in the cwd cannot shadow a name.
+    if candidate.suffix == ".toml" or "/" in str(name_or_path) or os.sep in str(name_or_path):
         if not candidate.is_file():
             raise PresetError(f"{candidate}: no such preset file; check the path or run 'vcam presets' for names")
         return parse_preset(_read_toml(candidate), name=candidate.stem, source=candidate)

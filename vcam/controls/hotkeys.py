@@ -44,12 +44,14 @@ def hotkey_backend_problem() -> str | None:
     Checked before touching pynput because its X backend fails inside its listener thread (a traceback, and a
     `wait()` that never returns) when the display is missing; asking first turns that into a sentence.
     """
-    if sys.platform in ("win32", "darwin") or os.environ.get("PYNPUT_BACKEND_KEYBOARD", os.environ.get("PYNPUT_BACKEND")):
+    chosen_backend = os.environ.get("PYNPUT_BACKEND_KEYBOARD") or os.environ.get("PYNPUT_BACKEND")
+    if sys.platform in ("win32", "darwin") or chosen_backend:  # pynput's own checks apply there
         return None
     display = os.environ.get("DISPLAY", "")
     if not display:
         if os.environ.get("WAYLAND_DISPLAY"):
-            return f"hotkeys unavailable: Wayland does not let programs read global keys (no X DISPLAY); {FALLBACK_ADVICE}"
+            return ("hotkeys unavailable: Wayland does not let programs read global keys (no X DISPLAY); "
+                    f"{FALLBACK_ADVICE}")
         return f"hotkeys unavailable: no X display (DISPLAY is not set); {FALLBACK_ADVICE}"
     try:
         from Xlib import display as xdisplay
@@ -108,7 +110,10 @@ class HotkeyControl:
         if problem is not None:
             self._on_status(problem)
             return False
-        self._on_status(f"hotkeys: listening for {len(self._bindings)} combinations")
+        caveat = ""
+        if os.environ.get("WAYLAND_DISPLAY") and sys.platform not in ("win32", "darwin"):
+            caveat = " (Wayland session: keys are seen only while an X11/XWayland window has focus)"
+        self._on_status(f"hotkeys: listening for {len(self._bindings)} combinations{caveat}")
         return True
 
     def _start_listener(self) -> str | None:

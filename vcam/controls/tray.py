@@ -65,11 +65,11 @@ class TrayControl:
         self.available = QSystemTrayIcon.isSystemTrayAvailable()
         self._shown_state: TrayState | None = None
         self.update_state()
-        if self.available:
-            self.icon.show()
-        else:
-            on_status("tray unavailable: this desktop has no system tray (no tray host is running); "
-                      "use the hotkeys, OBS WebSocket or OSC instead")
+        # Shown even without a tray: Qt embeds the icon as soon as a tray host (panel) starts later.
+        self.icon.show()
+        if not self.available:
+            on_status("tray unavailable: no system tray is running on this desktop (the icon appears if one "
+                      "starts); meanwhile use the hotkeys, OBS WebSocket or OSC")
         self._timer = QTimer()
         self._timer.setInterval(STATE_POLL_MS)
         self._timer.timeout.connect(self.update_state)
