@@ -114,9 +114,25 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+def _variant_of(file_name: str) -> str | None:
+    """`model.fp16.safetensors` -> "fp16"; `model.safetensors` and its shards `model-00001-of-00002...` -> None."""
+    parts = file_name.removesuffix(".index.json").removesuffix(".safetensors").split(".")
+    return parts[1].split("-")[0] if len(parts) > 1 else None
+
+
+def component_variant(component_dir: Path) -> str | None:
+    """Which weights variant a component loads: the plain one if present, else e.g. the fp16-only download."""
+    variants = {_variant_of(p.name) for p in component_dir.iterdir()
+                if p.name.endswith((".safetensors", ".safetensors.index.json"))}
+    if not variants or None in variants:
+        return None
+    return "fp16" if "fp16" in variants else sorted(variants)[0]
+
+
 def _component_weights(component_dir: Path) -> list[Path]:
     """The .safetensors files a component loads (single file or shards); pickled weights are refused."""
-    index_files = sorted(component_dir.glob("*.safetensors.index.json"))
+    variant = component_variant(component_dir)
+    index_files = sorted(p for p in component_dir.glob("*.safetensors.index.json") if _variant_of(p.name) == variant)
     if index_files:
         shards = set(_read_json(index_files[0], component_dir.name).get("weight_map", {}).values())
         weights = [component_dir / shard for shard in sorted(shards)]
@@ -124,7 +140,7 @@ def _component_weights(component_dir: Path) -> list[Path]:
         if missing:
             raise ModelError(f"{component_dir} is missing weight shards {missing}; download the model again")
         return weights
-    weights = sorted(p for p in component_dir.glob("*.safetensors"))
+    weights = sorted(p for p in component_dir.glob("*.safetensors") if _variant_of(p.name) == variant)
     if not weights:
         if any(p.suffix in PICKLE_SUFFIXES for p in component_dir.iterdir()):
             raise ModelError(
@@ -215,7 +231,7 @@ def hf_hub_cache_dir() -> Path:
     return Path(cache_home).expanduser() / "huggingface" / "hub"
 
 
-def _from_hf_cache(repo_id: str) -> Path:
+def _from_hf_cache(repo_id: str, what: str) -> Path:
     """The local snapshot of an HF model id, looked up strictly offline."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -225,7 +241,7 @@ def _from_hf_cache(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         raise ModelError(
-            f"model {repo_id!r} is not in the Hugging Face cache at {cache}; download it once with "
+            f"{what} {repo_id!r} is neither a local path nor in the Hugging Face cache at {cache}; download it once with "
             f"`huggingface-cli download {repo_id}` on a machine with internet, or pass a folder") from None
 
 
@@ -235,7 +251,7 @@ def _locate(name: str, what: str) -> Path:
     if path.exists():
         return path
     if HF_ID_PATTERN.match(name) and not name.startswith((".", "/")):
-        return _from_hf_cache(name)
+        return _from_hf_cache(name, what)
     raise ModelError(f"{what} {name!r} does not exist; {HOW_TO_PASS_A_MODEL}")
 
 
@@ -352,10 +368,13 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, Any, Any, 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    common = {"use_safetensors": True, "local_files_only": True}
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, low_cpu_mem_usage=False, **common)
-    vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False, **common)
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **common)
+    def options(component: str) -> dict[str, Any]:
+        return {"use_safetensors": True, "local_files_only": True, "variant": component_variant(folder / component)}
+
+    diffusers_options = {"torch_dtype": dtype, "low_cpu_mem_usage": False}
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", **diffusers_options, **options("unet"))
+    vae = AutoencoderKL.from_pretrained(folder / "vae", **diffusers_options, **options("vae"))
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **options("text_encoder"))
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     return unet, vae, text_encoder, tokenizer, _noise_schedule(folder)
 
@@ -372,7 +391,8 @@ def _load_vae(resolved: ResolvedModel, dtype: torch.dtype) -> Any:
 
     vae_class = AutoencoderTiny if resolved.vae_is_tiny else AutoencoderKL
     return vae_class.from_pretrained(
-        resolved.vae_path, torch_dtype=dtype, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
+        resolved.vae_path, torch_dtype=dtype, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False,
+        variant=component_variant(resolved.vae_path))
 
 
 def _fuse_loras(resolved: ResolvedModel, unet: Any, text_encoder: Any) -> None:

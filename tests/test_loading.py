@@ -221,3 +221,14 @@ def test_single_file_checkpoint_loads_through_the_same_entry_point_as_its_folder
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(engine.predict_noise(latents, torch.tensor([250]), embeddings),
                                tiny_engine.predict_noise(latents, torch.tensor([250]), embeddings))
+
+
+def test_fp16_only_download_loads_its_variant_weights(tiny_model_dir: TinyModelPaths, tiny_engine, tmp_path) -> None:
+    folder = model_variant(tiny_model_dir.model_dir, tmp_path / "fp16-only", copy=("unet",))
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
+    engine = create_engine("torch", ModelSpec(model=str(folder)), SHAPES, device="cpu")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    embeddings = tiny_engine.encode_prompt(["a cat"])
+    assert torch.equal(engine.predict_noise(latents, torch.tensor([100]), embeddings),
+                       tiny_engine.predict_noise(latents, torch.tensor([100]), embeddings))
