@@ -58,6 +58,7 @@ ARCHITECTURES: tuple[SingleFileArchitecture, ...] = (
     SingleFileArchitecture("tiny", 128, "clip"),  # engines.testmodel's random-weight model; tokenizer is bundled
 )
 
+COMPONENT_NAMES = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder"}
 SUPPORTED = "an SD 1.x or SD 2.x checkpoint in the original LDM layout"
 
 
@@ -124,55 +125,76 @@ def load_single_file_components(
     `tokenizer_dir` (the CLI's --tokenizer) overrides where the tokenizer comes from; `prediction_type` overrides
     what the file and its neighbours say (see `resolve_prediction_type`). Nothing here touches the network.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
-        convert_open_clip_checkpoint)
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     path = Path(path)
     checkpoint = read_checkpoint(path)
     arch = detect_architecture({key: tuple(value.shape) for key, value in checkpoint.items()})
+    tokenizer = load_tokenizer(arch, path, tokenizer_dir, hf_cache_dir)  # before the slow part: fail fast
+    schedule = NoiseScheduleConfig(**_schedule_fields(arch.config_dir / "scheduler" / "scheduler_config.json"),
+                                   prediction_type=prediction_type or resolve_prediction_type(arch, path, checkpoint))
+    models = build_empty_components(arch)
+    states = convert_checkpoint(checkpoint, arch, models["text_encoder"])
+    del checkpoint
+    for what, model in models.items():
+        check_state_fits(model, states[what], COMPONENT_NAMES[what], path.name)
+        load_into_empty(model, states.pop(what))
+        # torch's own `to`: diffusers' override warns about fp32-only modules these SD models do not have
+        torch.nn.Module.to(model, device=device, dtype=dtype).eval().requires_grad_(False)
+    return models["unet"], models["vae"], models["text_encoder"], tokenizer, schedule
+
+
+def build_empty_components(arch: SingleFileArchitecture) -> dict[str, torch.nn.Module]:
+    """UNet, VAE and text encoder of `arch` without storage (meta device): random-initialising SD 1.5's
+    1 B parameters only to overwrite them takes half a minute on a small CPU."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     config_dir = arch.config_dir
+    text_config = CLIPTextConfig.from_pretrained(config_dir / "text_encoder", local_files_only=True)
+    with torch.device("meta"):
+        return {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir / "unet")),
+                "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae")),
+                "text_encoder": CLIPTextModel(text_config)}
 
-    unet_config = UNet2DConditionModel.load_config(config_dir / "unet")
-    unet = UNet2DConditionModel.from_config(unet_config)
-    _load_strict(unet, convert_ldm_unet_checkpoint(checkpoint, unet_config), "UNet", path)
 
-    vae_config = AutoencoderKL.load_config(config_dir / "vae")
-    vae = AutoencoderKL.from_config(vae_config)
-    _load_strict(vae, convert_ldm_vae_checkpoint(checkpoint, vae_config), "VAE", path)
+def convert_checkpoint(checkpoint: Mapping[str, torch.Tensor], arch: SingleFileArchitecture,
+                       text_encoder: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """LDM keys -> diffusers / transformers keys per component, with diffusers' own offline converters."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint)
 
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config_dir / "text_encoder", local_files_only=True))
+    unet_config = json.loads((arch.config_dir / "unet" / "config.json").read_text())
+    vae_config = json.loads((arch.config_dir / "vae" / "config.json").read_text())
     if arch.text_layout == "open_clip":
         text_state = convert_open_clip_checkpoint(text_encoder, checkpoint)
     else:
         text_state = convert_ldm_clip_checkpoint(checkpoint)
-    _load_strict(text_encoder, _align_text_model_prefix(text_state, text_encoder), "text encoder", path)
-
-    tokenizer = load_tokenizer(arch, path, tokenizer_dir, hf_cache_dir)
-    noise_schedule = NoiseScheduleConfig(**_schedule_fields(config_dir / "scheduler" / "scheduler_config.json"),
-                                         prediction_type=prediction_type or resolve_prediction_type(arch, path, checkpoint))
-    del checkpoint
-    for model in (unet, vae, text_encoder):
-        model.to(device=device).eval().requires_grad_(False)
-        if dtype != torch.float32:  # built in float32; casting only when asked avoids diffusers' cast warning
-            model.to(dtype=dtype)
-    return unet, vae, text_encoder, tokenizer, noise_schedule
+    return {"unet": convert_ldm_unet_checkpoint(checkpoint, unet_config),
+            "vae": convert_ldm_vae_checkpoint(checkpoint, vae_config),
+            "text_encoder": _align_text_model_prefix(text_state, text_encoder)}
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
-    """Every parameter must come from the file: a random-initialised layer would silently ruin the images."""
-    state = {key: value for key, value in state.items() if not key.endswith("position_ids")}
+def check_state_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, file_name: str) -> None:
+    """Every parameter must come from the file: a random or empty layer would silently ruin the images."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
-    wrong = [key for key, value in state.items() if key in expected and value.shape != expected[key].shape]
+    wrong = [key for key in expected if key in state and tuple(state[key].shape) != tuple(expected[key].shape)]
     if missing or wrong:
-        first = (missing or wrong)[0]
-        raise ModelError(f"{path.name}: the {what} does not match the detected architecture "
-                         f"({len(missing)} weights missing, {len(wrong)} of the wrong shape, e.g. {first}); "
+        raise ModelError(f"{file_name}: the {what} does not match the detected architecture ({len(missing)} "
+                         f"weights missing, {len(wrong)} of the wrong shape, e.g. {(missing or wrong)[0]}); "
                          f"vcam loads {SUPPORTED}")
-    model.load_state_dict({key: state[key] for key in expected}, strict=True)
+
+
+def load_into_empty(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Adopt the checkpoint's tensors as parameters, then fill the buffers that no file stores."""
+    model.load_state_dict({key: state[key] for key in model.state_dict()}, strict=True, assign=True)
+    for module_name, module in model.named_modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if buffer.device.type != "meta":
+                continue
+            if name != "position_ids":  # CLIP's token positions 0..N-1, the only non-persistent buffer here
+                raise RuntimeError(f"{type(model).__name__}.{module_name}.{name} has no value after loading")
+            module.register_buffer(name, torch.arange(buffer.shape[-1]).expand(buffer.shape), persistent=False)
 
 
 def _align_text_model_prefix(state: dict[str, torch.Tensor], text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -340,23 +362,29 @@ def ldm_unet_key(key: str, unet_config: Mapping) -> str:
 def export_single_file(model_dir: Path, out_file: Path) -> Path:
     """Write a diffusers folder (unet, vae, text_encoder) as one LDM-layout SD 1.x-style `.safetensors` file."""
     model_dir, out_file = Path(model_dir), Path(out_file)
-    unet_config = json.loads((model_dir / "unet" / "config.json").read_text())
-    vae_config = json.loads((model_dir / "vae" / "config.json").read_text())
-    vae_rules = _vae_rules(len(vae_config["up_block_types"]))
+    checkpoint = ldm_state_dict(
+        _read_component(model_dir, "unet"), json.loads((model_dir / "unet" / "config.json").read_text()),
+        _read_component(model_dir, "vae"), json.loads((model_dir / "vae" / "config.json").read_text()),
+        _read_component(model_dir, "text_encoder"))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in checkpoint.items()}, str(out_file))
+    return out_file
 
-    out: dict[str, torch.Tensor] = {}
-    for key, value in _read_component(model_dir, "unet").items():
-        out[UNET_PREFIX + ldm_unet_key(key, unet_config)] = value
-    for key, value in _read_component(model_dir, "vae").items():
+
+def ldm_state_dict(unet_state: Mapping[str, torch.Tensor], unet_config: Mapping,
+                   vae_state: Mapping[str, torch.Tensor], vae_config: Mapping,
+                   text_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers / transformers state dicts -> one LDM checkpoint dict (SD 1.x naming, OpenAI CLIP text keys)."""
+    vae_rules = _vae_rules(len(vae_config["up_block_types"]))
+    out = {UNET_PREFIX + ldm_unet_key(key, unet_config): value for key, value in unet_state.items()}
+    for key, value in vae_state.items():
         ldm_key = _rename(key, vae_rules, "VAE")
         if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.ndim == 2:
             value = value[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions, diffusers Linear layers
         out[VAE_PREFIX + ldm_key] = value
-    for key, value in _read_component(model_dir, "text_encoder").items():
+    for key, value in text_state.items():
         out[CLIP_PREFIX + "text_model." + key.removeprefix("text_model.")] = value  # as SD 1.x files name them
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in out.items()}, str(out_file))
-    return out_file
+    return out
 
 
 def _read_component(model_dir: Path, component: str) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Single-file LDM `.safetensors` checkpoints: same numbers as the diffusers folder, offline, and refusals in one line."""
+"""Single-file LDM `.safetensors` checkpoints: same numbers as the diffusers folder, offline, one-line refusals."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from engines.base import ModelError
 from engines.single_file import (ARCHITECTURES, CONFIG_FILES, CONFIGS_DIR, architecture_config_from_folder,
-                                 detect_architecture, export_single_file, load_single_file_components,
-                                 load_tokenizer, read_checkpoint)
+                                 build_empty_components, check_state_fits, convert_checkpoint, detect_architecture,
+                                 export_single_file, ldm_state_dict, load_single_file_components, load_tokenizer,
+                                 read_checkpoint)
 from engines.testmodel import TinyModelPaths
 
 pytestmark = pytest.mark.timeout(120)
@@ -268,3 +269,38 @@ def test_yaml_next_to_the_file_selects_v_prediction(tiny_single_file: Path, tmp_
     assert schedule.prediction_type == "v_prediction"
     *_, overridden = load_single_file_components(model, "cpu", torch.float32, prediction_type="epsilon")
     assert overridden.prediction_type == "epsilon"
+
+
+# ------------------------------------------------------------------------------- full-size layouts, no memory
+
+
+def _open_clip_text_keys(width: int = 1024, layers: int = 24, vocab: int = 49408) -> dict[str, torch.Tensor]:
+    """The OpenCLIP ViT-H/14 text tower as SD 2.x files store it (`cond_stage_model.model.*`), as meta tensors."""
+    shapes: dict[str, tuple[int, ...]] = {"token_embedding.weight": (vocab, width), "positional_embedding": (77, width),
+                                          "ln_final.weight": (width,), "ln_final.bias": (width,),
+                                          "text_projection": (width, width), "logit_scale": ()}
+    for i in range(layers):
+        block = f"transformer.resblocks.{i}."
+        shapes.update({block + "ln_1.weight": (width,), block + "ln_1.bias": (width,),
+                       block + "attn.in_proj_weight": (3 * width, width), block + "attn.in_proj_bias": (3 * width,),
+                       block + "attn.out_proj.weight": (width, width), block + "attn.out_proj.bias": (width,),
+                       block + "ln_2.weight": (width,), block + "ln_2.bias": (width,),
+                       block + "mlp.c_fc.weight": (4 * width, width), block + "mlp.c_fc.bias": (4 * width,),
+                       block + "mlp.c_proj.weight": (width, 4 * width), block + "mlp.c_proj.bias": (width,)})
+    return {"cond_stage_model.model." + key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd21"])
+def test_full_size_ldm_checkpoint_converts_onto_the_bundled_architecture(arch: str) -> None:
+    """A real SD 1.5 / 2.1 file's key set and shapes (built on the meta device) fill every weight of the bundle."""
+    models = build_empty_components(ARCH[arch])
+    unet, vae, text = models["unet"], models["vae"], models["text_encoder"]
+    text_state = text.state_dict() if arch == "sd15" else {}
+    checkpoint = ldm_state_dict(unet.state_dict(), unet.config, vae.state_dict(), vae.config, text_state)
+    if arch == "sd21":
+        checkpoint.update(_open_clip_text_keys())
+    assert "first_stage_model.encoder.mid.attn_1.q.weight" in checkpoint
+    assert detect_architecture({key: tuple(value.shape) for key, value in checkpoint.items()}).name == arch
+    states = convert_checkpoint(checkpoint, ARCH[arch], text)
+    for what, model in models.items():
+        check_state_fits(model, states[what], what, f"{arch}.safetensors")  # raises on any gap or wrong shape
