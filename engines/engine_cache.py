@@ -143,8 +143,8 @@ class EngineCache:
             report = dict(build(staging))
             report.setdefault("build_seconds", round(time.perf_counter() - started, 3))
             files = {
-                path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-                for path in sorted(staging.iterdir())
+                path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                for path in sorted(staging.rglob("*"))
                 if path.is_file()
             }
             manifest = {

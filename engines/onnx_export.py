@@ -14,6 +14,7 @@ ORT speed; the dynamo exporter remains available through `OnnxExportOptions.expo
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -142,7 +143,9 @@ def export_graph(
     input_names = [tensor.name for tensor in spec.inputs]
     output_names = [tensor.name for tensor in spec.outputs]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns about every shape check in diffusers; with static shapes they are constants by design.
+            warnings.simplefilter("ignore")
             if options.exporter == "dynamo":
                 program = torch.onnx.export(
                     module, inputs, dynamo=True, opset_version=options.opset,

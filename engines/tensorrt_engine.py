@@ -269,3 +269,15 @@ class TensorRTEngine:
 
     def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return self.runners["unet"].run(latents, timesteps, embeddings)
+
+
+def build_tensorrt_engine(spec: Any, shapes: EngineShapes, device: str, threads: int | None) -> TensorRTEngine:
+    """Factory entry (`--engine tensorrt`): checks for a GPU and TensorRT before any export work is done."""
+    from engines.onnx_engine import OnnxExportOptions, build_graph_set, default_threads
+
+    require_tensorrt()
+    if device.startswith(("cpu", "mps")):
+        raise EngineUnavailableError(f"TensorRT runs on CUDA GPUs only, not on {device}; use --device cuda or auto")
+    cache = EngineCache()
+    graphs = build_graph_set(spec, shapes, cache, OnnxExportOptions(), default_threads(threads))
+    return TensorRTEngine(graphs, cache)

@@ -1,0 +1,82 @@
+"""`--engine auto`: the fastest engine that can run here, and one line saying which and why.
+
+Tried in order: TensorRT (NVIDIA GPU + the tensorrt package), ONNX Runtime with its best provider, torch eager.
+A candidate that cannot run or fails to build is skipped and its one-line reason kept, so the user sees why the
+faster ones were not used (e.g. "tensorrt: TensorRT needs an NVIDIA GPU ...") without a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from engines.base import Engine, EngineShapes, EngineUnavailableError
+from engines.loading import ModelSpec
+from engines.onnx_export import EngineBuildError
+
+Builder = Callable[[ModelSpec, EngineShapes, str, "int | None"], Engine]
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    engine: Engine
+    reason: str  # one line: what was chosen and why the ones before it were not
+
+
+def build_tensorrt(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+    from engines.tensorrt_engine import build_tensorrt_engine
+
+    return build_tensorrt_engine(spec, shapes, device, threads)
+
+
+def build_onnxruntime(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+    from engines.onnx_engine import build_onnxruntime_engine
+
+    return build_onnxruntime_engine(spec, shapes, device, threads)
+
+
+def build_torch(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+    from engines.factory import build_torch_engine
+
+    return build_torch_engine(spec, shapes, device, threads)
+
+
+DEFAULT_CANDIDATES: tuple[tuple[str, Builder], ...] = (
+    ("tensorrt", build_tensorrt),
+    ("onnxruntime", build_onnxruntime),
+    ("torch", build_torch),
+)
+
+
+def choose_engine(
+    spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None,
+    candidates: tuple[tuple[str, Builder], ...] = DEFAULT_CANDIDATES,
+) -> AutoChoice:
+    """The first candidate that builds; errors a user could not fix by choosing another engine propagate."""
+    skipped: list[str] = []
+    for name, build in candidates:
+        try:
+            engine = build(spec, shapes, device, threads)
+        except (EngineUnavailableError, EngineBuildError) as error:
+            skipped.append(f"{name}: {error}")
+            continue
+        detail = _detail(engine)
+        reason = f"engine auto chose {name}{detail}"
+        if skipped:
+            reason += " (skipped " + "; ".join(skipped) + ")"
+        return AutoChoice(engine, reason)
+    raise EngineUnavailableError("no engine can run here: " + "; ".join(skipped))
+
+
+def _detail(engine: Engine) -> str:
+    providers = getattr(engine, "providers", None)
+    if providers:
+        return f" with {providers[0]}"
+    return f" on {engine.device}"
+
+
+def build_auto_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+    """Factory entry (`--engine auto`): prints the one-line choice so the user knows what runs."""
+    choice = choose_engine(spec, shapes, device, threads)
+    print(choice.reason, file=sys.stderr)
+    return choice.engine

@@ -1,0 +1,287 @@
+"""`OnnxRuntimeEngine`: the model's four calls as checked static-shape ONNX graphs run by ONNX Runtime.
+
+The graphs come from the engine cache. On a warm start nothing of the torch model is loaded: the model's files
+are hashed (cheap: `resolve_model`), the cached entry is verified, and the tokenizer and model dimensions saved
+with it are read back, so the first frame comes within seconds. On a miss the torch engine is loaded once on the
+CPU in fp32, every graph is exported and checked against it, and the entry is written for next time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from engines.base import EngineShapes, EngineUnavailableError, NoiseScheduleConfig
+from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFingerprint, file_sha256
+from engines.loading import ModelSpec, resolve_model
+from engines.onnx_export import (
+    EXPORTER_VERSION, TEXT_TOKENS, CallAsModule, EngineBuildError, GraphSpec, ModelDims, OnnxExportOptions,
+    export_checked_graphs, graph_specs,
+)
+
+# Best first. ORT assigns each node to the first provider in the list that supports it, CPU catching the rest.
+PROVIDER_PREFERENCE: tuple[str, ...] = (
+    "TensorrtExecutionProvider", "CUDAExecutionProvider", "DmlExecutionProvider", "CoreMLExecutionProvider",
+    "CPUExecutionProvider",
+)
+CUDA_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """How the sessions run. `providers=None` picks the best available; `threads=None` uses torch's count."""
+
+    providers: tuple[str, ...] | None = None
+    threads: int | None = None
+    # Spinning worker threads burn the 2 shared cores between calls and starve the next session's threads and
+    # the camera / sink threads; measured slower here for the UNet + encoder + decoder sequence.
+    allow_spinning: bool = False
+    cache_root: Path | None = None
+    export: OnnxExportOptions = OnnxExportOptions()
+
+
+@dataclass(frozen=True)
+class OnnxGraphSet:
+    """The checked ONNX graphs of one model at one set of static shapes, plus what is needed to run them."""
+
+    directory: Path
+    shapes: EngineShapes
+    dims: ModelDims
+    specs: tuple[GraphSpec, ...]
+    noise_schedule: NoiseScheduleConfig
+    cache_key: EngineCacheKey
+    cache_entry: CacheEntry
+    tokenizer: Any  # transformers CLIPTokenizer, saved with the graphs
+
+    def path(self, graph: str) -> Path:
+        return self.directory / f"{graph}.onnx"
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N,) texts -> (N, 77) token ids, padded / truncated exactly as the torch engine does."""
+        return self.tokenizer(
+            list(texts), padding="max_length", max_length=self.dims.text_tokens, truncation=True, return_tensors="pt"
+        ).input_ids
+
+
+def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions) -> EngineCacheKey:
+    """The key of the graphs: model content, LoRAs + scale, shapes, fp32, opset, exporter, torch / onnx / ORT."""
+    import onnx
+    import onnxruntime
+
+    resolved = resolve_model(spec)
+    loras = tuple(LoraFingerprint(file_sha256(path), resolved.lora_scale) for path in resolved.lora_paths)
+    return EngineCacheKey(
+        model_hash=resolved.content_hash, width=shapes.width, height=shapes.height,
+        frame_batch=shapes.frame_batch, unet_batch=shapes.unet_batch, text_batch=shapes.text_batch,
+        precision="fp32", backend="onnx",
+        backend_version=f"torch{torch.__version__}+onnx{onnx.__version__}+ort{onnxruntime.__version__}"
+                        f"+{options.exporter}",
+        opset=options.opset, exporter_version=EXPORTER_VERSION, loras=loras,
+    )
+
+
+def _export_from_torch(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions, threads: int):
+    """The cache builder: load the torch engine on the CPU in fp32, export + check every graph, save the tokenizer."""
+    from engines.devices import configure_cpu
+    from engines.loading import load_components
+    from engines.torch_engine import TorchEngine
+
+    def build(directory: Path) -> dict:
+        configure_cpu(threads)
+        components = load_components(spec, "cpu", torch.float32)
+        engine = TorchEngine(components, shapes)
+        text_encoder = components.text_encoder
+        dims = ModelDims(
+            latent_channels=engine.latent_channels, vae_scale_factor=engine.vae_scale_factor,
+            embed_dim=int(text_encoder.config.hidden_size), text_tokens=TEXT_TOKENS,
+        )
+        calls = {
+            "text_encoder": CallAsModule(lambda ids: text_encoder(ids).last_hidden_state, [text_encoder]),
+            "image_encoder": CallAsModule(engine.encode_images, [components.vae]),
+            "image_decoder": CallAsModule(engine.decode_latents, [components.vae]),
+            "unet": CallAsModule(engine.predict_noise, [components.unet]),
+        }
+        report = export_checked_graphs(calls, graph_specs(shapes, dims), directory, options, threads,
+                                       token_limit=len(components.tokenizer))
+        components.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+        report["dims"] = dataclasses.asdict(dims)
+        report["noise_schedule"] = dataclasses.asdict(engine.noise_schedule)
+        return report
+
+    return build
+
+
+def build_graph_set(
+    spec: ModelSpec, shapes: EngineShapes, cache: EngineCache, options: OnnxExportOptions, threads: int,
+    force_rebuild: str = "",
+) -> OnnxGraphSet:
+    """The checked graphs for `spec` at `shapes`, from the cache or freshly exported into it."""
+    from transformers import CLIPTokenizer
+
+    key = onnx_cache_key(spec, shapes, options)
+    build = _export_from_torch(spec, shapes, options, threads)
+    entry = cache.rebuild(key, build, force_rebuild) if force_rebuild else cache.get_or_build(key, build)
+    report = entry.build_report
+    dims = ModelDims(**report["dims"])
+    return OnnxGraphSet(
+        directory=entry.path, shapes=shapes, dims=dims, specs=graph_specs(shapes, dims),
+        noise_schedule=NoiseScheduleConfig(**report["noise_schedule"]), cache_key=key, cache_entry=entry,
+        tokenizer=CLIPTokenizer.from_pretrained(entry.path / TOKENIZER_DIR, local_files_only=True),
+    )
+
+
+def choose_providers(requested: Sequence[str] | None, available: Sequence[str], device: str = "auto") -> list[str]:
+    """The provider list for the sessions: the requested ones (all must exist), else the best available.
+
+    `device="cpu"` keeps to the CPU provider; `device="cuda"` needs a CUDA-capable provider.
+    """
+    if requested:
+        missing = [name for name in requested if name not in available]
+        if missing:
+            raise EngineUnavailableError(
+                f"ONNX Runtime provider(s) {', '.join(missing)} not available here (have: {', '.join(available)}); "
+                "install the matching onnxruntime package (e.g. onnxruntime-gpu) or drop the providers option")
+        chosen = list(requested)
+    elif device.startswith("cpu"):
+        chosen = ["CPUExecutionProvider"]
+    else:
+        chosen = [name for name in PROVIDER_PREFERENCE if name in available]
+        if device.startswith("cuda") and not any(name in CUDA_PROVIDERS for name in chosen):
+            raise EngineUnavailableError(
+                "device cuda requested but this onnxruntime has no CUDA provider; pip install onnxruntime-gpu "
+                "or use --device cpu")
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def session_options(threads: int, allow_spinning: bool) -> Any:
+    """Settings for small CPU budgets: intra-op threads = `threads`, one inter-op thread, all graph rewrites.
+
+    Memory-pattern planning is on: with static shapes ORT plans every intermediate buffer once.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_mem_pattern = True
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return options
+
+
+class OnnxRuntimeEngine:
+    """`Engine` on ONNX Runtime over an `OnnxGraphSet`; inputs must have the static shapes it was built for."""
+
+    name = "onnxruntime"
+
+    def __init__(self, graphs: OnnxGraphSet, providers: Sequence[str], threads: int, allow_spinning: bool = False):
+        import onnxruntime
+
+        self.graphs = graphs
+        self.providers = list(providers)
+        self.dims = graphs.dims
+        self.noise_schedule = graphs.noise_schedule
+        self.latent_channels = graphs.dims.latent_channels
+        self.vae_scale_factor = graphs.dims.vae_scale_factor
+        self.dtype = torch.float32
+        # With a CUDA provider, tensors live on the GPU and are bound in place; otherwise numpy views of CPU tensors.
+        self.device = torch.device("cuda" if self.providers[0] in CUDA_PROVIDERS else "cpu")
+        self.build_report = graphs.cache_entry.build_report
+        options = session_options(threads, allow_spinning)
+        self.specs = {spec.name: spec for spec in graphs.specs}
+        self.sessions = {
+            name: onnxruntime.InferenceSession(str(graphs.path(name)), options, providers=self.providers)
+            for name in self.specs
+        }
+
+    def _run(self, graph: str, *inputs: torch.Tensor) -> torch.Tensor:
+        spec = self.specs[graph]
+        for tensor, value in zip(spec.inputs, inputs):
+            if tuple(value.shape) != tensor.shape:
+                raise ValueError(
+                    f"{graph} input {tensor.name} has shape {tuple(value.shape)} but the onnxruntime engine was built "
+                    f"for {tensor.shape}; build it with matching width / height / frame buffer / RCFG settings")
+        if self.device.type == "cuda":
+            return self._run_bound(spec, inputs)
+        feeds = {
+            tensor.name: np.ascontiguousarray(value.detach().to("cpu", tensor.dtype).numpy())
+            for tensor, value in zip(spec.inputs, inputs)
+        }
+        return torch.from_numpy(self.sessions[graph].run([spec.outputs[0].name], feeds)[0])
+
+    def _run_bound(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """GPU path: bind torch CUDA tensors in place (no host round trip) and a preallocated output."""
+        binding = self.sessions[spec.name].io_binding()
+        kept = []  # keep converted inputs alive until the run ends
+        for tensor, value in zip(spec.inputs, inputs):
+            value = value.detach().to(self.device, tensor.dtype).contiguous()
+            kept.append(value)
+            binding.bind_input(tensor.name, "cuda", value.device.index or 0, _numpy_dtype(tensor.dtype),
+                               tensor.shape, value.data_ptr())
+        output_spec = spec.outputs[0]
+        output = torch.empty(output_spec.shape, dtype=output_spec.dtype, device=self.device)
+        binding.bind_output(output_spec.name, "cuda", output.device.index or 0, _numpy_dtype(output_spec.dtype),
+                            output_spec.shape, output.data_ptr())
+        torch.cuda.current_stream().synchronize()
+        self.sessions[spec.name].run_with_iobinding(binding)
+        return output
+
+    def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.graphs.tokenize(texts)  # (N, 77)
+        batch = self.graphs.shapes.text_batch
+        if len(ids) % batch:
+            raise ValueError(f"encode_prompt got {len(ids)} texts; this engine encodes them in groups of {batch}")
+        return torch.cat([self._run("text_encoder", ids[i:i + batch]) for i in range(0, len(ids), batch)])
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self._run("image_encoder", images)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._run("image_decoder", latents)
+
+    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self._run("unet", latents, timesteps, embeddings)
+
+
+def _numpy_dtype(dtype: torch.dtype) -> type:
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]
+
+
+def default_threads(threads: int | None) -> int:
+    return threads if threads is not None else max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def create_onnxruntime_engine(
+    spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None,
+    options: OnnxRuntimeOptions = OnnxRuntimeOptions(),
+) -> OnnxRuntimeEngine:
+    """Graphs from the cache (exported on a miss), then sessions; an entry that does not load is rebuilt once."""
+    import onnxruntime
+
+    threads = default_threads(threads if threads is not None else options.threads)
+    providers = choose_providers(options.providers, onnxruntime.get_available_providers(), device)
+    cache = EngineCache(options.cache_root)
+    graphs = build_graph_set(spec, shapes, cache, options.export, threads)
+    try:
+        return OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
+    except Exception as error:  # checksums matched but ORT refused the graph: rebuild rather than use it
+        if graphs.cache_entry.built:
+            raise EngineBuildError(f"ONNX Runtime cannot load the freshly exported graphs ({error}); use --engine torch")
+        reason = f"cached graphs failed to load ({type(error).__name__})"
+        graphs = build_graph_set(spec, shapes, cache, options.export, threads, force_rebuild=reason)
+        return OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
+
+
+def build_onnxruntime_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None):
+    """Factory entry (`--engine onnxruntime`)."""
+    return create_onnxruntime_engine(spec, shapes, device, threads)
