@@ -37,6 +37,10 @@ def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threa
 
 ENGINE_BUILDERS: dict[str, EngineBuilder] = {
     "torch": build_torch_engine,
+    "torch-compile": lazy_builder("engines.compile_engine", "build_compile_engine"),
+    "onnxruntime": lazy_builder("engines.onnx_engine", "build_onnxruntime_engine"),
+    "tensorrt": lazy_builder("engines.tensorrt_engine", "build_tensorrt_engine"),
+    "auto": lazy_builder("engines.auto", "build_auto_engine"),
 }
 
 
