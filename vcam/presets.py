@@ -140,11 +140,11 @@ class OscSection:
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """One named style; `hotkey` defaults to <ctrl>+<alt>+N for the first nine prompts, "" means none."""
+    """One named style; `hotkey` defaults to <ctrl>+<alt>+N for the first nine prompts; "" or None means none."""
 
     name: str
     text: str
-    hotkey: str = ""
+    hotkey: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ can start is asked beforehand: cheaply from the environment, then by letting a c
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -40,11 +41,16 @@ def qt_platform_problem() -> str | None:
         return "no display for Qt: DISPLAY is not set (run inside a desktop session, or set QT_QPA_PLATFORM=offscreen)"
     if platform == "wayland" and not os.environ.get("WAYLAND_DISPLAY"):
         return "no display for Qt: QT_QPA_PLATFORM=wayland but WAYLAND_DISPLAY is not set"
-    return _probe_in_child()
+    return _probe_in_child(os.environ.get("DISPLAY", ""), os.environ.get("WAYLAND_DISPLAY", ""), platform)
 
 
-def _probe_in_child() -> str | None:
-    """Start a QGuiApplication in a child process: if the plugin aborts, only the child dies."""
+@functools.lru_cache(maxsize=8)
+def _probe_in_child(display: str, wayland_display: str, platform: str) -> str | None:
+    """Start a QGuiApplication in a child process: if the plugin aborts, only the child dies.
+
+    Remembered per (display, platform) because callers ask `available()`, then `problem()` or `QtHost()`, and
+    each probe costs a Python start-up; the arguments are only the cache key, the child inherits the environment.
+    """
     script = "from PySide6.QtGui import QGuiApplication; QGuiApplication(['vcam-probe'])"
     try:
         result = subprocess.run(
