@@ -47,6 +47,7 @@ class DiffusionStream:
         self.unet_calls = 0
         self.skipped_frames = 0
         self.last_unet_batch_size: int | None = None
+        self.embedding_builds = 0  # how often the batched prompt embeddings were rebuilt (once per prompt version)
         self._last_output: torch.Tensor | None = None  # (F, 3, H, W) in [0, 1]
         self._output_version: int | None = None  # prompt version the last output was made with
         self._build(config)
@@ -129,13 +130,12 @@ class DiffusionStream:
 
     # --- helpers -------------------------------------------------------------------------------------------
     def _may_skip(self, images: torch.Tensor, version: int) -> bool:
-        """Skip only if a previous output exists and was made with this frame's prompt: a prompt switch on a still
-        camera must still show up."""
-        if self.similarity is None or self._last_output is None:
+        """Ask the filter, but never skip without a previous output made with this frame's prompt: a prompt switch
+        on a still camera must still show up (the filter is reset, so this frame becomes its reference)."""
+        if self.similarity is None:
             return False
-        if version != self._output_version:
-            self.similarity.reset()  # the next frame becomes the new reference
-            return False
+        if self._last_output is None or version != self._output_version:
+            self.similarity.reset()
         return self.similarity.should_skip(images)
 
     def _check_images(self, images: torch.Tensor) -> None:
@@ -158,6 +158,7 @@ class DiffusionStream:
         cond, uncond = frame.cond.to(device=device, dtype=dtype), frame.uncond.to(device=device, dtype=dtype)
         self.guidance.set_embeddings(cond, uncond)
         self._embeddings_version = frame.version
+        self.embedding_builds += 1
 
     def _predict_epsilon(self, x_t: torch.Tensor, slot0_noise: torch.Tensor) -> torch.Tensor:
         return self.guidance.predict(x_t, slot0_noise)
