@@ -1,6 +1,9 @@
 """Presets: shipped files load, user files override them, and every mistake is one line naming file and key."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -61,6 +64,17 @@ def test_shipped_presets_match_their_documented_settings() -> None:
     tiny = load_preset("tiny")
     assert tiny.model.model == "tiny" and (tiny.stream.width, tiny.stream.height) == (256, 256)
     assert tiny.stream_config().steps == 2
+
+
+def test_shipped_presets_are_found_from_any_working_directory(tmp_path: Path) -> None:
+    # Run outside the checkout, as an installed `vcam` is: the presets must come from the package, not the cwd.
+    script = "from vcam.presets import list_presets; print(','.join(p.name for p in list_presets()))"
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert set(SHIPPED) <= set(result.stdout.strip().split(","))
 
 
 def test_user_preset_overrides_shipped_preset_of_the_same_name(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ user presets in `<user config dir>/vcam/presets/*.toml` override shipped ones of
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.resources
 import os
 import sys
@@ -208,8 +209,14 @@ def user_preset_dir() -> Path:
 
 
 def _shipped_preset_files() -> dict[str, Path]:
-    root = importlib.resources.files("presets")
-    return {entry.name[: -len(".toml")]: Path(str(entry)) for entry in root.iterdir() if entry.name.endswith(".toml")}
+    try:
+        entries = [Path(str(entry)) for entry in importlib.resources.files("presets").iterdir()]
+    except NotADirectoryError:
+        # An editable install made before presets/__init__.py existed maps `presets` as a namespace package,
+        # which importlib.resources cannot read; its search path still names the real folder.
+        entries = [entry for folder in importlib.import_module("presets").__path__ if os.path.isdir(folder)
+                   for entry in Path(folder).iterdir()]
+    return {entry.stem: entry for entry in sorted(entries) if entry.suffix == ".toml"}
 
 
 def _user_preset_files(user_dir: Path | None) -> dict[str, Path]:
