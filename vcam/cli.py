@@ -1,0 +1,122 @@
+"""The `vcam` command: run, bench, presets, doctor.
+
+Every error a user can cause (a bad option, a missing model, a camera that will not open, a broken preset) is an
+exception class with a one-line message that names the fix; `main` prints it as `vcam: error: ...` and exits 2,
+never with a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vcam.options import add_stream_options
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes whose message is meant for the user (imported lazily: `vcam --help` stays fast)."""
+    from core.config import ConfigError
+    from engines.base import EngineUnavailableError, ModelError
+    from vcam.commands import CommandError
+    from vcam.presets import PresetError
+    from vcam.settings import SettingsError
+    from vcam.sinks import SinkError
+    from vcam.sources import SourceError
+
+    return (ConfigError, ModelError, EngineUnavailableError, PresetError, SettingsError, SinkError, SourceError,
+            CommandError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vcam", description="Real-time diffusion virtual camera.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="restyle the camera and publish it as a virtual camera")
+    add_stream_options(run)
+    g = run.add_argument_group("service")
+    g.add_argument("--no-tray", action="store_true", help="run headless, without the tray icon")
+    g.add_argument("--no-hotkeys", action="store_true", help="do not register global hotkeys")
+    g.add_argument("--obs", action="store_true", default=None, help="connect to OBS WebSocket (see the preset's [obs])")
+    g.add_argument("--osc", action="store_true", default=None, help="listen for OSC commands (see the preset's [osc])")
+    g.add_argument("--overlay", action="store_true", help="draw fps, skip rate and prompt on the preview window")
+    g.add_argument("--quiet", action="store_true", help="no status line on the terminal")
+
+    bench = sub.add_parser("bench", help="measure fps, efficiency, latency and memory on the current settings")
+    add_stream_options(bench)
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    sub.add_parser("presets", help="list the shipped and user presets")
+    sub.add_parser("doctor", help="check what this machine offers: devices, engines, camera, virtual camera")
+    return parser
+
+
+def _cmd_presets() -> int:
+    from vcam.presets import list_presets, user_preset_dir
+
+    for info in list_presets():
+        print(f"{info.name:<20} {info.origin:<8} {info.description}")
+    print(f"(user presets: {user_preset_dir()})")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from vcam.bench import run_bench
+    from vcam.settings import resolve_settings
+
+    settings = resolve_settings(args, default_preset="tiny")
+    result = run_bench(settings, progress=not args.no_progress)
+    if args.json:
+        print(result.to_json())
+    else:
+        for key, value in result.fields.items():
+            print(f"{key:<16} {value}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vcam.service import Service, ServiceOptions
+    from vcam.settings import resolve_settings
+
+    settings = resolve_settings(args, default_preset="tiny")
+    options = ServiceOptions(
+        tray=not args.no_tray,
+        hotkeys=not args.no_hotkeys,
+        obs=args.obs,
+        osc=args.osc,
+        overlay=args.overlay,
+        status_line=not args.quiet,
+    )
+    return Service(settings, options).run()
+
+
+def _cmd_doctor() -> int:
+    from vcam.doctor import run_doctor
+
+    return run_doctor()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "presets":
+            return _cmd_presets()
+        if args.command == "doctor":
+            return _cmd_doctor()
+        if args.command == "bench":
+            return _cmd_bench(args)
+        return _cmd_run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - user errors become one line; anything else is a bug and re-raised
+        if isinstance(error, _user_errors()):
+            print(f"vcam: error: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Which controls a run starts, from the preset and the command-line switches.
+
+Each control is optional and fails soft: a control that cannot start here (no display for hotkeys or the tray,
+OBS not running yet) says so in one line and the stream carries on.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from vcam.presets import Preset
+
+
+class ServiceView(Protocol):
+    """What the controls need from the service (kept narrow so the controls stay testable on their own)."""
+
+    queue: Any
+    settings: Any
+    prompt_label: str
+    paused: bool
+    filter_enabled: bool
+
+    def notice(self, line: str) -> None: ...
+    def ensure_qt_host(self) -> Any: ...
+    def open_preview(self) -> None: ...
+
+
+class _TrayHandle:
+    """Gives the tray the same stop() as the other controls."""
+
+    def __init__(self, tray: Any) -> None:
+        self.tray = tray
+
+    def stop(self) -> None:
+        self.tray.close()
+
+
+def _start_hotkeys(service: ServiceView, preset: Preset) -> Any | None:
+    from vcam.controls.hotkeys import HotkeyControl, bindings_from_preset
+
+    control = HotkeyControl(bindings_from_preset(preset), service.queue, on_status=service.notice)
+    return control if control.start() else None
+
+
+def _start_obs(service: ServiceView, preset: Preset, names: tuple[str, ...]) -> Any:
+    from vcam.controls.obs import ObsConfig, ObsControl
+
+    config = ObsConfig(host=preset.obs.host, port=preset.obs.port, scene_prompts=dict(preset.obs.scenes),
+                       known_prompts=names)
+    control = ObsControl(config, service.queue, on_status=service.notice)
+    control.start()
+    return control
+
+
+def _start_osc(service: ServiceView, preset: Preset, names: tuple[str, ...]) -> Any:
+    from vcam.controls.osc import OscConfig, OscControl
+
+    control = OscControl(OscConfig(host=preset.osc.host, port=preset.osc.port, known_prompts=names), service.queue,
+                         on_status=service.notice)
+    control.start()
+    return control
+
+
+def _start_tray(service: ServiceView, names: tuple[str, ...]) -> Any | None:
+    from vcam.qt_host import QtHost
+
+    if not QtHost.available():
+        service.notice(f"no tray: {QtHost.problem()}; running headless (hotkeys, OBS and OSC still work)")
+        return None
+    from vcam.controls.tray import TrayControl, TrayState
+
+    tray = TrayControl(
+        service.ensure_qt_host(),
+        list(names),
+        service.queue,
+        state=lambda: TrayState(service.prompt_label, service.paused, service.filter_enabled),
+        on_open_preview=service.open_preview,
+        on_status=service.notice,
+    )
+    return _TrayHandle(tray)
+
+
+def start_controls(service: ServiceView, preset: Preset | None, options: Any) -> list[Any]:
+    """Start what the options and the preset ask for; returns the running controls (each has stop())."""
+    if preset is None:
+        return []
+    names = tuple(p.name for p in service.settings.prompts)
+    started: list[Any] = []
+    wanted = [
+        (options.hotkeys, lambda: _start_hotkeys(service, preset)),
+        (preset.obs.enabled if options.obs is None else options.obs, lambda: _start_obs(service, preset, names)),
+        (preset.osc.enabled if options.osc is None else options.osc, lambda: _start_osc(service, preset, names)),
+        (options.tray, lambda: _start_tray(service, names)),
+    ]
+    for enabled, start in wanted:
+        if not enabled:
+            continue
+        try:
+            control = start()
+        except Exception as error:  # noqa: BLE001 - a control that cannot start never stops the camera
+            service.notice(f"control not started: {error}")
+            continue
+        if control is not None:
+            started.append(control)
+    return started

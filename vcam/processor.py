@@ -1,0 +1,64 @@
+"""Adapters between the frame pipeline (numpy RGB frames) and the diffusion stream (torch tensors).
+
+The pipeline's `FrameProcessor` contract is "F uint8 frames in, F uint8 frames out"; the stream works on
+(F, 3, H, W) float tensors at the model's resolution. Keeping the conversion here keeps `core` free of image
+formats and the sinks free of tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.stream import DiffusionStream
+from vcam.framing import fit_frame
+
+
+def frames_to_tensor(frames: list[np.ndarray], width: int, height: int, fit: str) -> torch.Tensor:
+    """F frames of any size -> (F, 3, height, width) float32 in [0, 1], cropped or letterboxed, never stretched."""
+    fitted = np.stack([fit_frame(f, width, height, fit) for f in frames])  # (F, H, W, 3) uint8
+    return torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def tensor_to_frames(images: torch.Tensor) -> list[np.ndarray]:
+    """(F, 3, H, W) in [0, 1] -> F uint8 RGB frames."""
+    pixels = images.detach().clamp(0, 1).mul(255.0).round().to(torch.uint8)  # (F, 3, H, W)
+    return [np.ascontiguousarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
+
+
+class DiffusionProcessor:
+    """Runs each group of F frames through the diffusion stream; pass-through while paused."""
+
+    def __init__(self, stream: DiffusionStream, fit: str = "crop") -> None:
+        self.stream = stream
+        self.fit = fit
+        self.frames_per_call = stream.config.frame_buffer_size
+        self.paused = False
+
+    @property
+    def skipped(self) -> int:
+        filt = self.stream.similarity
+        return int(filt.skipped) if filt is not None else 0
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        if self.paused:
+            return list(frames)
+        cfg = self.stream.config
+        images = frames_to_tensor(frames, cfg.width, cfg.height, self.fit)
+        return tensor_to_frames(self.stream.process(images))
+
+
+class PassThroughProcessor:
+    """What the virtual camera shows while the model loads: the camera as it is, with a notice."""
+
+    frames_per_call = 1
+    skipped = 0
+
+    def __init__(self, notice: str | None = "loading model...") -> None:
+        self.notice = notice
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.notice:
+            return list(frames)
+        from vcam.overlay import draw_status
+
+        return [draw_status(frame.copy(), [self.notice]) for frame in frames]

@@ -1,0 +1,82 @@
+"""Building the model side of a run from `RunSettings`: the engine, the prompt cache and the diffusion stream.
+
+Shared by `vcam run` and `vcam bench`, so the benchmark measures exactly what the service runs.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from core.prompts import PromptCache, PromptSwitcher
+from core.similarity import SimilarityFilter
+from core.stream import DiffusionStream
+from engines.base import Engine, EngineShapes
+from engines.loading import ModelSpec, resolve_model
+from vcam.settings import RunSettings
+
+
+def concrete_model_spec(spec: ModelSpec) -> ModelSpec:
+    """Turn the `tiny` shortcuts into folders (built once into the user cache)."""
+    if spec.model != "tiny" and spec.vae != "tiny":
+        return spec
+    from engines.testmodel import ensure_tiny_model
+
+    paths = ensure_tiny_model()
+    model = str(paths.model_dir) if spec.model == "tiny" else spec.model
+    vae = str(paths.taesd_dir) if spec.vae == "tiny" else spec.vae
+    return replace(spec, model=model, vae=vae)
+
+
+def check_model(settings: RunSettings) -> None:
+    """Raise the one-line ModelError for a missing / broken model before any camera or device is opened."""
+    spec = settings.model
+    if spec.model == "tiny" and spec.vae in (None, "tiny"):
+        return  # built on demand, nothing to check
+    resolve_model(concrete_model_spec(spec))
+
+
+def engine_shapes(settings: RunSettings) -> EngineShapes:
+    cfg = settings.stream
+    return EngineShapes(width=cfg.width, height=cfg.height, frame_batch=cfg.frame_buffer_size, unet_batch=cfg.unet_batch)
+
+
+def create_engine_for(settings: RunSettings) -> Engine:
+    from engines.factory import create_engine
+
+    return create_engine(
+        settings.engine,
+        concrete_model_spec(settings.model),
+        engine_shapes(settings),
+        device=settings.device,
+        threads=settings.threads,
+    )
+
+
+def build_stream(engine: Engine, settings: RunSettings) -> DiffusionStream:
+    """The stream with every preset prompt encoded ahead, so later switches never call the text encoder."""
+    cache = PromptCache(engine.encode_prompt)
+    cache.prefill([p.text for p in settings.prompts] + [settings.stream.prompt, settings.stream.negative_prompt])
+    prompts = PromptSwitcher(cache, negative_prompt=settings.stream.negative_prompt, prompt=settings.stream.prompt)
+    similarity = SimilarityFilter(settings.filter)
+    return DiffusionStream(engine, settings.stream, prompts, similarity)
+
+
+def warm_up(stream: DiffusionStream) -> None:
+    """Run T frames of mid-grey (txt2img: noise) through the stream before going live: first calls allocate and
+    the rolling buffer fills, so the first published frame is fully denoised and on time."""
+    cfg = stream.config
+    grey = None if cfg.mode == "txt2img" else torch.full((cfg.frame_buffer_size, 3, cfg.height, cfg.width), 0.5)
+    stream.warmup(grey)
+
+
+def open_bench_io(settings: RunSettings):
+    """Bench reads a non-live source as fast as it is consumed (synthetic unless --source) and writes to the null
+    sink unless --sink names one: the run is limited by the model, which is what `efficiency` is about."""
+    from vcam.sinks import open_sink
+    from vcam.sources import open_source
+
+    source_spec = settings.source if settings.source_given else "synthetic"
+    source = open_source(source_spec, replace(settings.source_config, live=False))
+    sink = open_sink(settings.sink if settings.sink_given else "null", settings.sink_config)
+    return source, sink

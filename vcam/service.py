@@ -1,0 +1,471 @@
+"""The running product: camera in, stylised virtual camera out, controls applied between frames.
+
+Order of start-up is chosen so that a meeting app never sees a dead camera:
+1. the model is checked (a missing model is one line, before any camera or device is opened);
+2. the source and the sink open, and the pipeline starts at once with a pass-through "loading" processor;
+3. the engine loads (or builds) on a background thread, the prompts are encoded ahead, and the diffusion
+   processor is swapped in at a frame boundary;
+4. controls (hotkeys, tray, OBS, OSC) put commands on one queue; a dispatcher thread encodes new prompt texts off
+   the inference thread and hands everything else to the pipeline's between-frames hook.
+SIGINT / SIGTERM / tray quit stop everything and release the camera and the virtual camera within 2 seconds.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from core.pipeline import FramePipeline, PipelineConfig
+from engines.base import ModelError
+from vcam import commands as cmd
+from vcam.commands import CommandQueue
+from vcam.logs import setup_logging
+from vcam.processor import DiffusionProcessor, PassThroughProcessor
+from vcam.settings import RunSettings
+
+log = logging.getLogger("vcam")
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    tray: bool = True
+    hotkeys: bool = True
+    obs: bool | None = None  # None: as the preset says
+    osc: bool | None = None
+    overlay: bool = False
+    status_line: bool = True
+
+
+class Service:
+    """One run of vcam. `run()` blocks until quit, the frame limit, or the end of a non-looping source."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        options: ServiceOptions,
+        queue: CommandQueue | None = None,
+        source=None,
+        sink=None,
+    ) -> None:
+        """`source` / `sink`: already-open objects to use instead of the ones the settings name (embedding, tests)."""
+        self._given_source = source
+        self._given_sink = sink
+        self.settings = settings
+        self.options = options
+        self.queue = queue or CommandQueue()
+        self.stop_event = threading.Event()
+        self.ready_event = threading.Event()  # the diffusion processor is live
+        self.prompt_index = 0
+        self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
+        self.messages: list[str] = []  # one-line notices (kept for tests and the status overlay)
+        self._pending: list[Callable[[], None]] = []
+        self._pending_lock = threading.Lock()
+        self._controls: list = []
+        self._qt_host = None
+        self.processor: DiffusionProcessor | None = None
+        self.stream = None
+        self.pipeline: FramePipeline | None = None
+        self.error: BaseException | None = None
+        self._tee: TeeSink | None = None
+
+    # ----------------------------------------------------------------------------------------------- notices
+    def notice(self, line: str) -> None:
+        """A one-line message for the user: stderr and the log file."""
+        self.messages.append(line)
+        log.warning(line)
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _settle_model(self) -> None:
+        from vcam.runtime import check_model
+
+        try:
+            check_model(self.settings)
+        except ModelError as error:
+            if not self.settings.model_from_preset:
+                raise
+            self.notice(f"{error} -- using the offline 'tiny' model instead")
+            from engines.loading import ModelSpec
+
+            self.settings = replace(self.settings, model=ModelSpec(model="tiny", vae="tiny"), engine="torch")
+
+    def _open_source(self):
+        from vcam.sources import SourceError, open_source
+
+        spec = self.settings.source
+        config = self.settings.source_config
+        if config.live is None and not is_offline_sink(self.settings.sink):
+            # Feeding a live output, a file or pattern stands in for a camera: paced at its own rate, looped.
+            config = replace(config, live=True)
+        try:
+            source = open_source(spec, config)
+        except SourceError as error:
+            if self.settings.source_given:
+                raise
+            self.notice(f"{error} -- using the synthetic source instead")
+            source = open_source("synthetic", replace(self.settings.source_config, live=True))
+            spec = "synthetic"
+        self.notice(f"source: {spec}")
+        return source
+
+    def _open_sink(self):
+        from vcam.sinks import SinkError, open_sink
+
+        spec = self.settings.sink
+        chain = ["vcam", "window", "mjpeg"] if spec == "auto" else [spec]
+        if spec == "window" and not self._qt_available():
+            raise SinkError("the preview window needs a display; use --sink vcam, --sink mjpeg or an output file")
+        errors = []
+        for candidate in chain:
+            if candidate == "window" and not self._qt_available():
+                errors.append("window: no display")
+                continue
+            try:
+                sink = open_sink(candidate, self.settings.sink_config, **self._sink_extras(candidate))
+            except SinkError as error:
+                if len(chain) == 1:
+                    raise
+                errors.append(f"{candidate}: {error}")
+                continue
+            if errors:
+                self.notice("output: " + "; ".join(errors) + f" -- using {candidate}")
+            self.notice(f"output: {candidate}")
+            return sink
+        raise SinkError("no output could open: " + "; ".join(errors))
+
+    def _sink_extras(self, candidate: str) -> dict:
+        if candidate == "window":
+            return {"host": self.ensure_qt_host()}
+        return {}
+
+    def _qt_available(self) -> bool:
+        from vcam.qt_host import QtHost
+
+        return QtHost.available()
+
+    def ensure_qt_host(self):
+        if self._qt_host is None:
+            from vcam.qt_host import QtHost
+
+            self._qt_host = QtHost()
+        return self._qt_host
+
+    # ----------------------------------------------------------------------------------------------- model
+    def _build_processor(self) -> None:
+        """Build the engine and the stream, then swap the processor in at a frame boundary. Raises user errors."""
+        from vcam.runtime import build_stream, create_engine_for, warm_up
+
+        start = time.perf_counter()
+        engine = create_engine_for(self.settings)
+        self.stream = build_stream(engine, self.settings)
+        self._apply_prompt_index(self.prompt_index)
+        warm_up(self.stream)
+        self.processor = DiffusionProcessor(self.stream, fit=self.settings.sink_config.fit)
+        if self.pipeline is not None:
+            self.pipeline.set_processor(self.processor)
+        self.ready_event.set()
+        self.notice(f"model ready in {time.perf_counter() - start:.1f} s ({engine.name} on {engine.device})")
+
+    def _load_model_in_background(self) -> None:
+        """Live sinks: the camera keeps flowing (pass-through) while this runs; a failure ends the run in one line."""
+        try:
+            self._build_processor()
+        except BaseException as error:  # noqa: BLE001
+            self.error = error
+            self.notice(f"the model could not start: {error}")
+            self.stop_event.set()
+
+    # ----------------------------------------------------------------------------------------------- commands
+    def _between_frames(self) -> None:
+        with self._pending_lock:
+            actions, self._pending = self._pending, []
+        for action in actions:
+            action()
+
+    def _at_frame_boundary(self, action: Callable[[], None]) -> None:
+        with self._pending_lock:
+            self._pending.append(action)
+
+    def _find_prompt(self, name: str) -> int | None:
+        for i, prompt in enumerate(self.settings.prompts):
+            if prompt.name.lower() == name.lower():
+                return i
+        return None
+
+    def _apply_prompt_index(self, index: int, blend_frames: int = 0) -> None:
+        prompt = self.settings.prompts[index]
+        self.prompt_index = index
+        self.prompt_label = prompt.name
+        if self.stream is not None:
+            self.stream.prompts.switch(prompt.text, blend_frames=blend_frames)
+
+    def apply(self, command: cmd.Command) -> None:
+        """Apply one command (dispatcher thread). Prompt texts are encoded here, never on the inference thread."""
+        names = ", ".join(p.name for p in self.settings.prompts)
+        if isinstance(command, cmd.SwitchPrompt):
+            if command.name is not None:
+                index = self._find_prompt(command.name)
+                if index is None:
+                    self.notice(f"unknown prompt {command.name!r}; known: {names}")
+                    return
+            elif self.settings.prompts:
+                index = (self.prompt_index + command.step) % len(self.settings.prompts)
+            else:
+                return
+            self._apply_prompt_index(index)
+        elif isinstance(command, cmd.BlendToPrompt):
+            index = self._find_prompt(command.name)
+            if index is None:
+                self.notice(f"unknown prompt {command.name!r}; known: {names}")
+                return
+            self._apply_prompt_index(index, blend_frames=command.frames)
+        elif isinstance(command, cmd.SetPromptText):
+            self.prompt_label = command.text[:40]
+            if self.stream is not None:
+                self.stream.prompts.switch(command.text)
+        elif isinstance(command, cmd.SetPaused):
+            self._at_frame_boundary(lambda: self._set_paused(command.paused))
+        elif isinstance(command, cmd.SetSimilarityFilter):
+            self._at_frame_boundary(lambda: self._set_filter(command.enabled))
+        elif isinstance(command, cmd.ReloadPreset):
+            self._reload_preset()
+        elif isinstance(command, cmd.Quit):
+            self.stop_event.set()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.processor is not None and self.processor.paused)
+
+    @property
+    def filter_enabled(self) -> bool:
+        return bool(self.stream is not None and self.stream.similarity is not None and self.stream.similarity.enabled)
+
+    def _set_paused(self, paused: bool | None) -> None:
+        if self.processor is not None:
+            self.processor.paused = (not self.processor.paused) if paused is None else paused
+
+    def _set_filter(self, enabled: bool | None) -> None:
+        if self.stream is not None and self.stream.similarity is not None:
+            sim = self.stream.similarity
+            sim.set_enabled((not sim.enabled) if enabled is None else enabled)
+
+    def _reload_preset(self) -> None:
+        preset = self.settings.preset
+        if preset is None or preset.source_path is None:
+            self.notice("reload: this run has no preset file to reload")
+            return
+        from vcam.presets import PresetError, load_preset
+
+        try:
+            fresh = load_preset(str(preset.source_path))
+        except PresetError as error:
+            self.notice(f"reload failed, keeping the current settings: {error}")
+            return
+        if self.stream is not None:
+            self.stream.prompts.cache.prefill([p.text for p in fresh.prompts])
+        current = self.settings.prompts[self.prompt_index].name if self.settings.prompts else None
+        self.settings = replace(self.settings, prompts=tuple(fresh.prompts), preset=fresh)
+        index = self._find_prompt(current) if current else None
+        self._apply_prompt_index(index if index is not None else 0)
+        changed = [s for s in ("model", "stream") if getattr(fresh, s) != getattr(preset, s)]
+        note = f"; restart to apply [{', '.join(changed)}]" if changed else ""
+        self.notice(f"preset reloaded: {len(fresh.prompts)} prompts{note}")
+
+    def _dispatch_commands(self) -> None:
+        while not self.stop_event.is_set():
+            item = self.queue.get(timeout=0.1)
+            if item is None:
+                continue
+            try:
+                self.apply(item.command)
+            except Exception as error:  # noqa: BLE001 - a bad command never stops the stream
+                self.notice(f"command from {item.origin} failed: {error}")
+
+    # ----------------------------------------------------------------------------------------------- controls
+    def _start_controls(self) -> None:
+        preset = self.settings.preset
+        from vcam.controls.factory import start_controls
+
+        self._controls = start_controls(self, preset, self.options)
+
+    def _stop_controls(self) -> None:
+        for control in self._controls:
+            try:
+                control.stop()
+            except Exception as error:  # noqa: BLE001
+                log.debug("control stop failed: %s", error)
+
+    # ----------------------------------------------------------------------------------------------- status
+    def status_text(self) -> str:
+        if self.pipeline is None:
+            return "starting"
+        stats = self.pipeline.stats()
+        skip = self.stream.similarity.skip_rate if self.stream is not None and self.stream.similarity else 0.0
+        state = "paused" if self.paused else ("live" if self.ready_event.is_set() else "loading")
+        return f"{stats.fps:5.1f} fps | skip {skip:4.0%} | {self.prompt_label} | {state}"
+
+    def _status_loop(self) -> None:
+        interactive = sys.stderr.isatty()
+        last_logged = 0.0
+        while not self.stop_event.wait(1.0):
+            text = self.status_text()
+            if interactive and self.options.status_line:
+                sys.stderr.write("\r\x1b[2K" + text)
+                sys.stderr.flush()
+            elif time.monotonic() - last_logged > 10:
+                log.info(text)
+                last_logged = time.monotonic()
+        if interactive and self.options.status_line:
+            sys.stderr.write("\n")
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+    def _watch_pipeline(self) -> None:
+        while not self.stop_event.is_set():
+            if self.pipeline is not None and self.pipeline.wait(timeout=0.2):
+                self.stop_event.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, _frame):
+            self.stop_event.set()
+            if self._qt_host is not None:
+                self._qt_host.quit()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    def run(self) -> int:
+        setup_logging()
+        self._install_signal_handlers()
+        self._settle_model()
+        source = self._given_source or self._open_source()
+        try:
+            sink = self._given_sink or self._open_sink()
+        except BaseException:
+            source.close()
+            raise
+        sink = self._tee = TeeSink(self._wrap_overlay(sink))
+        # A live sink (virtual camera, window, MJPEG: paced) must never starve, so it starts at once on a
+        # pass-through card while the model loads. An offline sink (a file, null) has no viewer: load first, so
+        # every written frame is a stylised one.
+        live_output = sink.fps is not None
+        if not live_output:
+            try:
+                self._build_processor()
+            except BaseException:
+                sink.close()
+                source.close()
+                raise
+        self.pipeline = FramePipeline(
+            source,
+            self.processor if self.processor is not None else PassThroughProcessor(),
+            sink,
+            PipelineConfig(max_frames=self.settings.frames),
+            between_frames=self._between_frames,
+        )
+        self.pipeline.start()
+        threads = [
+            threading.Thread(target=self._load_model_in_background if live_output else lambda: None, name="vcam-model", daemon=True),
+            threading.Thread(target=self._dispatch_commands, name="vcam-commands", daemon=True),
+            threading.Thread(target=self._watch_pipeline, name="vcam-watch", daemon=True),
+            threading.Thread(target=self._status_loop, name="vcam-status", daemon=True),
+        ]
+        try:
+            self._start_controls()
+            for thread in threads:
+                thread.start()
+            if self._qt_host is not None:
+                self._run_qt_until_stopped()
+            else:
+                while not self.stop_event.wait(0.2):
+                    pass
+        finally:
+            self.stop_event.set()
+            self._stop_controls()
+            self.pipeline.stop(timeout=2.0)
+            if self._qt_host is not None:
+                self._qt_host.quit()
+            for thread in threads:
+                if thread.is_alive() and thread.name != "vcam-model":
+                    thread.join(timeout=1.0)
+        if self.pipeline.error is not None:
+            self.notice(f"stopped: {self.pipeline.error}")
+            return 1
+        if self.error is not None:
+            return 1
+        return 0
+
+    def _run_qt_until_stopped(self) -> None:
+        host = self._qt_host
+        watcher = threading.Thread(target=lambda: (self.stop_event.wait(), host.quit()), daemon=True)
+        watcher.start()
+        host.run()
+
+    def _wrap_overlay(self, sink):
+        return OverlaySink(sink, self.status_text) if self.options.overlay else sink
+
+    def open_preview(self) -> None:
+        """Tray "Open preview": a window beside the virtual camera showing the same frames (GUI thread)."""
+        if self._tee is None or self._tee.preview is not None:
+            return
+        from vcam.sinks import SinkConfig, open_sink
+
+        config = SinkConfig(width=640, height=360, fps=self.settings.sink_config.fps, fit=self.settings.sink_config.fit)
+        try:
+            self._tee.preview = open_sink("window", config, host=self.ensure_qt_host())
+        except Exception as error:  # noqa: BLE001
+            self.notice(f"preview window not available: {error}")
+
+
+def is_offline_sink(spec: str) -> bool:
+    """A file or the null sink: nobody watches in real time, so sources are read as fast as they are consumed."""
+    from pathlib import Path
+
+    return spec == "null" or Path(spec).suffix.lower() in (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+class OverlaySink:
+    """Draws the status line (fps, skip rate, prompt) on every frame before it reaches the wrapped sink."""
+
+    def __init__(self, sink, text: Callable[[], str]) -> None:
+        self.sink = sink
+        self.text = text
+        self.fps = sink.fps
+
+    def write(self, frame) -> None:
+        from vcam.overlay import draw_status
+
+        self.sink.write(draw_status(frame.copy(), [self.text()]))
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class TeeSink:
+    """The main sink plus an optional preview window opened later from the tray; a failing preview is dropped."""
+
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self.fps = sink.fps
+        self.preview = None
+
+    def write(self, frame) -> None:
+        self.sink.write(frame)
+        preview = self.preview
+        if preview is not None:
+            try:
+                preview.write(frame)
+            except Exception:  # noqa: BLE001 - the preview is a convenience; the virtual camera goes on
+                self.preview = None
+
+    def close(self) -> None:
+        try:
+            if self.preview is not None:
+                self.preview.close()
+        finally:
+            self.sink.close()
