@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-TINY_MODEL_VERSION = "tiny-v1"  # bump when the architecture or the tokenizer below changes
+TINY_MODEL_VERSION = "tiny-v2"  # bump when the architecture or the tokenizer below changes
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 MAX_TOKENS = 77
@@ -251,8 +251,38 @@ def write_test_taesd(directory: Path, seed: int = 0) -> Path:
         num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=4,
     )
+    _calibrate_taesd(taesd, seed)
     taesd.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def _rescale_last_conv(module: torch.nn.Module, outputs: torch.Tensor, mean: float, std: float) -> None:
+    """Make the last conv's per-channel output have `mean` / `std` over `outputs` (that conv's current outputs)."""
+    conv = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    got_mean = outputs.mean(dim=(0, 2, 3))  # (C,)
+    got_std = outputs.std(dim=(0, 2, 3)).clamp_min(1e-6)  # (C,)
+    gain = std / got_std
+    with torch.no_grad():
+        conv.weight.mul_(gain[:, None, None, None])
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(gain)
+        new_bias = (bias - got_mean) * gain + mean
+        if conv.bias is None:
+            conv.bias = torch.nn.Parameter(new_bias)
+        else:
+            conv.bias.copy_(new_bias)
+
+
+def _calibrate_taesd(taesd: torch.nn.Module, seed: int) -> None:
+    """Random TAESD weights saturate (the decoder gave -1 everywhere: a black demo). Rescale the last conv of the
+    encoder to SD-like latents (mean 0, std 1) and of the decoder to mid-range pixels, deterministically, so the
+    tiny model's pictures move with their input like a real one's do."""
+    generator = torch.Generator().manual_seed(seed * 1000 + 5)
+    images = torch.rand(4, 3, 64, 64, generator=generator) * 2 - 1  # (4, 3, 64, 64) in [-1, 1]
+    latents = torch.randn(4, 4, 8, 8, generator=generator)  # (4, 4, 8, 8)
+    with torch.no_grad():
+        _rescale_last_conv(taesd.encoder, taesd.encoder(images), mean=0.0, std=1.0)
+        raw = (taesd.decoder(latents) + 1) / 2  # the decoder's own [0, 1] output before its x*2-1
+        _rescale_last_conv(taesd.decoder, raw, mean=0.5, std=0.2)
 
 
 def default_cache_root() -> Path:
