@@ -30,13 +30,6 @@ from core.schedule import Schedule, epsilon_from_output
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # Engine.predict_noise
 
 
-def unet_batch_size(mode: GuidanceMode, steps: int, frames: int) -> int:
-    """Rows of one UNet call for a guidance mode (the mode already reduced to `none` when inactive)."""
-    return {"none": steps * frames, "self": steps * frames, "full": 2 * steps * frames, "initialize": (steps + 1) * frames}[
-        mode
-    ]
-
-
 class ResidualGuidance:
     """One stream's guidance: builds the UNet batch, combines its prediction and carries the stock noise.
 
@@ -60,7 +53,6 @@ class ResidualGuidance:
         self._fixed_noise = fixed_noise
         self._predict_noise = predict_noise
         s, f = schedule, schedule.frames
-        self.batch_size = unet_batch_size(self.mode, s.steps, f)
         # Per-row timesteps and coefficients of the UNet batch (for the v -> eps conversion), fixed per mode.
         if self.mode == "full":
             self._timesteps = s.row_timesteps.repeat(2)  # (2*T*F,)
@@ -71,6 +63,7 @@ class ResidualGuidance:
             self._beta = torch.cat([s.beta_sqrt[:f], s.beta_sqrt])
         else:
             self._timesteps, self._alpha, self._beta = s.row_timesteps, s.alpha_sqrt, s.beta_sqrt
+        self.batch_size = int(self._timesteps.shape[0])  # B: T*F, 2*T*F or (T+1)*F
         self._embeddings: torch.Tensor | None = None  # (B, L, D)
         # Stock noise of slots 1..T-1 for the next step; the primed buffer holds exactly its fixed noise.
         self._carried = fixed_noise[s.slot_rows(1)].clone()  # ((T-1)*F, C, h, w)
@@ -80,10 +73,6 @@ class ResidualGuidance:
         """Forget the carried stock noise (with the stream batch's buffer, which it describes)."""
         self._carried = self._fixed_noise[self.schedule.slot_rows(1)].clone()
         self.last_stock = None
-
-    @property
-    def uses_stock_noise(self) -> bool:
-        return self.mode in ("self", "initialize")
 
     def set_embeddings(self, cond: torch.Tensor, uncond: torch.Tensor) -> None:
         """Build the UNet's (B, L, D) embedding batch for this mode from (1, L, D) prompt embeddings."""

@@ -106,11 +106,11 @@ def test_hundred_switches_during_a_run_drop_no_frame_and_never_mix_prompts(engin
     cache, frames_done, switches_done = stream.prompts.cache, threading.Semaphore(0), threading.Event()
 
     def switch_a_hundred_times() -> None:
-        """Four bursts of 25 switches, each burst racing the stream; between bursts two frames finish, so the
-        second one's boundary surely saw the burst's last switch (prompt 0, 1, 2, 0)."""
+        """Two bursts of 50 switches, each racing the stream; after a burst two frames finish, so the second
+        one's boundary surely saw the burst's last switch (prompt 1, then prompt 0)."""
         for i in range(100):
             stream.prompts.switch(PROMPTS[i % 3])
-            if i % 25 == 24:
+            if i % 50 == 49:
                 for _ in range(2):
                     frames_done.acquire(timeout=60)
         switches_done.set()
@@ -125,7 +125,7 @@ def test_hundred_switches_during_a_run_drop_no_frame_and_never_mix_prompts(engin
     switcher.join()
     assert returned == fed == stream.unet_calls == len(engine.unet_calls)
     seen = {prompt_of(cond_rows(call, "initialize", 2), cache) for call in engine.unet_calls}
-    assert seen == set(PROMPTS)  # the switches did land while running
+    assert {PROMPTS[0], PROMPTS[1]} <= seen  # the switches did land while running
     assert stream.embedding_builds <= fed  # rebuilt per prompt version, at most once per frame
 
 
