@@ -12,7 +12,7 @@ import pytest
 
 from tests.xvfb import XvfbServer, xvfb  # noqa: F401  (fixture)
 from vcam.commands import CommandQueue, QueuedCommand, SetPaused, SetSimilarityFilter, SwitchPrompt
-from vcam.controls.hotkeys import HotkeyControl, HotkeyError, bindings_from_preset
+from vcam.controls.hotkeys import HotkeyControl, HotkeyError, bindings_from_preset, parse_hotkey
 from vcam.presets import load_preset
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,3 +147,14 @@ def test_wayland_without_x_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) 
     status: list[str] = []
     assert HotkeyControl({"<ctrl>+<alt>+p": SetPaused()}, CommandQueue(), on_status=status.append).start() is False
     assert len(status) == 1 and status[0].startswith("hotkeys unavailable: Wayland does not let programs read")
+
+
+@pytest.mark.parametrize("combo", ["<ctrl>+<alt>+<right>", "<ctrl>+<shift>+<f5>", "<cmd>+x", "<ctrl>++"])
+def test_hotkey_parser_accepts_pynput_syntax(combo: str) -> None:
+    assert parse_hotkey(combo)
+
+
+@pytest.mark.parametrize("combo", ["ctrl+p", "<ctrl>+<nokey>", "<ctrl>+", "<ctrl>+<ctrl>", ""])
+def test_hotkey_parser_refuses_what_pynput_refuses(combo: str) -> None:
+    with pytest.raises(ValueError):
+        parse_hotkey(combo)

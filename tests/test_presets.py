@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.config import StreamConfig
-from vcam.presets import PresetError, list_presets, load_preset, parse_hotkey, user_preset_dir
+from vcam.presets import PresetError, list_presets, load_preset, user_preset_dir
 
 SHIPPED = ("tiny", "sd-turbo-1step", "sd-turbo-2step", "lcm-lora-sd15")
 
@@ -186,14 +186,3 @@ def test_empty_hotkey_disables_an_action(tmp_path: Path) -> None:
 
 def test_invalid_toml_is_one_line_naming_the_file(tmp_path: Path) -> None:
     assert "not valid TOML" in preset_error(tmp_path, "[stream\nwidth = 1\n")
-
-
-@pytest.mark.parametrize("combo", ["<ctrl>+<alt>+<right>", "<ctrl>+<shift>+<f5>", "<cmd>+x", "<ctrl>++"])
-def test_hotkey_parser_accepts_pynput_syntax(combo: str) -> None:
-    assert parse_hotkey(combo)
-
-
-@pytest.mark.parametrize("combo", ["ctrl+p", "<ctrl>+<nokey>", "<ctrl>+", "<ctrl>+<ctrl>", ""])
-def test_hotkey_parser_refuses_what_pynput_refuses(combo: str) -> None:
-    with pytest.raises(ValueError):
-        parse_hotkey(combo)

@@ -10,6 +10,7 @@ user presets in `<user config dir>/vcam/presets/*.toml` override shipped ones of
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import importlib
 import importlib.resources
@@ -19,11 +20,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import platformdirs
 
 from core.config import ConfigError, StreamConfig, t_index_list_from_strength
+from vcam.controls.hotkeys import parse_hotkey
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -281,6 +283,7 @@ _SECTIONS: dict[str, type] = {
     "osc": OscSection,
 }
 _TOP_LEVEL_KEYS = ("description", *_SECTIONS, "prompts")
+_Fail = Callable[[str, str], PresetError]  # (dotted key, message) -> the one-line error naming the file
 
 
 def parse_preset(data: Mapping[str, Any], name: str, source: Path | None = None) -> Preset:
@@ -310,14 +313,14 @@ def parse_preset(data: Mapping[str, Any], name: str, source: Path | None = None)
     return preset
 
 
-def _reject_unknown(table: Mapping[str, Any], allowed: typing.Iterable[str], prefix: str, fail) -> None:
+def _reject_unknown(table: Mapping[str, Any], allowed: typing.Iterable[str], prefix: str, fail: _Fail) -> None:
     allowed = tuple(allowed)
     for key in table:
         if key not in allowed:
             raise fail(f"{prefix}{key}", f"unknown key; allowed here: {', '.join(allowed)}")
 
 
-def _build_section(cls: type, table: Any, dotted: str, fail) -> Any:
+def _build_section(cls: type, table: Any, dotted: str, fail: _Fail) -> Any:
     if not isinstance(table, Mapping):
         raise fail(dotted, f"must be a table ([{dotted}]), got {_type_name(table)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -328,7 +331,7 @@ def _build_section(cls: type, table: Any, dotted: str, fail) -> Any:
     return cls(**values)
 
 
-def _coerce(value: Any, hint: Any, metadata: Mapping[str, Any], key: str, fail) -> Any:
+def _coerce(value: Any, hint: Any, metadata: Mapping[str, Any], key: str, fail: _Fail) -> Any:
     """Check `value` against the field's type hint and range, returning the frozen form (tuples, proxies)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union or origin is types.UnionType:  # `X | None`: TOML has no null, so only X is possible
@@ -342,7 +345,7 @@ def _coerce(value: Any, hint: Any, metadata: Mapping[str, Any], key: str, fail) 
         if not isinstance(value, list):
             raise fail(key, f"must be a list of {args[0].__name__}, got {_type_name(value)}")
         return tuple(_coerce(item, args[0], metadata, key, fail) for item in value)
-    if hint is Mapping[str, str] or origin is Mapping:
+    if origin is collections.abc.Mapping:
         if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
             raise fail(key, f"must be a table of strings like {{ \"Scene\" = \"prompt name\" }}, got {value!r}")
         return types.MappingProxyType(dict(value))
@@ -358,7 +361,7 @@ def _coerce(value: Any, hint: Any, metadata: Mapping[str, Any], key: str, fail) 
     return value
 
 
-def _build_prompts(raw: Any, fail) -> tuple[PromptSpec, ...]:
+def _build_prompts(raw: Any, fail: _Fail) -> tuple[PromptSpec, ...]:
     if raw is None:
         raise fail("prompts", "a preset needs at least one [[prompts]] entry with name and text")
     if not isinstance(raw, list) or not raw or not all(isinstance(entry, Mapping) for entry in raw):
@@ -383,7 +386,7 @@ def _build_prompts(raw: Any, fail) -> tuple[PromptSpec, ...]:
     return tuple(prompts)
 
 
-def _check_stream(stream: StreamSection, fail) -> None:
+def _check_stream(stream: StreamSection, fail: _Fail) -> None:
     if stream.t_index_list is not None and (stream.strength is not None or stream.steps is not None):
         raise fail("stream.t_index_list", "set either t_index_list or strength + steps, not both")
     if stream.steps is not None and stream.strength is None:
@@ -395,7 +398,7 @@ def _check_stream(stream: StreamSection, fail) -> None:
         raise fail("stream", str(error)) from None
 
 
-def _check_hotkeys(preset: Preset, fail) -> None:
+def _check_hotkeys(preset: Preset, fail: _Fail) -> None:
     """Every combination must parse, and no two actions may share one (the second would silently win)."""
     used: dict[frozenset[str], str] = {}
     combos = [(f"hotkeys.{f.name}", getattr(preset.hotkeys, f.name)) for f in dataclasses.fields(HotkeysSection)]
@@ -411,58 +414,6 @@ def _check_hotkeys(preset: Preset, fail) -> None:
         if parsed in used:
             raise fail(key, f"{combo!r} is already bound by {used[parsed]}; choose another combination")
         used[parsed] = key
-
-
-def parse_hotkey(combo: str) -> frozenset[str]:
-    """Validate a hotkey with pynput's own parser when a keyboard backend can load, else with its key table.
-
-    pynput's `HotKey.parse` needs a platform backend, and on Linux that means a reachable X server; presets must
-    still validate headless (CI, `vcam presets` over SSH), where the grammar is checked against pynput's
-    platform-independent `Key` names instead. Returns a normalised set of key names to detect duplicates.
-    """
-    try:
-        from pynput.keyboard import HotKey
-    except ImportError:  # no keyboard backend here (e.g. no X display): same grammar, pynput's key names
-        return _parse_hotkey_offline(combo)
-    return frozenset(str(key) for key in HotKey.parse(combo))
-
-
-# pynput's documented `Key` names: used when pynput cannot load its platform backend to tell us itself.
-_NAMED_KEYS = frozenset(
-    "alt alt_l alt_r alt_gr backspace caps_lock cmd cmd_l cmd_r ctrl ctrl_l ctrl_r delete down end enter esc "
-    "home left page_down page_up right shift shift_l shift_r space tab up insert menu num_lock pause "
-    "print_screen scroll_lock media_play_pause media_volume_mute media_volume_down media_volume_up "
-    "media_previous media_next".split()
-) | {f"f{number}" for number in range(1, 21)}
-
-
-def _parse_hotkey_offline(combo: str) -> frozenset[str]:
-    names: list[str] = []
-    for part in _split_combo(combo):
-        if len(part) == 1:
-            names.append(part.lower())
-        elif len(part) > 2 and part[0] == "<" and part[-1] == ">" and (
-            part[1:-1].lower() in _NAMED_KEYS or part[1:-1].isdigit()
-        ):
-            names.append(part.lower())
-        else:
-            raise ValueError(part)
-    if len(set(names)) != len(names):
-        raise ValueError(combo)
-    return frozenset(names)
-
-
-def _split_combo(combo: str) -> list[str]:
-    """Split on '+' separators while allowing '+' itself as a key (as in "<ctrl>++")."""
-    parts, start = [], 0
-    for index, char in enumerate(combo):
-        if char == "+" and index != start:
-            parts.append(combo[start:index])
-            start = index + 1
-    if start == len(combo):
-        raise ValueError(combo)
-    parts.append(combo[start:])
-    return parts
 
 
 def _type_name(value: Any) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from vcam.commands import Command, CommandQueue, SetPaused, SetSimilarityFilter, SwitchPrompt
-from vcam.presets import Preset, parse_hotkey
+
+if TYPE_CHECKING:  # presets validate their hotkeys with `parse_hotkey` below, so they import this module
+    from vcam.presets import Preset
 
 READY_TIMEOUT_S = 5.0
 FALLBACK_ADVICE = "use the tray, OBS WebSocket or OSC instead"
@@ -20,6 +22,59 @@ FALLBACK_ADVICE = "use the tray, OBS WebSocket or OSC instead"
 
 class HotkeyError(ValueError):
     """A binding that is not a valid hotkey; the message shows the accepted syntax."""
+
+
+def parse_hotkey(combo: str) -> frozenset[str]:
+    """Validate a hotkey with pynput's own parser when a keyboard backend can load, else with its key table.
+
+    pynput's `HotKey.parse` needs a platform backend, and on Linux that means a reachable X server; presets must
+    still validate headless (CI, `vcam presets` over SSH), where the grammar is checked against pynput's
+    platform-independent `Key` names instead. Returns a normalised set of key names to detect duplicates.
+    """
+    try:
+        from pynput.keyboard import HotKey
+    except ImportError:  # no keyboard backend here (e.g. no X display): same grammar, pynput's key names
+        return _parse_hotkey_offline(combo)
+    return frozenset(str(key) for key in HotKey.parse(combo))
+
+
+# pynput's documented `Key` names: used when pynput cannot load its platform backend to tell us itself.
+_NAMED_KEYS = frozenset(
+    "alt alt_l alt_r alt_gr backspace caps_lock cmd cmd_l cmd_r ctrl ctrl_l ctrl_r delete down end enter esc "
+    "home left page_down page_up right shift shift_l shift_r space tab up insert menu num_lock pause "
+    "print_screen scroll_lock media_play_pause media_volume_mute media_volume_down media_volume_up "
+    "media_previous media_next".split()
+) | {f"f{number}" for number in range(1, 21)}
+
+
+def _parse_hotkey_offline(combo: str) -> frozenset[str]:
+    names: list[str] = []
+    for part in _split_combo(combo):
+        if len(part) == 1:
+            names.append(part.lower())
+        elif len(part) > 2 and part[0] == "<" and part[-1] == ">" and (
+            part[1:-1].lower() in _NAMED_KEYS or part[1:-1].isdigit()
+        ):
+            names.append(part.lower())
+        else:
+            raise ValueError(part)
+    if len(set(names)) != len(names):
+        raise ValueError(combo)
+    return frozenset(names)
+
+
+def _split_combo(combo: str) -> list[str]:
+    """Split on '+' separators while allowing '+' itself as a key (as in "<ctrl>++")."""
+    parts, start = [], 0
+    for index, char in enumerate(combo):
+        if char == "+" and index != start:
+            parts.append(combo[start:index])
+            start = index + 1
+    if start == len(combo):
+        raise ValueError(combo)
+    parts.append(combo[start:])
+    return parts
+
 
 
 def bindings_from_preset(preset: Preset) -> dict[str, Command]:
