@@ -13,8 +13,9 @@ import torch
 from core.config import StreamConfig
 from core.guidance import ResidualGuidance
 from core.schedule import Schedule
-from core.stream_batch import seeded_noise
-from tests.engine_doubles import RecordingEngine
+from core.stream_batch import StreamBatch, seeded_noise
+from engines.base import NoiseScheduleConfig
+from tests.engine_doubles import ConvNoisePredictor, RecordingEngine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -145,3 +146,27 @@ def test_prediction_before_embeddings_are_set_is_refused(tiny_engine):
     guidance = ResidualGuidance("self", 1.2, 1.0, schedule, noise, tiny_engine.predict_noise)
     with pytest.raises(RuntimeError, match="set_embeddings"):
         guidance.predict(noise, noise[:1])
+
+
+@pytest.mark.parametrize("mode", ["none", "self", "full", "initialize"])
+@pytest.mark.parametrize(("steps", "frames"), [(1, 1), (1, 2), (3, 2), (4, 1)])
+def test_every_mode_runs_the_stream_batch_for_any_slots_and_frames(mode, steps, frames):
+    """Shapes only, on the cheap stand-in UNet: the reference crashes for F > 1 in full / initialize."""
+    t_index_list = (10, 25, 38, 47)[-steps:]
+    config = StreamConfig(t_index_list=t_index_list, frame_buffer_size=frames, guidance=mode, guidance_scale=1.4)
+    schedule = Schedule.build(config, NoiseScheduleConfig(), "cpu", torch.float32)
+    unet = ConvNoisePredictor()
+    batch_sizes: list[int] = []
+
+    def recorded(latents, timesteps, embeddings):
+        batch_sizes.append(latents.shape[0])
+        assert timesteps.shape[0] == embeddings.shape[0] == latents.shape[0]
+        return unet(latents, timesteps, embeddings)
+
+    noise = seeded_noise((steps * frames, *LATENT), 1, "cpu", torch.float32)
+    guidance = ResidualGuidance(mode, 1.4, DELTA, schedule, noise, recorded)
+    guidance.set_embeddings(torch.ones(1, 3, 8), torch.zeros(1, 3, 8))
+    batch = StreamBatch(schedule, LATENT, 1, guidance.predict)
+    outputs = [batch.step(torch.randn(frames, *LATENT)) for _ in range(3)]
+    assert all(o.shape == (frames, *LATENT) and torch.isfinite(o).all() for o in outputs)
+    assert batch_sizes == [config.unet_batch] * 3
