@@ -1,0 +1,261 @@
+"""ONNX export checks, the engine cache and the ONNX Runtime engine: what is specified beyond conformance.
+
+Speed is measured here too (ORT vs torch eager, same process, interleaved): printed with `-s`, and asserted only
+loosely because the 2 cores are shared with other test runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engines.base import EngineShapes, EngineUnavailableError
+from engines.engine_cache import MANIFEST_NAME, EngineCache, EngineCacheKey, LoraFingerprint, file_sha256
+from engines.loading import ModelSpec
+from engines.onnx_engine import OnnxRuntimeOptions, choose_providers, create_onnxruntime_engine
+from engines.onnx_export import (
+    CallAsModule, EngineBuildError, GraphSpec, OnnxExportOptions, TensorSpec, export_checked_graphs,
+)
+
+KEY = EngineCacheKey(
+    model_hash="0123", width=256, height=256, frame_batch=1, unet_batch=2, text_batch=1, precision="fp32",
+    backend="onnx", backend_version="ort1.31", opset=17, exporter_version="1",
+)
+SMALL = EngineShapes(width=64, height=64, frame_batch=1, unet_batch=2)
+
+
+def write_files(files: dict[str, bytes]):
+    """A cache builder that writes `files` and counts its calls."""
+    calls = []
+
+    def build(directory: Path) -> dict:
+        calls.append(directory)
+        for name, content in files.items():
+            (directory / name).write_bytes(content)
+        return {"graphs": sorted(files)}
+
+    build.calls = calls
+    return build
+
+
+# --- cache keys -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [
+    {"model_hash": "4567"}, {"width": 512}, {"height": 320}, {"frame_batch": 2}, {"unet_batch": 4},
+    {"text_batch": 2}, {"precision": "fp16"}, {"backend": "tensorrt"}, {"backend_version": "ort1.32"},
+    {"opset": 18}, {"exporter_version": "2"}, {"gpu_model": "NVIDIA RTX 4090"},
+    {"loras": (LoraFingerprint("beef", 1.0),)},
+])
+def test_any_change_that_alters_an_engine_gives_a_new_cache_entry(change: dict) -> None:
+    assert dataclasses.replace(KEY, **change).digest() != KEY.digest()
+
+
+def test_lora_scale_is_part_of_the_key() -> None:
+    half = dataclasses.replace(KEY, loras=(LoraFingerprint("beef", 0.5),))
+    full = dataclasses.replace(KEY, loras=(LoraFingerprint("beef", 1.0),))
+    assert half.digest() != full.digest()
+
+
+def test_equal_keys_name_the_same_entry() -> None:
+    assert dataclasses.replace(KEY).digest() == KEY.digest()
+
+
+# --- cache entries ----------------------------------------------------------------------------------------------
+
+
+def test_cache_hit_returns_stored_report_without_building(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    build = write_files({"unet.onnx": b"graph"})
+    first = cache.get_or_build(KEY, build)
+    second = cache.get_or_build(KEY, build)
+    assert (first.built, second.built) == (True, False)
+    assert len(build.calls) == 1
+    assert second.build_report["graphs"] == ["unet.onnx"]
+    assert (second.path / "unet.onnx").read_bytes() == b"graph"
+
+
+def test_entry_whose_manifest_names_another_key_is_rebuilt(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    entry = cache.get_or_build(KEY, write_files({"unet.onnx": b"graph"}))
+    manifest = json.loads((entry.path / MANIFEST_NAME).read_text())
+    manifest["key"]["unet_batch"] = 4
+    (entry.path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    rebuilt = cache.get_or_build(KEY, write_files({"unet.onnx": b"graph"}))
+    assert rebuilt.built and rebuilt.rebuilt_because == "manifest does not match the key"
+
+
+def test_partial_entry_without_manifest_is_rebuilt(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    entry = cache.get_or_build(KEY, write_files({"unet.onnx": b"graph"}))
+    (entry.path / MANIFEST_NAME).unlink()
+    rebuilt = cache.get_or_build(KEY, write_files({"unet.onnx": b"graph"}))
+    assert rebuilt.built and "manifest unreadable" in rebuilt.rebuilt_because
+
+
+def test_missing_file_is_detected(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    entry = cache.get_or_build(KEY, write_files({"unet.onnx": b"graph", "vae.onnx": b"vae"}))
+    (entry.path / "vae.onnx").unlink()
+    assert cache.verify(KEY) == "vae.onnx is missing"
+
+
+def test_failed_build_leaves_no_entry_and_no_staging_directory(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+
+    def failing_build(directory: Path) -> dict:
+        (directory / "unet.onnx").write_bytes(b"half a gra")
+        raise EngineBuildError("export failed")
+
+    with pytest.raises(EngineBuildError):
+        cache.get_or_build(KEY, failing_build)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- export checks ----------------------------------------------------------------------------------------------
+
+
+class SampledPosterior(torch.nn.Module):
+    """A graph that cannot match torch: it draws fresh noise (like sampling a VAE posterior instead of its mean)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.randn_like(x)
+
+
+def test_exported_graph_that_differs_from_torch_is_a_one_line_build_error(tmp_path: Path) -> None:
+    spec = GraphSpec("image_encoder", (TensorSpec("images", (1, 3, 8, 8), torch.float32),),
+                     (TensorSpec("latents", (1, 3, 8, 8), torch.float32),))
+    with pytest.raises(EngineBuildError) as raised:
+        export_checked_graphs({"image_encoder": CallAsModule(SampledPosterior())}, [spec], tmp_path,
+                              OnnxExportOptions(), threads=1, token_limit=10)
+    message = str(raised.value)
+    assert "image_encoder graph differs from torch" in message and "--engine torch" in message
+    assert "\n" not in message
+
+
+def test_export_report_records_each_graphs_difference(tmp_path: Path) -> None:
+    spec = GraphSpec("image_decoder", (TensorSpec("latents", (1, 4, 8, 8), torch.float32),),
+                     (TensorSpec("images", (1, 4, 8, 8), torch.float32),))
+    report = export_checked_graphs({"image_decoder": CallAsModule(torch.nn.Tanh())}, [spec], tmp_path,
+                                   OnnxExportOptions(), threads=1, token_limit=10)
+    assert 0.0 <= report["graphs"]["image_decoder"]["max_abs_diff"] < 1e-6
+    assert (tmp_path / "image_decoder.onnx").is_file()
+
+
+# --- providers --------------------------------------------------------------------------------------------------
+
+
+def test_best_available_provider_comes_first_and_cpu_is_always_the_fallback() -> None:
+    available = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    assert choose_providers(None, available) == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                 "CPUExecutionProvider"]
+    assert choose_providers(None, ["CoreMLExecutionProvider", "CPUExecutionProvider"]) == [
+        "CoreMLExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(None, available, device="cpu") == ["CPUExecutionProvider"]
+    assert choose_providers(["CUDAExecutionProvider"], available) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_requested_provider_that_is_missing_names_the_package_to_install() -> None:
+    with pytest.raises(EngineUnavailableError, match="onnxruntime-gpu"):
+        choose_providers(["CUDAExecutionProvider"], ["CPUExecutionProvider"])
+    with pytest.raises(EngineUnavailableError, match="no CUDA provider"):
+        choose_providers(None, ["CPUExecutionProvider"], device="cuda")
+
+
+# --- the engine on the tiny model -------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_full_vae_exports_and_matches_torch(tiny_model_dir, tmp_path: Path) -> None:
+    """The AutoencoderKL path (posterior mean x scaling factor, clamped decode), not just TAESD."""
+    from engines.factory import create_engine
+
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir))
+    engine = create_onnxruntime_engine(spec, SMALL, "cpu", 2, OnnxRuntimeOptions(cache_root=tmp_path))
+    reference = create_engine("torch", spec, SMALL, device="cpu", threads=2)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    latents = reference.encode_images(images)
+    assert float((engine.encode_images(images) - latents).abs().max()) < 1e-3
+    assert float((engine.decode_latents(latents) - reference.decode_latents(latents)).abs().max()) < 1e-3
+    assert set(engine.build_report["graphs"]) == {"text_encoder", "image_encoder", "image_decoder", "unet"}
+
+
+@pytest.fixture(scope="module")
+def engine_256(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory):
+    """The issue's speed configuration: 256x256, 2 steps, RCFG self, F=1 (UNet batch 2), TAESD."""
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    shapes = EngineShapes(width=256, height=256, frame_batch=1, unet_batch=2)
+    options = OnnxRuntimeOptions(cache_root=tmp_path_factory.mktemp("cache-256"))
+    return spec, shapes, options, create_onnxruntime_engine(spec, shapes, "cpu", 2, options)
+
+
+def test_input_with_another_batch_than_built_is_a_clear_error(engine_256) -> None:
+    engine = engine_256[3]
+    with pytest.raises(ValueError, match=r"unet input latents has shape \(3, 4, 32, 32\).*built for \(2, 4, 32, 32\)"):
+        engine.predict_noise(torch.zeros(3, 4, 32, 32), torch.zeros(3, dtype=torch.long), torch.zeros(3, 77, 128))
+
+
+@pytest.mark.timeout(600)
+def test_warm_cache_start_reaches_first_inference_within_five_seconds(engine_256) -> None:
+    spec, shapes, options, cold = engine_256
+    started = time.perf_counter()
+    warm = create_onnxruntime_engine(spec, shapes, "cpu", 2, options)
+    warm.decode_latents(warm.predict_noise(torch.zeros(2, 4, 32, 32), torch.tensor([259, 39]),
+                                           warm.encode_prompt(["a", "b"]))[:1])
+    seconds = time.perf_counter() - started
+    print(f"\nwarm start to first inference: {seconds:.2f} s; cold build: {cold.build_report['build_seconds']} s")
+    assert warm.graphs.cache_entry.built is False
+    assert seconds < 5.0
+
+
+def test_checksum_valid_entry_that_onnxruntime_refuses_is_rebuilt(tiny_model_dir, tmp_path: Path) -> None:
+    """An entry can be intact yet unusable (e.g. written by an incompatible runtime): it is rebuilt, not used."""
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    options = OnnxRuntimeOptions(cache_root=tmp_path)
+    first = create_onnxruntime_engine(spec, SMALL, "cpu", 2, options)
+    entry = first.graphs.directory
+    (entry / "image_decoder.onnx").write_bytes(b"not an onnx graph")
+    manifest = json.loads((entry / MANIFEST_NAME).read_text())
+    manifest["files"]["image_decoder.onnx"] = {"bytes": 17, "sha256": file_sha256(entry / "image_decoder.onnx")}
+    (entry / MANIFEST_NAME).write_text(json.dumps(manifest))
+    rebuilt = create_onnxruntime_engine(spec, SMALL, "cpu", 2, options)
+    assert rebuilt.graphs.cache_entry.built is True
+    assert "failed to load" in rebuilt.graphs.cache_entry.rebuilt_because
+    assert rebuilt.decode_latents(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 64, 64)
+
+
+@pytest.mark.timeout(600)
+def test_onnxruntime_frame_is_faster_than_torch_eager_on_the_tiny_model(engine_256) -> None:
+    """One frame = TAESD encode + UNet (batch 2) + TAESD decode; interleaved runs, medians compared.
+
+    The issue's target is >= 1.5x; asserted here is only "faster", since other runs share the cores.
+    """
+    from engines.factory import create_engine
+
+    spec, shapes, _, ort_engine = engine_256
+    torch_engine = create_engine("torch", spec, shapes, device="cpu", threads=2)
+    image = torch.rand(1, 3, 256, 256) * 2 - 1
+    timesteps, embeddings = torch.tensor([259, 39]), torch.randn(2, 77, 128)
+
+    def frame(engine) -> float:
+        started = time.perf_counter()
+        latents = engine.encode_images(image)  # (1, 4, 32, 32)
+        noise = engine.predict_noise(latents.repeat(2, 1, 1, 1), timesteps, embeddings)  # (2, 4, 32, 32)
+        engine.decode_latents(noise[:1])
+        return time.perf_counter() - started
+
+    for engine in (torch_engine, ort_engine):
+        frame(engine)  # warm-up: first calls allocate
+    torch_times, ort_times = [], []
+    for _ in range(6):
+        torch_times.append(frame(torch_engine))
+        ort_times.append(frame(ort_engine))
+    ratio = statistics.median(torch_times) / statistics.median(ort_times)
+    print(f"\ntorch {statistics.median(torch_times) * 1e3:.0f} ms/frame, onnxruntime "
+          f"{statistics.median(ort_times) * 1e3:.0f} ms/frame: {ratio:.2f}x")
+    assert ratio > 1.0
