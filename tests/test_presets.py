@@ -92,6 +92,12 @@ def test_user_preset_dir_follows_the_platform_config_dir(tmp_path: Path, monkeyp
     assert "mine" in {info.name for info in list_presets()}
 
 
+def test_a_broken_user_preset_is_listed_as_unreadable_not_fatal(tmp_path: Path) -> None:
+    write_preset(tmp_path, "broken", "[stream\n")
+    listed = {info.name: info for info in list_presets(user_dir=tmp_path)}
+    assert listed["broken"].description.startswith("(unreadable:") and "tiny" in listed
+
+
 def test_unknown_preset_name_lists_the_available_ones(tmp_path: Path) -> None:
     with pytest.raises(PresetError, match="unknown preset 'nope'; available: .*tiny"):
         load_preset("nope", user_dir=tmp_path)
