@@ -87,7 +87,7 @@ class DiffusionStream:
             self._last_output = None
         elif any(getattr(config, f) != getattr(old, f) for f in REBUILD_GUIDANCE_FIELDS):
             self.config = config
-            self._build_guidance()
+            self._build_guidance()  # the stock noise restarts from the fixed noise: exact again from T-1 frames on
         else:
             self.config = config
 
@@ -97,7 +97,12 @@ class DiffusionStream:
 
     # --- per frame -----------------------------------------------------------------------------------------
     def process(self, images: torch.Tensor) -> torch.Tensor:
-        """img2img: (F, 3, H, W) float in [0, 1] -> (F, 3, H, W) in [0, 1], T-1 frames behind the input."""
+        """img2img: (F, 3, H, W) float in [0, 1] -> (F, 3, H, W) in [0, 1], T-1 frames behind the input.
+
+        In txt2img mode the images only pace the stream: each call returns the next txt2img group.
+        """
+        if self.config.mode == "txt2img":
+            return self.txt2img()
         self._check_images(images)
         frame = self.prompts.frame_embeddings()
         if self._may_skip(images, frame.version):
@@ -114,12 +119,15 @@ class DiffusionStream:
 
     def warmup(self, images: torch.Tensor | None, frames: int | None = None) -> torch.Tensor:
         """Fill the buffer with real frames before going live: `frames` calls (default T, so the last output is a
-        fully denoised frame) on `images` (None: txt2img), never skipped by the similarity filter."""
+        fully denoised frame) on `images` (ignored in txt2img mode), never skipped by the similarity filter."""
         count = self.config.steps if frames is None else frames
         if count < 1:
             raise ValueError(f"warmup needs at least one frame, got {count}")
         for _ in range(count):
-            output = self.txt2img() if images is None else self._img2img(images, self.prompts.frame_embeddings())
+            if self.config.mode == "txt2img" or images is None:
+                output = self.txt2img()
+            else:
+                output = self._img2img(images, self.prompts.frame_embeddings())
         return output
 
     def reset(self) -> None:
