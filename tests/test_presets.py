@@ -55,7 +55,7 @@ def test_list_presets_shows_shipped_presets_with_descriptions(tmp_path: Path) ->
 def test_shipped_presets_match_their_documented_settings() -> None:
     one_step = load_preset("sd-turbo-1step")
     assert (one_step.model.model, one_step.model.vae) == ("stabilityai/sd-turbo", "madebyollin/taesd")
-    assert one_step.stream_config().t_index_list == (0,) and one_step.stream.guidance == "none"
+    assert one_step.stream_config().t_index_list == (25,) and one_step.stream.guidance == "none"
     assert (one_step.stream.width, one_step.stream.height) == (512, 512)
     assert load_preset("sd-turbo-2step").stream_config().steps == 2
     lcm = load_preset("lcm-lora-sd15")

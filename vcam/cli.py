@@ -7,9 +7,14 @@ never with a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vcam.options import add_stream_options
+
+# `vcam run` with no arguments: a real model if it is on this machine (else the service falls back to `tiny`),
+# camera 0 (else the synthetic source), the virtual camera (else a window, else MJPEG).
+DEFAULT_RUN_PRESET = "sd-turbo-1step"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -77,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vcam.service import Service, ServiceOptions
     from vcam.settings import resolve_settings
 
-    settings = resolve_settings(args, default_preset="tiny")
+    settings = resolve_settings(args, default_preset=DEFAULT_RUN_PRESET)
     options = ServiceOptions(
         tray=not args.no_tray,
         hotkeys=not args.no_hotkeys,
@@ -95,7 +100,22 @@ def _cmd_doctor() -> int:
     return run_doctor()
 
 
+def quiet_libraries() -> None:
+    """Set before the libraries are imported: OpenCV's camera probing warnings and the Hugging Face progress bars
+    and config notices are noise on a terminal whose one-line messages are meant for the user (the user can
+    still override each variable)."""
+    for name, value in (
+        ("OPENCV_LOG_LEVEL", "ERROR"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+    ):
+        os.environ.setdefault(name, value)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

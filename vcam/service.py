@@ -88,9 +88,7 @@ class Service:
             if not self.settings.model_from_preset:
                 raise
             self.notice(f"{error} -- using the offline 'tiny' model instead")
-            from engines.loading import ModelSpec
-
-            self.settings = replace(self.settings, model=ModelSpec(model="tiny", vae="tiny"), engine="torch")
+            self.settings = with_tiny_model(self.settings)
 
     def _open_source(self):
         from vcam.sources import SourceError, open_source
@@ -316,7 +314,8 @@ class Service:
                 sys.stderr.write("\r\x1b[2K" + text)
                 sys.stderr.flush()
             elif time.monotonic() - last_logged > 10:
-                log.info(text)
+                # Not a terminal (a service, a pipe): a status line every 10 s; with --quiet in the log file only.
+                log.log(logging.INFO if self.options.status_line else logging.DEBUG, text)
                 last_logged = time.monotonic()
         if interactive and self.options.status_line:
             sys.stderr.write("\n")
@@ -420,6 +419,22 @@ class Service:
             self._tee.preview = open_sink("window", config, host=self.ensure_qt_host())
         except Exception as error:  # noqa: BLE001
             self.notice(f"preview window not available: {error}")
+
+
+def with_tiny_model(settings: RunSettings) -> RunSettings:
+    """The fallback when the preset's model is not on this machine: the tiny model with the tiny preset's stream
+    settings (its resolution and steps suit it), keeping the camera, the output, the prompts and the controls."""
+    from vcam.presets import load_preset
+
+    tiny = load_preset("tiny")
+    stream = replace(
+        tiny.stream_config(prompt=settings.stream.prompt),
+        negative_prompt=settings.stream.negative_prompt,
+        mode=settings.stream.mode,
+    )
+    from engines.loading import ModelSpec
+
+    return replace(settings, model=ModelSpec(model="tiny", vae="tiny"), engine=tiny.model.engine, stream=stream)
 
 
 def is_offline_sink(spec: str) -> bool:
