@@ -57,6 +57,17 @@ def test_least_recently_used_text_is_evicted_at_capacity(encoder):
     assert texts_encoded(encoder) == ["a", "b", "c", "b"]
 
 
+def test_threads_asking_for_the_same_new_text_encode_it_once(encoder):
+    cache = PromptCache(encoder.encode_prompt)
+    results: list[torch.Tensor] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get("stained glass"))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert texts_encoded(encoder) == ["stained glass"] and all(r is results[0] for r in results)
+
+
 def test_capacity_below_one_is_refused(encoder):
     with pytest.raises(ValueError, match="at least 1"):
         PromptCache(encoder.encode_prompt, capacity=0)

@@ -115,6 +115,7 @@ def test_hundred_switches_during_a_run_drop_no_frame_and_never_mix_prompts(engin
                     frames_done.acquire(timeout=60)
         switches_done.set()
 
+    encodes_before = len(engine.prompt_batches)
     switcher = threading.Thread(target=switch_a_hundred_times)
     switcher.start()
     fed = returned = 0
@@ -126,6 +127,7 @@ def test_hundred_switches_during_a_run_drop_no_frame_and_never_mix_prompts(engin
     assert returned == fed == stream.unet_calls == len(engine.unet_calls)
     seen = {prompt_of(cond_rows(call, "initialize", 2), cache) for call in engine.unet_calls}
     assert {PROMPTS[0], PROMPTS[1]} <= seen  # the switches did land while running
+    assert len(engine.prompt_batches) == encodes_before  # every switch was a cache hit: no text encoder call
     assert stream.embedding_builds <= fed  # rebuilt per prompt version, at most once per frame
 
 
