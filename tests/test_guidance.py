@@ -31,7 +31,9 @@ def prompt_pair(tiny_engine):
 
 
 def build(engine, mode: str, scale: float = SCALE, frames: int = FRAMES, prompt_pair=None):
-    config = StreamConfig(t_index_list=(32, 45), frame_buffer_size=frames, guidance=mode, guidance_scale=scale, delta=DELTA)
+    config = StreamConfig(
+        t_index_list=(32, 45), frame_buffer_size=frames, guidance=mode, guidance_scale=scale, delta=DELTA
+    )
     recording = engine if isinstance(engine, RecordingEngine) else RecordingEngine(engine)
     schedule = Schedule.build(config, recording.noise_schedule, "cpu", torch.float32)
     noise = seeded_noise((STEPS * frames, *LATENT), 4, "cpu", torch.float32)
@@ -44,9 +46,12 @@ def latents(frames: int = FRAMES, seed: int = 9) -> torch.Tensor:
     return torch.randn(STEPS * frames, *LATENT, generator=torch.Generator().manual_seed(seed))  # (T*F, C, h, w)
 
 
-def residual(schedule: Schedule, stock: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    s = schedule
-    return s.c_out * s.beta_sqrt * (stock - eps) / s.alpha_sqrt + s.c_skip * s.beta_sqrt * stock
+def residual_drift(schedule: Schedule, stock: torch.Tensor, eps: torch.Tensor, frames: int) -> torch.Tensor:
+    """(alpha'/beta') R: what slot 1's stock noise carries next step beyond its fixed noise (T = 2), R being the
+    residual of slot 0 now, so that S' = n' + (alpha'/beta') R."""
+    s, f = schedule, frames
+    residual = s.c_out * s.beta_sqrt * (stock - eps) / s.alpha_sqrt + s.c_skip * s.beta_sqrt * stock
+    return s.alpha_sqrt[f:] / s.beta_sqrt[f:] * residual[:f]
 
 
 @pytest.mark.parametrize(("mode", "rows"), [("none", 4), ("self", 4), ("full", 8), ("initialize", 6)])
@@ -99,7 +104,7 @@ def test_self_uses_the_stock_noise_as_negative_and_carries_it_to_the_next_slot(t
     torch.testing.assert_close(eps_first, DELTA * stock_first + SCALE * (eps_c - DELTA * stock_first))
 
     eps_second = guidance.predict(latents(seed=2), noise[:FRAMES])
-    carried = noise[2:] + schedule.alpha_sqrt[2:] / schedule.beta_sqrt[2:] * residual(schedule, stock_first, eps_first)[:2]
+    carried = noise[2:] + residual_drift(schedule, stock_first, eps_first, 2)
     stock_second = torch.cat([noise[:2], carried])
     torch.testing.assert_close(guidance.last_stock, stock_second)
     eps_c = recording.unet_calls[1].output
@@ -122,7 +127,7 @@ def test_initialize_runs_one_negative_pass_for_the_newest_frames(tiny_engine, pr
     assert torch.equal(call.embeddings[:f], uncond.expand(f, -1, -1))
     assert torch.equal(call.embeddings[f:], cond.expand(rows, -1, -1))
     stock_first = torch.cat([recording.unet_calls[0].output[:f], noise[f:]])
-    carried = noise[f:] + schedule.alpha_sqrt[f:] / schedule.beta_sqrt[f:] * residual(schedule, stock_first, eps_first)[:f]
+    carried = noise[f:] + residual_drift(schedule, stock_first, eps_first, f)
     stock = torch.cat([call.output[:f], carried])  # slot 0: its real negative prediction
     torch.testing.assert_close(guidance.last_stock, stock)
     torch.testing.assert_close(eps_second, DELTA * stock + SCALE * (call.output[f:] - DELTA * stock))
