@@ -64,3 +64,15 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@pytest.fixture
+def tiny_user_cache(isolated_home: Path, tiny_model_dir: TinyModelPaths) -> Path:
+    """An isolated home whose user cache already holds the session's tiny model, so `--model tiny` (in this
+    process or a child) finds it instead of building it again."""
+    from engines.testmodel import TINY_MODEL_VERSION
+
+    models = isolated_home / ".cache" / "vcam" / "models"
+    models.mkdir(parents=True)
+    (models / TINY_MODEL_VERSION).symlink_to(tiny_model_dir.model_dir.parent)
+    return isolated_home

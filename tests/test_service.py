@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from engines.testmodel import TINY_MODEL_VERSION
 from vcam import commands as cmd
 from vcam.cli import build_parser
 from vcam.service import Service, ServiceOptions
@@ -64,15 +63,8 @@ def make_service(tiny_home, *extra: str, fps: float | None = 20.0) -> tuple[Serv
 
 
 @pytest.fixture
-def tiny_home(tmp_path, monkeypatch, tiny_model_dir):
-    """The user's cache points at the session's tiny model, so `--model tiny` does not build it again."""
-    cache = tmp_path / "cache"
-    (cache / "vcam" / "models").mkdir(parents=True)
-    (cache / "vcam" / "models" / TINY_MODEL_VERSION).symlink_to(tiny_model_dir.model_dir.parent)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    return tmp_path
+def tiny_home(tiny_user_cache):
+    return tiny_user_cache
 
 
 def run_in_thread(service: Service) -> threading.Thread:

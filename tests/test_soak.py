@@ -1,0 +1,25 @@
+"""A short soak (the 10-minute one is `python bench/soak.py --minutes 10`): the real `vcam run` process, driven by
+an OSC command every second, keeps running with flat memory, threads and file handles."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(240)
+def test_service_survives_a_command_every_second_without_leaks(tiny_user_cache) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "0.6", "--json"],
+                            capture_output=True, text=True, timeout=200, cwd=ROOT)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["alive_until_quit"] and report["exit_code"] == 0, result.stderr
+    assert report["commands_sent"] >= 30
+    assert report["rss_growth"] < 0.05
+    assert report["threads_end"] <= report["threads_after_warmup"]
+    assert report["fds_end"] <= report["fds_after_warmup"]
+    assert report["errors"] == []
