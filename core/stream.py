@@ -144,7 +144,7 @@ class DiffusionStream:
             return False
         if self._last_output is None or version != self._output_version:
             self.similarity.reset()
-        return self.similarity.should_skip(images)
+        return self.similarity.should_skip(images * 2 - 1)  # centred: see core.similarity
 
     def _check_images(self, images: torch.Tensor) -> None:
         expected = (self.config.frame_buffer_size, 3, self.config.height, self.config.width)

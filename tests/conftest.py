@@ -76,3 +76,7 @@ def tiny_user_cache(isolated_home: Path, tiny_model_dir: TinyModelPaths) -> Path
     models.mkdir(parents=True)
     (models / TINY_MODEL_VERSION).symlink_to(tiny_model_dir.model_dir.parent)
     return isolated_home
+
+
+# One real OBS Studio per test session (started on first use), shared by every module that asks for it.
+from tests.obs_harness import obs_instance  # noqa: E402,F401

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.obs_harness import ObsInstance, free_port, obs_instance  # noqa: F401  (session fixture)
+from tests.obs_harness import ObsInstance, free_port
 from tests.test_osc_control import queue, status  # noqa: F401  (shared fixtures)
 from vcam.commands import CommandQueue, QueuedCommand, SetPaused, SetPromptText, SwitchPrompt
 from vcam.controls import ControlConfigError

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 from pythonosc.osc_message import OscMessage
 
-from tests.obs_harness import REPO_ROOT, SCRIPT_KEY_BINDING, VCAM_OBS_SCRIPT, ObsInstance, obs_instance  # noqa: F401  (fixture)
+from tests.obs_harness import REPO_ROOT, SCRIPT_KEY_BINDING, VCAM_OBS_SCRIPT, ObsInstance
 from tests.test_osc_control import StatusLines, queue, status  # noqa: F401  (shared fixtures)
 from vcam.commands import CommandQueue, SetPaused, SetSimilarityFilter, SwitchPrompt
 from vcam.controls.osc import OSC_ADDRESSES, OscConfig, OscControl
