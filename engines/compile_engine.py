@@ -16,7 +16,7 @@ import torch
 
 from engines.base import EngineShapes, EngineUnavailableError
 from engines.loading import DiffusionComponents, ModelSpec, load_components
-from engines.onnx_export import EngineBuildError
+from engines.onnx_export import EngineBuildError, one_line
 from engines.torch_engine import TorchEngine
 
 CompiledPart = Literal["unet", "vae"]
@@ -80,8 +80,7 @@ class CompiledTorchEngine:
                 torch.zeros(shapes.unet_batch, 77, self.embed_dim),
             )
         except Exception as error:  # inductor raises many types; the user needs one line and a way out
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise EngineBuildError(f"torch.compile failed ({first_line[:200]}); use --engine torch") from error
+            raise EngineBuildError(f"torch.compile failed ({one_line(error)}); use --engine torch") from error
         return round(time.perf_counter() - started, 2)
 
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:

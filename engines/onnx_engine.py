@@ -21,7 +21,7 @@ from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFi
 from engines.loading import ModelSpec, resolve_model
 from engines.onnx_export import (
     EXPORTER_VERSION, TEXT_TOKENS, CallAsModule, EngineBuildError, GraphSpec, ModelDims, OnnxExportOptions,
-    export_checked_graphs, graph_specs,
+    export_checked_graphs, graph_specs, one_line,
 )
 
 # Best first. ORT assigns each node to the first provider in the list that supports it, CPU catching the rest.
@@ -67,6 +67,14 @@ class OnnxGraphSet:
         return self.tokenizer(
             list(texts), padding="max_length", max_length=self.dims.text_tokens, truncation=True, return_tensors="pt"
         ).input_ids
+
+    def token_groups(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Token ids in groups of the static text batch: (text_batch, 77) each."""
+        ids = self.tokenize(texts)  # (N, 77)
+        batch = self.shapes.text_batch
+        if len(ids) % batch:
+            raise ValueError(f"encode_prompt got {len(ids)} texts; this engine encodes them in groups of {batch}")
+        return [ids[i:i + batch] for i in range(0, len(ids), batch)]
 
 
 def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions) -> EngineCacheKey:
@@ -164,6 +172,9 @@ def choose_providers(requested: Sequence[str] | None, available: Sequence[str], 
 def session_options(threads: int, allow_spinning: bool) -> Any:
     """Settings for small CPU budgets: intra-op threads = `threads`, one inter-op thread, all graph rewrites.
 
+    Measured and not adopted: ORT's transformer optimizer (onnxruntime.transformers, model_type "unet") fuses
+    only layer norms in the tiny UNet and was no faster than level ALL; spinning threads were slower.
+
     Memory-pattern planning is on: with static shapes ORT plans every intermediate buffer once.
     """
     import onnxruntime
@@ -176,6 +187,8 @@ def session_options(threads: int, allow_spinning: bool) -> Any:
     options.enable_mem_pattern = True
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    # Same flush-to-zero as torch on the CPU (engines.devices): denormals from small weights are ~20x slower.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
 
@@ -237,11 +250,7 @@ class OnnxRuntimeEngine:
         return output
 
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.graphs.tokenize(texts)  # (N, 77)
-        batch = self.graphs.shapes.text_batch
-        if len(ids) % batch:
-            raise ValueError(f"encode_prompt got {len(ids)} texts; this engine encodes them in groups of {batch}")
-        return torch.cat([self._run("text_encoder", ids[i:i + batch]) for i in range(0, len(ids), batch)])
+        return torch.cat([self._run("text_encoder", ids) for ids in self.graphs.token_groups(texts)])
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self._run("image_encoder", images)
@@ -276,7 +285,9 @@ def create_onnxruntime_engine(
         return OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
     except Exception as error:  # checksums matched but ORT refused the graph: rebuild rather than use it
         if graphs.cache_entry.built:
-            raise EngineBuildError(f"ONNX Runtime cannot load the freshly exported graphs ({error}); use --engine torch")
+            raise EngineBuildError(
+                f"ONNX Runtime cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
+            ) from error
         reason = f"cached graphs failed to load ({type(error).__name__})"
         graphs = build_graph_set(spec, shapes, cache, options.export, threads, force_rebuild=reason)
         return OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)

@@ -33,6 +33,12 @@ class EngineBuildError(ModelError):
     """Exporting or building an engine failed (or its check against torch eager did); one line, names the fix."""
 
 
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (exporters and compilers raise pages), for one-line errors."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One graph input or output: name, static shape, dtype."""
@@ -158,9 +164,8 @@ def export_graph(
                     input_names=input_names, output_names=output_names, do_constant_folding=True,
                 )
     except Exception as error:  # the exporters raise many types; the user needs one line and the graph name
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EngineBuildError(
-            f"ONNX export of the {spec.name} failed ({first_line[:200]}); use --engine torch for this model"
+            f"ONNX export of the {spec.name} failed ({one_line(error)}); use --engine torch for this model"
         ) from error
 
 

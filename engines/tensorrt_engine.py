@@ -258,8 +258,7 @@ class TensorRTEngine:
         }
 
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.graphs.tokenize(texts)
-        return torch.cat([self.runners["text_encoder"].run(row[None].cuda()) for row in ids])
+        return torch.cat([self.runners["text_encoder"].run(ids) for ids in self.graphs.token_groups(texts)])
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.runners["image_encoder"].run(images)
