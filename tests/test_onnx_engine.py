@@ -185,6 +185,27 @@ def test_full_vae_exports_and_matches_torch(tiny_model_dir, tmp_path: Path) -> N
     assert set(engine.build_report["graphs"]) == {"text_encoder", "image_encoder", "image_decoder", "unet"}
 
 
+@pytest.mark.timeout(600)
+def test_frame_buffer_of_two_builds_every_graph_at_its_static_batch(tiny_model_dir, tmp_path: Path) -> None:
+    """F=2, T=2, RCFG self: encoder / decoder at batch 2, UNet at T*F = 4; numbers still match torch."""
+    from engines.factory import create_engine
+
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    shapes = EngineShapes(width=64, height=64, frame_batch=2, unet_batch=4)
+    engine = create_onnxruntime_engine(spec, shapes, "cpu", 2, OnnxRuntimeOptions(cache_root=tmp_path))
+    reference = create_engine("torch", spec, shapes, device="cpu", threads=2)
+    generator = torch.Generator().manual_seed(7)
+    images = torch.rand(2, 3, 64, 64, generator=generator) * 2 - 1
+    latents, embeddings = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 77, 128, generator=generator)
+    timesteps = torch.tensor([259, 259, 39, 39])
+    assert float((engine.encode_images(images) - reference.encode_images(images)).abs().max()) < 1e-3
+    noise = engine.predict_noise(latents, timesteps, embeddings)
+    assert noise.shape == (4, 4, 8, 8)
+    assert float((noise - reference.predict_noise(latents, timesteps, embeddings)).abs().max()) < 1e-3
+    with pytest.raises(ValueError, match="built for"):
+        engine.encode_images(images[:1])
+
+
 @pytest.fixture(scope="module")
 def engine_256(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory):
     """The issue's speed configuration: 256x256, 2 steps, RCFG self, F=1 (UNet batch 2), TAESD."""

@@ -96,3 +96,12 @@ def test_tensorrt_without_gpu_is_unavailable_with_one_line_naming_alternatives()
     message = str(raised.value)
     assert "\n" not in message
     assert "NVIDIA GPU" in message and "--engine onnxruntime" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the guard is for machines without CUDA")
+def test_engine_tensorrt_from_the_factory_fails_fast_before_any_export(tiny_model_dir, tmp_path) -> None:
+    from engines.factory import create_engine
+    from engines.loading import ModelSpec
+
+    with pytest.raises(EngineUnavailableError, match="^TensorRT needs an NVIDIA GPU with CUDA; none found"):
+        create_engine("tensorrt", ModelSpec(model=str(tiny_model_dir.model_dir)), SHAPES, device="auto", threads=2)
