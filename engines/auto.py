@@ -29,9 +29,29 @@ def build_tensorrt(spec: ModelSpec, shapes: EngineShapes, device: str, threads: 
     return build_tensorrt_engine(spec, shapes, device, threads)
 
 
+def onnxruntime_mismatch(torch_device_type: str, available_providers: list[str]) -> str:
+    """Why ONNX Runtime would be the wrong pick on this device ("" when it fits).
+
+    With a GPU that torch can use but an onnxruntime without a provider for it, ORT would run on the CPU:
+    torch on the GPU is then far faster, so auto must not stop at ORT.
+    """
+    accelerators = {"cuda": ("TensorrtExecutionProvider", "CUDAExecutionProvider"),
+                    "mps": ("CoreMLExecutionProvider",)}.get(torch_device_type)
+    if accelerators and not any(name in available_providers for name in accelerators):
+        hint = "pip install onnxruntime-gpu" if torch_device_type == "cuda" else "use an onnxruntime with CoreML"
+        return f"no {torch_device_type} provider in this onnxruntime ({hint}); torch on {torch_device_type} is faster"
+    return ""
+
+
 def build_onnxruntime(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+    import onnxruntime
+
+    from engines.devices import resolve_device
     from engines.onnx_engine import build_onnxruntime_engine
 
+    mismatch = onnxruntime_mismatch(resolve_device(device).type, onnxruntime.get_available_providers())
+    if mismatch:
+        raise EngineUnavailableError(mismatch)
     return build_onnxruntime_engine(spec, shapes, device, threads)
 
 

@@ -70,6 +70,8 @@ class OnnxGraphSet:
 
     def token_groups(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Token ids in groups of the static text batch: (text_batch, 77) each."""
+        if not texts:
+            raise ValueError("encode_prompt needs at least one text")
         ids = self.tokenize(texts)  # (N, 77)
         batch = self.shapes.text_batch
         if len(ids) % batch:

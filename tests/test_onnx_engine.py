@@ -282,3 +282,39 @@ def test_onnxruntime_frame_is_faster_than_torch_eager_on_the_tiny_model(engine_2
     print(f"\ntorch {min(torch_times) * 1e3:.0f} ms/frame, onnxruntime {min(ort_times) * 1e3:.0f} ms/frame (best): "
           f"{best_ratio:.2f}x; medians: {median_ratio:.2f}x")
     assert best_ratio > 1.0
+
+
+def test_auto_does_not_pick_cpu_onnxruntime_over_a_gpu_torch_can_use() -> None:
+    from engines.auto import onnxruntime_mismatch
+
+    assert "onnxruntime-gpu" in onnxruntime_mismatch("cuda", ["CPUExecutionProvider"])
+    assert onnxruntime_mismatch("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ""
+    assert "CoreML" in onnxruntime_mismatch("mps", ["CPUExecutionProvider"])
+    assert onnxruntime_mismatch("cpu", ["CPUExecutionProvider"]) == ""
+
+
+@pytest.mark.timeout(600)
+def test_auto_chooses_onnxruntime_without_a_gpu_and_says_why_in_one_line(
+    tiny_model_dir, isolated_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from engines.factory import create_engine
+
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    engine = create_engine("auto", spec, SMALL, device="cpu", threads=2)
+    reason = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
+    assert engine.name == "onnxruntime"
+    assert reason.startswith("engine auto chose onnxruntime with CPUExecutionProvider")
+    if not torch.cuda.is_available():
+        assert "tensorrt: TensorRT needs an NVIDIA GPU" in reason
+    assert any((isolated_home / ".cache" / "vcam" / "engines").glob("onnx-*/manifest.json"))  # the user cache
+
+
+def test_auto_falls_back_to_torch_when_no_accelerated_engine_can_run(tiny_model_dir) -> None:
+    from engines.auto import build_tensorrt, build_torch, choose_engine
+
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    choice = choose_engine(spec, SMALL, "cpu", 2, candidates=(("tensorrt", build_tensorrt), ("torch", build_torch)))
+    assert choice.engine.name == "torch"
+    assert choice.reason.startswith("engine auto chose torch on cpu") and "\n" not in choice.reason
+    if not torch.cuda.is_available():
+        assert "skipped tensorrt: TensorRT needs an NVIDIA GPU" in choice.reason
