@@ -57,9 +57,11 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny") -> 
     preset = load_preset(args.preset or default_preset)
     m, s, flt, cam, out = preset.model, preset.stream, preset.filter, preset.camera, preset.output
 
+    # The preset's VAE belongs to the preset's model: a different --model keeps its own VAE unless --vae says.
+    preset_vae = (m.vae or None) if args.model in (None, m.model) else None
     model = ModelSpec(
         model=args.model or m.model,
-        vae=(None if args.vae == "none" else args.vae) if _given(args.vae) else (m.vae or None),
+        vae=(None if args.vae == "none" else args.vae) if _given(args.vae) else preset_vae,
         lora=tuple(args.lora) if args.lora else tuple(m.lora),
         lora_scale=args.lora_scale if _given(args.lora_scale) else m.lora_scale,
     )
