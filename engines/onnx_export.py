@@ -13,11 +13,13 @@ ORT speed; the dynamo exporter remains available through `OnnxExportOptions.expo
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
@@ -142,6 +144,17 @@ def example_inputs(spec: GraphSpec, seed: int, token_limit: int = 100) -> tuple[
     return tuple(tensors)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_graph(
     module: torch.nn.Module, spec: GraphSpec, inputs: tuple[torch.Tensor, ...], path: Path, options: OnnxExportOptions
 ) -> None:
@@ -149,8 +162,9 @@ def export_graph(
     input_names = [tensor.name for tensor in spec.inputs]
     output_names = [tensor.name for tensor in spec.outputs]
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_logger("torch.onnx"):
             # The tracer warns about every shape check in diffusers; with static shapes they are constants by design.
+            # The dynamo exporter logs one line per optional torchvision operator it does not find.
             warnings.simplefilter("ignore")
             if options.exporter == "dynamo":
                 program = torch.onnx.export(

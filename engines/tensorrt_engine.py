@@ -10,6 +10,7 @@ API: TensorRT 10 (`build_serialized_network`, `create_execution_context`, `set_t
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,8 @@ def plan_buffers(shapes: EngineShapes, dims: ModelDims, graph: str, engine_io: S
         if io is None:
             raise EngineBuildError(f"the {graph} engine lacks tensor {tensor.name!r}; delete the engine cache")
         if io.is_input != is_input:
-            raise EngineBuildError(f"the {graph} engine has {tensor.name!r} as the wrong direction; delete the engine cache")
+            raise EngineBuildError(
+                f"the {graph} engine has {tensor.name!r} as the wrong direction; delete the engine cache")
         if tuple(io.shape) != tensor.shape:
             raise EngineBuildError(
                 f"the {graph} engine was built for {tensor.name} {tuple(io.shape)}, these shapes need "
@@ -142,23 +144,29 @@ def _progress_monitor_class(trt: Any) -> type | None:
     from tqdm import tqdm
 
     class TqdmProgressMonitor(trt.IProgressMonitor):
+        """One tqdm bar per builder phase (tqdm shows the remaining-time estimate); called from builder threads."""
+
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
             self.bars: dict[str, tqdm] = {}
+            self.lock = threading.Lock()
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            self.bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=parent_phase is None)
+            with self.lock:
+                self.bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=parent_phase is None)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            bar = self.bars.get(phase_name)
-            if bar is not None:
-                bar.update(step + 1 - bar.n)
+            with self.lock:
+                bar = self.bars.get(phase_name)
+                if bar is not None:
+                    bar.update(step + 1 - bar.n)
             return True  # False would cancel the build
 
         def phase_finish(self, phase_name: str) -> None:
-            bar = self.bars.pop(phase_name, None)
-            if bar is not None:
-                bar.close()
+            with self.lock:
+                bar = self.bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
 
     return TqdmProgressMonitor
 
@@ -177,8 +185,9 @@ def build_plan(trt: Any, onnx_path: Path, plan_path: Path) -> float:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     config.set_flag(trt.BuilderFlag.FP16)
     monitor_class = _progress_monitor_class(trt)
-    if monitor_class is not None:
-        config.progress_monitor = monitor_class()
+    monitor = monitor_class() if monitor_class is not None else None  # must outlive the build
+    if monitor is not None:
+        config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build {onnx_path.name}; use --engine onnxruntime")
@@ -272,11 +281,11 @@ class TensorRTEngine:
 
 def build_tensorrt_engine(spec: Any, shapes: EngineShapes, device: str, threads: int | None) -> TensorRTEngine:
     """Factory entry (`--engine tensorrt`): checks for a GPU and TensorRT before any export work is done."""
-    from engines.onnx_engine import OnnxExportOptions, build_graph_set, default_threads
+    from engines.onnx_engine import PORTABLE_EXPORT, build_graph_set, default_threads
 
     require_tensorrt()
     if device.startswith(("cpu", "mps")):
         raise EngineUnavailableError(f"TensorRT runs on CUDA GPUs only, not on {device}; use --device cuda or auto")
     cache = EngineCache()
-    graphs = build_graph_set(spec, shapes, cache, OnnxExportOptions(), default_threads(threads))
+    graphs = build_graph_set(spec, shapes, cache, PORTABLE_EXPORT, default_threads(threads))  # opset TensorRT parses
     return TensorRTEngine(graphs, cache)

@@ -17,7 +17,9 @@ import torch
 from engines.base import EngineShapes, EngineUnavailableError
 from engines.engine_cache import MANIFEST_NAME, EngineCache, EngineCacheKey, LoraFingerprint, file_sha256
 from engines.loading import ModelSpec
-from engines.onnx_engine import OnnxRuntimeOptions, choose_providers, create_onnxruntime_engine
+from engines.onnx_engine import (
+    CPU_EXPORT, PORTABLE_EXPORT, OnnxRuntimeOptions, choose_providers, create_onnxruntime_engine, export_plan,
+)
 from engines.onnx_export import (
     CallAsModule, EngineBuildError, GraphSpec, OnnxExportOptions, TensorSpec, export_checked_graphs,
 )
@@ -167,6 +169,23 @@ def test_requested_provider_that_is_missing_names_the_package_to_install() -> No
         choose_providers(None, ["CPUExecutionProvider"], device="cuda")
 
 
+def test_cpu_gets_the_attention_op_export_and_other_providers_the_portable_one() -> None:
+    assert export_plan(None, ["CPUExecutionProvider"]) == [CPU_EXPORT, PORTABLE_EXPORT]
+    assert (CPU_EXPORT.exporter, CPU_EXPORT.opset) == ("dynamo", 23)
+    assert export_plan(None, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [PORTABLE_EXPORT]
+    assert export_plan(PORTABLE_EXPORT, ["CPUExecutionProvider"]) == [PORTABLE_EXPORT]
+
+
+@pytest.mark.timeout(600)
+def test_an_intact_portable_entry_is_reused_instead_of_exporting_again(tiny_model_dir, tmp_path: Path) -> None:
+    """A model whose preferred export failed once (leaving only the portable entry) starts without retrying it."""
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    create_onnxruntime_engine(spec, SMALL, "cpu", 2, OnnxRuntimeOptions(cache_root=tmp_path, export=PORTABLE_EXPORT))
+    default = create_onnxruntime_engine(spec, SMALL, "cpu", 2, OnnxRuntimeOptions(cache_root=tmp_path))
+    assert default.graphs.cache_entry.built is False
+    assert default.graphs.export == PORTABLE_EXPORT
+
+
 # --- the engine on the tiny model -------------------------------------------------------------------------------
 
 
@@ -176,7 +195,7 @@ def test_full_vae_exports_and_matches_torch(tiny_model_dir, tmp_path: Path) -> N
     from engines.factory import create_engine
 
     spec = ModelSpec(model=str(tiny_model_dir.model_dir))
-    engine = create_onnxruntime_engine(spec, SMALL, "cpu", 2, OnnxRuntimeOptions(cache_root=tmp_path))
+    engine = create_onnxruntime_engine(spec, SMALL, "cpu", 2, OnnxRuntimeOptions(cache_root=tmp_path))  # CPU_EXPORT
     reference = create_engine("torch", spec, SMALL, device="cpu", threads=2)
     images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     latents = reference.encode_images(images)
@@ -192,7 +211,8 @@ def test_frame_buffer_of_two_builds_every_graph_at_its_static_batch(tiny_model_d
 
     spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
     shapes = EngineShapes(width=64, height=64, frame_batch=2, unet_batch=4)
-    engine = create_onnxruntime_engine(spec, shapes, "cpu", 2, OnnxRuntimeOptions(cache_root=tmp_path))
+    options = OnnxRuntimeOptions(cache_root=tmp_path, export=PORTABLE_EXPORT)
+    engine = create_onnxruntime_engine(spec, shapes, "cpu", 2, options)
     reference = create_engine("torch", spec, shapes, device="cpu", threads=2)
     generator = torch.Generator().manual_seed(7)
     images = torch.rand(2, 3, 64, 64, generator=generator) * 2 - 1
@@ -237,7 +257,7 @@ def test_warm_cache_start_reaches_first_inference_within_five_seconds(engine_256
 def test_checksum_valid_entry_that_onnxruntime_refuses_is_rebuilt(tiny_model_dir, tmp_path: Path) -> None:
     """An entry can be intact yet unusable (e.g. written by an incompatible runtime): it is rebuilt, not used."""
     spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
-    options = OnnxRuntimeOptions(cache_root=tmp_path)
+    options = OnnxRuntimeOptions(cache_root=tmp_path, export=PORTABLE_EXPORT)
     first = create_onnxruntime_engine(spec, SMALL, "cpu", 2, options)
     entry = first.graphs.directory
     (entry / "image_decoder.onnx").write_bytes(b"not an onnx graph")
@@ -274,7 +294,7 @@ def test_onnxruntime_frame_is_faster_than_torch_eager_on_the_tiny_model(engine_2
     for engine in (torch_engine, ort_engine):
         frame(engine)  # warm-up: first calls allocate
     torch_times, ort_times = [], []
-    for _ in range(8):
+    for _ in range(6):
         torch_times.append(frame(torch_engine))
         ort_times.append(frame(ort_engine))
     best_ratio = min(torch_times) / min(ort_times)
