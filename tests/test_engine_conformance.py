@@ -8,6 +8,7 @@ minutes on 2 cores (the UNet's compiled path is the same `nn.Module.compile` cal
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -55,14 +56,27 @@ def build(kind: str, spec: ModelSpec, cache_root: Path, export=None) -> Engine:
     raise AssertionError(kind)
 
 
-@pytest.fixture(scope="module", params=("torch", *ACCELERATED))
-def any_engine(request: pytest.FixtureRequest, spec: ModelSpec, cache_root: Path) -> Engine:
-    return build(request.param, spec, cache_root)
+@pytest.fixture(scope="module")
+def engine_of(spec: ModelSpec, cache_root: Path) -> Callable[[str], Engine]:
+    """Engines by kind, each built once for the whole module (compiles and exports are the slow part)."""
+    built: dict[str, Engine] = {}
+
+    def get(kind: str) -> Engine:
+        if kind not in built:
+            built[kind] = build(kind, spec, cache_root)
+        return built[kind]
+
+    return get
 
 
-@pytest.fixture(scope="module", params=ACCELERATED)
-def accelerated(request: pytest.FixtureRequest, spec: ModelSpec, cache_root: Path) -> Engine:
-    return build(request.param, spec, cache_root)
+@pytest.fixture(params=("torch", *ACCELERATED))
+def any_engine(request: pytest.FixtureRequest, engine_of: Callable[[str], Engine]) -> Engine:
+    return engine_of(request.param)
+
+
+@pytest.fixture(params=ACCELERATED)
+def accelerated(request: pytest.FixtureRequest, engine_of: Callable[[str], Engine]) -> Engine:
+    return engine_of(request.param)
 
 
 def inputs(seed: int) -> dict[str, torch.Tensor]:
