@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from engines.base import EngineShapes, ModelError, NoiseScheduleConfig
+from engines.devices import flush_denormals_on_this_thread
 from engines.loading import DiffusionComponents
 
 MAX_TOKENS = 77  # CLIP's context: SD was trained on prompts padded / truncated to 77 tokens
@@ -47,12 +48,18 @@ class TorchEngine:
             return int(config.upsampling_scaling_factor) ** (len(config.encoder_block_out_channels) - 1)
         return 2 ** (len(config.block_out_channels) - 1)
 
+    def _prepare_thread(self) -> None:
+        if self.device.type == "cpu":
+            flush_denormals_on_this_thread()  # the calling thread may be new (pipeline, bench): see engines.devices
+
     def _to_input(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._prepare_thread()
         return tensor.to(device=self.device, dtype=self.dtype)
 
     @torch.inference_mode()
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
         """(N,) texts -> (N, 77, embed_dim): tokens padded / truncated to 77, last hidden state of the encoder."""
+        self._prepare_thread()
         tokens = self._tokenizer(
             list(texts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
         ).input_ids.to(self.device)  # (N, 77)
