@@ -73,6 +73,12 @@ def run_in_thread(service: Service) -> threading.Thread:
     return thread
 
 
+def start_and_wait_until_ready(service: Service) -> threading.Thread:
+    thread = run_in_thread(service)
+    wait_for(lambda: service.ready_event.is_set(), timeout=120)
+    return thread
+
+
 def wait_for(condition, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -83,8 +89,7 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 @pytest.mark.timeout(180)
 def test_virtual_camera_gets_frames_while_the_model_loads_then_the_stylised_stream(tiny_home) -> None:
     service, source, sink = make_service(tiny_home)
-    thread = run_in_thread(service)
-    wait_for(lambda: service.ready_event.is_set(), timeout=120)
+    thread = start_and_wait_until_ready(service)
     ready_at = time.monotonic()
     assert sink.times and sink.times[0] < ready_at  # frames flowed before the model was ready
     wait_for(lambda: len(sink.frames) > 10 and sink.times[-1] > ready_at + 0.5)
@@ -99,8 +104,7 @@ def test_prompt_commands_switch_at_frame_boundaries_and_unknown_names_are_one_li
     service, _, _ = make_service(tiny_home)
     names = [p.name for p in service.settings.prompts]
     assert len(names) >= 3
-    thread = run_in_thread(service)
-    wait_for(lambda: service.ready_event.is_set(), timeout=120)
+    thread = start_and_wait_until_ready(service)
     misses_before = service.stream.prompts.cache.misses
 
     service.queue.put(cmd.SwitchPrompt(name=names[2]), "hotkey")
@@ -121,8 +125,7 @@ def test_prompt_commands_switch_at_frame_boundaries_and_unknown_names_are_one_li
 @pytest.mark.timeout(180)
 def test_pause_passes_the_camera_through_and_resume_restyles(tiny_home) -> None:
     service, source, sink = make_service(tiny_home)
-    thread = run_in_thread(service)
-    wait_for(lambda: service.ready_event.is_set(), timeout=120)
+    thread = start_and_wait_until_ready(service)
     service.queue.put(cmd.SetPaused(True), "hotkey")
     wait_for(lambda: service.paused)
     count = len(sink.frames)
@@ -145,8 +148,7 @@ def test_pause_passes_the_camera_through_and_resume_restyles(tiny_home) -> None:
 @pytest.mark.timeout(180)
 def test_quit_releases_camera_and_virtual_camera_within_two_seconds(tiny_home) -> None:
     service, source, sink = make_service(tiny_home)
-    thread = run_in_thread(service)
-    wait_for(lambda: service.ready_event.is_set(), timeout=120)
+    thread = start_and_wait_until_ready(service)
     start = time.monotonic()
     service.queue.put(cmd.Quit(), "tray")
     thread.join(timeout=5)
@@ -157,8 +159,7 @@ def test_quit_releases_camera_and_virtual_camera_within_two_seconds(tiny_home) -
 @pytest.mark.timeout(180)
 def test_a_hundred_commands_never_stop_the_stream(tiny_home) -> None:
     service, _, sink = make_service(tiny_home)
-    thread = run_in_thread(service)
-    wait_for(lambda: service.ready_event.is_set(), timeout=120)
+    thread = start_and_wait_until_ready(service)
     payloads = [{"command": "next"}, {"command": "previous"}, {"command": "filter"}, {"command": "pause"},
                 {"command": "pause"}, {"command": "blend", "name": service.settings.prompts[1].name, "frames": 3}]
     for i in range(100):
