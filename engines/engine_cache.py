@@ -76,6 +76,11 @@ def default_cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("vcam")) / "engines"
 
 
+def _stamp(stat: os.stat_result) -> list[int]:
+    """What changes whenever a file is written or replaced: size, modification time (ns) and inode."""
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -93,8 +98,13 @@ class EngineCache:
     def entry_dir(self, key: EngineCacheKey) -> Path:
         return self.root / f"{key.backend}-{key.digest()}"
 
-    def verify(self, key: EngineCacheKey) -> str:
-        """Why the entry for `key` cannot be used, or "" when it is complete and intact."""
+    def verify(self, key: EngineCacheKey, rehash: bool = False) -> str:
+        """Why the entry for `key` cannot be used, or "" when it is complete and intact.
+
+        A file whose size, mtime and inode are still those recorded at build time is not re-hashed (hashing a
+        3 GB UNet graph would cost seconds of every start); any write to it changes the stamp, and then its
+        SHA-256 decides. `rehash=True` hashes every file regardless.
+        """
         entry = self.entry_dir(key)
         manifest_path = entry / MANIFEST_NAME
         if not entry.is_dir():
@@ -112,7 +122,10 @@ class EngineCache:
             path = entry / name
             if not path.is_file():
                 return f"{name} is missing"
-            if path.stat().st_size != expected.get("bytes") or file_sha256(path) != expected.get("sha256"):
+            stat = path.stat()
+            if stat.st_size != expected.get("bytes"):
+                return f"{name} fails its checksum (size changed)"
+            if (rehash or _stamp(stat) != expected.get("stamp")) and file_sha256(path) != expected.get("sha256"):
                 return f"{name} fails its checksum"
         return ""
 
@@ -142,8 +155,10 @@ class EngineCache:
             started = time.perf_counter()
             report = dict(build(staging))
             report.setdefault("build_seconds", round(time.perf_counter() - started, 3))
-            files = {
-                path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            files = {  # renaming the staging directory keeps each file's inode and mtime, so stamps stay valid
+                path.relative_to(staging).as_posix(): {
+                    "bytes": path.stat().st_size, "sha256": file_sha256(path), "stamp": _stamp(path.stat()),
+                }
                 for path in sorted(staging.rglob("*"))
                 if path.is_file()
             }

@@ -107,6 +107,28 @@ def test_missing_file_is_detected(tmp_path: Path) -> None:
     assert cache.verify(KEY) == "vae.onnx is missing"
 
 
+def test_rewritten_file_of_the_same_size_fails_its_checksum(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    entry = cache.get_or_build(KEY, write_files({"unet.onnx": b"graph"}))
+    (entry.path / "unet.onnx").write_bytes(b"GRAPH")
+    assert cache.verify(KEY) == "unet.onnx fails its checksum"
+
+
+def test_untouched_files_are_trusted_by_their_stamp_and_rehash_checks_content(tmp_path: Path) -> None:
+    """Warm starts skip hashing files whose size / mtime / inode are as built; a full rehash still sees content."""
+    import os
+
+    cache = EngineCache(tmp_path)
+    entry = cache.get_or_build(KEY, write_files({"unet.onnx": b"graph"}))
+    graph = entry.path / "unet.onnx"
+    before = graph.stat()
+    with open(graph, "r+b") as stream:  # same inode, same size, then the old mtime put back: invisible to stat
+        stream.write(b"G")
+    os.utime(graph, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert cache.verify(KEY) == ""
+    assert cache.verify(KEY, rehash=True) == "unet.onnx fails its checksum"
+
+
 def test_failed_build_leaves_no_entry_and_no_staging_directory(tmp_path: Path) -> None:
     cache = EngineCache(tmp_path)
 
