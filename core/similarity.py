@@ -73,6 +73,7 @@ class SimilarityFilter:
         self.enabled = config.enabled
         self._rng = random.Random(config.seed)  # its own stream: skips are reproducible from the seed
         self._reference: torch.Tensor | None = None  # signature of the last processed input
+        self._reference_images: torch.Tensor | None = None  # ...or that input itself, not pooled yet (disabled)
         self.processed = 0
         self.skipped = 0
         self.skip_streak = 0
@@ -92,24 +93,36 @@ class SimilarityFilter:
     def reset(self) -> None:
         """Forget the reference so the next frame is processed (call it when the output must change although
         the input does not, e.g. after a prompt switch)."""
-        self._reference = None
+        self._reference = self._reference_images = None
         self.skip_streak = 0
 
     def should_skip(self, images: torch.Tensor) -> bool:
         """True if inference on `images` may be skipped; False means the caller processes it, and it becomes
         the new reference."""
+        if not self.enabled:
+            # Keep the last processed input, but pool it only if the filter is turned on again: a disabled
+            # filter costs nothing per frame.
+            self._reference, self._reference_images = None, images
+            self.processed += 1
+            self.skip_streak = 0
+            return False
         signature = pooled_signature(images)
-        if self.enabled and self._skip(signature):
+        if self._skip(signature):
             self.skipped += 1
             self.skip_streak += 1
             return True
-        self._reference = signature
+        self._reference, self._reference_images = signature, None
         self.processed += 1
         self.skip_streak = 0
         return False
 
+    def _current_reference(self) -> torch.Tensor | None:
+        if self._reference is None and self._reference_images is not None:
+            self._reference, self._reference_images = pooled_signature(self._reference_images), None
+        return self._reference
+
     def _skip(self, signature: torch.Tensor) -> bool:
-        reference = self._reference
+        reference = self._current_reference()
         if reference is None or reference.shape != signature.shape:
             self.last_cosine = None
             return False

@@ -153,6 +153,17 @@ def test_disabled_filter_never_skips_and_can_be_toggled_at_runtime():
     assert (similarity.processed, similarity.skipped) == (21, 1)
 
 
+def test_after_enabling_the_filter_compares_with_the_last_frame_processed_while_disabled():
+    a, b = unit_pair(3)
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=False, threshold=0.5, max_skip=10))
+    similarity.should_skip(a.float())
+    similarity.should_skip(b.float())  # the last processed frame while disabled
+    similarity.set_enabled(True)
+    assert similarity.should_skip(b.float()) is True  # same as the reference: p = 1
+    assert similarity.last_cosine == pytest.approx(1.0)
+    assert similarity.should_skip(a.float()) is False  # orthogonal to the reference: always processed
+
+
 def test_reset_makes_the_next_frame_processed():
     frame = torch.rand(SHAPE)
     similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.5, max_skip=10))

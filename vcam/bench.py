@@ -39,35 +39,58 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def measure_model_only_fps(engine: Engine, stream_config, embeddings: torch.Tensor, frames: int) -> float:
-    """Frames per second of the model alone: per group of F frames one encode, one UNet call of the stream's
-    batch, one decode, on tensors prepared beforehand (no pre/post-processing, threads or queues)."""
-    f, t = stream_config.frame_buffer_size, stream_config.unet_batch
-    scale = engine.vae_scale_factor
-    gen = torch.Generator().manual_seed(0)
-    images = (torch.rand(f, 3, stream_config.height, stream_config.width, generator=gen) * 2 - 1).to(
-        engine.device, engine.dtype
-    )  # (F, 3, H, W)
-    latents = torch.randn(
-        t, engine.latent_channels, stream_config.height // scale, stream_config.width // scale, generator=gen
-    ).to(engine.device, engine.dtype)  # (unet_batch, C, h, w)
-    timesteps = torch.full((t,), 500, dtype=torch.long, device=engine.device)
-    context = embeddings.expand(t, -1, -1).contiguous()  # (unet_batch, tokens, dim)
-    calls = max(1, frames // f)
+class RecordingEngine:
+    """Delegates to an engine and keeps the inputs of its last encode, UNet and decode calls, so that the model-only
+    limit is timed on exactly the tensors the stream gave the model (the same shapes, values and timesteps; on the
+    CPU even the values matter, through denormals)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.inner = engine
+        self.last_images: torch.Tensor | None = None
+        self.last_unet: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.last_latents: torch.Tensor | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def encode_prompt(self, texts):
+        return self.inner.encode_prompt(texts)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        self.last_images = images
+        return self.inner.encode_images(images)
+
+    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        self.last_unet = (latents, timesteps, embeddings)
+        return self.inner.predict_noise(latents, timesteps, embeddings)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        self.last_latents = latents
+        return self.inner.decode_latents(latents)
+
+
+def measure_model_only_fps(engine: RecordingEngine, frames_per_call: int, frames: int) -> float:
+    """Frames per second of the model alone: per group of F frames the stream's own encode, UNet and decode calls,
+    replayed back-to-back on the inputs it last gave them (no pre/post-processing, threads or queues)."""
+    images, unet_inputs, latents = engine.last_images, engine.last_unet, engine.last_latents
+    if images is None or unet_inputs is None or latents is None:
+        raise RuntimeError("the stream made no model call to replay; run `vcam bench` with more --frames")
+    calls = max(1, frames // frames_per_call)
+    model = engine.inner
 
     def one_group() -> None:
-        engine.encode_images(images)
-        noise = engine.predict_noise(latents, timesteps, context)
-        engine.decode_latents(noise[:f])
+        model.encode_images(images)
+        model.predict_noise(*unet_inputs)
+        model.decode_latents(latents)
 
     def timed() -> float:
         one_group()  # first call allocates; not part of the limit
-        _sync(engine)
+        _sync(model)
         start = time.perf_counter()
         for _ in range(calls):
             one_group()
-        _sync(engine)
-        return calls * f / (time.perf_counter() - start)
+        _sync(model)
+        return calls * frames_per_call / (time.perf_counter() - start)
 
     # On a fresh thread, as the pipeline's inference thread is: CPU thread pools and flush-to-zero state are per
     # thread, and the limit must be measured under the same conditions as the run it is compared with.
@@ -95,7 +118,7 @@ def _sync(engine: Engine) -> None:
 def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
     frames = settings.frames or 100
     build_start = time.perf_counter()
-    engine = create_engine_for(settings)
+    engine = RecordingEngine(create_engine_for(settings))
     build_seconds = time.perf_counter() - build_start
     stream = build_stream(engine, settings)
     warm_up(stream)  # fill the rolling buffer and allocate, outside the timed run
@@ -120,8 +143,7 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
     stats = pipeline.stats()
     fps = stats.written / seconds if seconds > 0 else 0.0
 
-    embeddings = stream.prompts.cache.get(stream.prompts.text).to(engine.device, engine.dtype)
-    model_only_fps = measure_model_only_fps(engine, stream.config, embeddings, frames)
+    model_only_fps = measure_model_only_fps(engine, stream.config.frame_buffer_size, stats.written)
     cfg = stream.config
     return BenchResult(
         {

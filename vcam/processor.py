@@ -21,8 +21,10 @@ def frames_to_tensor(frames: list[np.ndarray], width: int, height: int, fit: str
 
 def tensor_to_frames(images: torch.Tensor) -> list[np.ndarray]:
     """(F, 3, H, W) in [0, 1] -> F uint8 RGB frames."""
-    pixels = images.detach().clamp(0, 1).mul(255.0).round().to(torch.uint8)  # (F, 3, H, W)
-    return [np.ascontiguousarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
+    # numpy, not torch: a few element-wise passes over 256x256 pixels cost ~0.1 ms here, while torch would spread
+    # them over its intra-op thread pool and wait on it (measured 2-10 ms on 2 cores).
+    pixels = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1)  # (F, H, W, 3) in [0, 1]
+    return list(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
 class DiffusionProcessor:
