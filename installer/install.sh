@@ -32,7 +32,8 @@ if "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   echo "vcam: keeping the installed torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)')"
 else
   spec="${VCAM_TORCH:-}"
-  index=("${VCAM_TORCH_INDEX:+--extra-index-url}" ${VCAM_TORCH_INDEX:+"$VCAM_TORCH_INDEX"})
+  index=()
+  [ -z "${VCAM_TORCH_INDEX:-}" ] || index=(--extra-index-url "$VCAM_TORCH_INDEX")
   if [ -z "$spec" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
       spec="torch"; echo "vcam: NVIDIA GPU found: installing the CUDA build of torch"
@@ -40,10 +41,10 @@ else
       spec="torch"; echo "vcam: macOS: installing torch with Apple MPS support"
     else
       spec="torch"; echo "vcam: no NVIDIA GPU: installing the CPU build of torch"
-      [ -n "${VCAM_TORCH_INDEX:-}" ] || index=(--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+      [ -n "${VCAM_TORCH_INDEX:-}" ] || index=(--index-url https://download.pytorch.org/whl/cpu)  # the CPU wheel; that index also carries its dependencies
     fi
   fi
-  "${pip[@]}" install "${index[@]}" "$spec"
+  "${pip[@]}" install ${index[@]+"${index[@]}"} "$spec"
 fi
 "${pip[@]}" install -e "$here[test]"
 echo "vcam: installed; run it with $venv/bin/vcam run   (or activate: . $venv/bin/activate)"
