@@ -19,6 +19,8 @@ virtual camera must keep receiving frames at its rate even while the model is la
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -127,6 +129,18 @@ class _Frame:
 
     image: np.ndarray
     captured_at: float
+
+
+def _lower_this_threads_priority(niceness: int = 5) -> None:
+    """Let the model's threads win the cores: on a machine whose cores the model fills, a capture thread that
+    prepares the next frame at the same priority steals time from the frame being computed. Linux schedules
+    threads as tasks, so this lowers only the calling thread; elsewhere (or without permission) nothing happens."""
+    if not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except OSError:
+        pass
 
 
 class FramePipeline:
@@ -266,6 +280,7 @@ class FramePipeline:
                 self.error, self.error_stage = error, stage
 
     def _capture_loop(self) -> None:
+        _lower_this_threads_priority()
         limit = None if self.source.live else self.config.max_frames  # a file is read no further than needed
         while not self._halt.is_set() and (limit is None or self._frames_in < limit):
             started = time.monotonic()
