@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Literal, Mapping
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engines.base import ModelError, NoiseScheduleConfig

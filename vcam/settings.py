@@ -5,7 +5,7 @@ The service and the benchmark take this object and nothing else, so a run is rep
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from core.config import StreamConfig, t_index_list_from_strength
 from core.similarity import SimilarityFilterConfig
@@ -37,7 +37,6 @@ class RunSettings:
     model_from_preset: bool = False  # the model came from a preset (not --model): fall back to tiny if absent
     source_given: bool = False
     sink_given: bool = False
-    extras: dict = field(default_factory=dict)
 
 
 def _size(text: str) -> tuple[int, int]:
