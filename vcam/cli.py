@@ -82,7 +82,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vcam.service import Service, ServiceOptions
     from vcam.settings import resolve_settings
 
-    settings = resolve_settings(args, default_preset=DEFAULT_RUN_PRESET)
+    # `--model tiny` without a preset means the offline demo: the tiny preset's resolution and steps suit it.
+    default_preset = "tiny" if args.model == "tiny" else DEFAULT_RUN_PRESET
+    settings = resolve_settings(args, default_preset=default_preset)
     options = ServiceOptions(
         tray=not args.no_tray,
         hotkeys=not args.no_hotkeys,

@@ -348,7 +348,7 @@ class Service:
         except BaseException:
             source.close()
             raise
-        sink = self._tee = TeeSink(self._wrap_overlay(sink))
+        sink = self._tee = TeeSink(self._wrap_overlay(sink), self.ready_event, self._first_stylised_frame)
         # A live sink (virtual camera, window, MJPEG: paced) must never starve, so it starts at once on a
         # pass-through card while the model loads. An offline sink (a file, null) has no viewer: load first, so
         # every written frame is a stylised one.
@@ -404,6 +404,16 @@ class Service:
         watcher = threading.Thread(target=lambda: (self.stop_event.wait(), host.quit()), daemon=True)
         watcher.start()
         host.run()
+
+    def _first_stylised_frame(self) -> None:
+        """Said once: how long from launching the process to the first stylised frame the output received."""
+        try:
+            import psutil
+
+            since_launch = time.time() - psutil.Process().create_time()
+        except Exception:  # noqa: BLE001 - a diagnostic only
+            return
+        self.notice(f"first stylised frame {since_launch:.1f} s after launch")
 
     def _wrap_overlay(self, sink):
         return OverlaySink(sink, self.status_text) if self.options.overlay else sink
@@ -462,15 +472,21 @@ class OverlaySink:
 
 
 class TeeSink:
-    """The main sink plus an optional preview window opened later from the tray; a failing preview is dropped."""
+    """The main sink plus an optional preview window opened later from the tray; a failing preview is dropped.
+    Calls `on_first_stylised` once, after the first frame written once the model is ready."""
 
-    def __init__(self, sink) -> None:
+    def __init__(self, sink, ready: threading.Event, on_first_stylised: Callable[[], None]) -> None:
         self.sink = sink
         self.fps = sink.fps
         self.preview = None
+        self._ready = ready
+        self._on_first_stylised: Callable[[], None] | None = on_first_stylised
 
     def write(self, frame) -> None:
         self.sink.write(frame)
+        if self._on_first_stylised is not None and self._ready.is_set():
+            callback, self._on_first_stylised = self._on_first_stylised, None
+            callback()
         preview = self.preview
         if preview is not None:
             try:
