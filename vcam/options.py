@@ -26,6 +26,7 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", help="preset name (see `vcam presets`) or a .toml file")
     g.add_argument("--model", help="'tiny', a diffusers folder, a .safetensors file, or a model id in the local HF cache")
     g.add_argument("--vae", help="a TAESD folder (tiny VAE) used instead of the model's VAE; 'none' keeps the full VAE")
+    g.add_argument("--tokenizer", help="a CLIP tokenizer folder (vocab.json + merges.txt) for a single-file checkpoint")
     g.add_argument("--lora", action="append", help="a LoRA .safetensors fused at load time (repeatable)")
     g.add_argument("--lora-scale", type=float, help="weight of the fused LoRA (default 1.0)")
     g.add_argument("--engine", help="auto | torch | torch-compile | onnxruntime | tensorrt")

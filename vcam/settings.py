@@ -63,6 +63,7 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny") -> 
         vae=(None if args.vae == "none" else args.vae) if _given(args.vae) else preset_vae,
         lora=tuple(args.lora) if args.lora else tuple(m.lora),
         lora_scale=args.lora_scale if _given(args.lora_scale) else m.lora_scale,
+        tokenizer=args.tokenizer,
     )
     if model.model == "tiny" and not _given(args.vae) and model.vae is None:
         model = replace(model, vae="tiny")  # the tiny demo ships its TAESD
