@@ -369,11 +369,12 @@ class Service:
         )
         self.pipeline.start()
         threads = [
-            threading.Thread(target=self._load_model_in_background if live_output else lambda: None, name="vcam-model", daemon=True),
             threading.Thread(target=self._dispatch_commands, name="vcam-commands", daemon=True),
             threading.Thread(target=self._watch_pipeline, name="vcam-watch", daemon=True),
             threading.Thread(target=self._status_loop, name="vcam-status", daemon=True),
         ]
+        if live_output:
+            threads.append(threading.Thread(target=self._load_model_in_background, name="vcam-model", daemon=True))
         try:
             self._start_controls()
             for thread in threads:
@@ -400,9 +401,16 @@ class Service:
         return 0
 
     def _run_qt_until_stopped(self) -> None:
+        """Qt's loop owns the main thread; Python runs a signal handler only when Python code runs there, so a
+        heartbeat posts a no-op to the GUI thread 4 times a second (Ctrl+C and SIGTERM are then answered)."""
         host = self._qt_host
-        watcher = threading.Thread(target=lambda: (self.stop_event.wait(), host.quit()), daemon=True)
-        watcher.start()
+
+        def heartbeat() -> None:
+            while not self.stop_event.wait(0.25):
+                host.call_soon(lambda: None)
+            host.quit()
+
+        threading.Thread(target=heartbeat, name="vcam-qt-heartbeat", daemon=True).start()
         host.run()
 
     def _first_stylised_frame(self) -> None:
