@@ -79,6 +79,12 @@ def start_and_wait_until_ready(service: Service) -> threading.Thread:
     return thread
 
 
+def quit_and_join(service: Service, thread: threading.Thread) -> None:
+    service.queue.put(cmd.Quit(), "cli")
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
 def wait_for(condition, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -93,9 +99,7 @@ def test_virtual_camera_gets_frames_while_the_model_loads_then_the_stylised_stre
     ready_at = time.monotonic()
     assert sink.times and sink.times[0] < ready_at  # frames flowed before the model was ready
     wait_for(lambda: len(sink.frames) > 10 and sink.times[-1] > ready_at + 0.5)
-    service.queue.put(cmd.Quit(), "cli")
-    thread.join(timeout=5)
-    assert not thread.is_alive()
+    quit_and_join(service, thread)
     assert source.closed and sink.closed
 
 
@@ -117,9 +121,7 @@ def test_prompt_commands_switch_at_frame_boundaries_and_unknown_names_are_one_li
 
     service.queue.put(cmd.SetPromptText("a pencil sketch of a lighthouse"), "osc")
     wait_for(lambda: service.stream.prompts.text == "a pencil sketch of a lighthouse")
-    service.queue.put(cmd.Quit(), "cli")
-    thread.join(timeout=5)
-    assert not thread.is_alive()
+    quit_and_join(service, thread)
 
 
 @pytest.mark.timeout(180)
@@ -140,9 +142,7 @@ def test_pause_passes_the_camera_through_and_resume_restyles(tiny_home) -> None:
     wait_for(lambda: not service.paused)
     service.queue.put(cmd.SetSimilarityFilter(None), "tray")
     wait_for(lambda: service.filter_enabled)
-    service.queue.put(cmd.Quit(), "cli")
-    thread.join(timeout=5)
-    assert not thread.is_alive()
+    quit_and_join(service, thread)
 
 
 @pytest.mark.timeout(180)

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.xvfb import XvfbServer, xvfb_available
+from tests.xvfb import XvfbServer, running_xvfb
 from vcam.commands import CommandQueue, QueuedCommand, Quit, SetPaused, SetSimilarityFilter, SwitchPrompt
 from vcam.controls.tray import TrayControl, TrayState, draw_tray_icon
 from vcam.qt_host import QtHost, QtUnavailableError, qt_platform_problem
@@ -29,13 +29,9 @@ def host_on(server: XvfbServer, monkeypatch: pytest.MonkeyPatch) -> QtHost:
 
 @pytest.fixture
 def display(monkeypatch: pytest.MonkeyPatch) -> Iterator[XvfbServer]:
-    if not xvfb_available():
-        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
-    server = XvfbServer().start()
-    try:
+    """A fresh X server per test: each tray test gets its own tray host."""
+    with running_xvfb() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ because a QSystemTrayIcon only appears when some program owns the _NET_SYSTEM_TR
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import subprocess
@@ -99,9 +101,9 @@ def xvfb_available() -> bool:
     return shutil.which("Xvfb") is not None
 
 
-@pytest.fixture(scope="module")
-def xvfb() -> Iterator[XvfbServer]:
-    """A fresh X server for one test module; skipped only where Xvfb is not installed."""
+@contextlib.contextmanager
+def running_xvfb() -> Iterator[XvfbServer]:
+    """An X server for the duration of the block; skipped only where Xvfb is not installed."""
     if not xvfb_available():
         pytest.skip("Xvfb is not installed (apt-get install xvfb)")
     server = XvfbServer().start()
@@ -109,3 +111,10 @@ def xvfb() -> Iterator[XvfbServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def xvfb() -> Iterator[XvfbServer]:
+    """A fresh X server for one test module."""
+    with running_xvfb() as server:
+        yield server
