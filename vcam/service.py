@@ -289,12 +289,23 @@ class Service:
 
         self._controls = start_controls(self, preset, self.options)
 
-    def _stop_controls(self) -> None:
-        for control in self._controls:
+    def _stop_controls(self, timeout: float = 2.0) -> None:
+        """Stop every control at once, waiting at most `timeout` in all: a control stuck in a library call (an
+        X connection, a WebSocket handshake) must not hold up the exit; its thread is a daemon."""
+
+        def stop(control) -> None:
             try:
                 control.stop()
             except Exception as error:  # noqa: BLE001
                 log.debug("control stop failed: %s", error)
+
+        stoppers = [threading.Thread(target=stop, args=(c,), name="vcam-stop-control", daemon=True)
+                    for c in self._controls]
+        for thread in stoppers:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for thread in stoppers:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # ----------------------------------------------------------------------------------------------- status
     def status_text(self) -> str:
@@ -386,8 +397,8 @@ class Service:
                     pass
         finally:
             self.stop_event.set()
+            self.pipeline.stop(timeout=2.0)  # the camera and the virtual camera are released first
             self._stop_controls()
-            self.pipeline.stop(timeout=2.0)
             if self._qt_host is not None:
                 self._qt_host.quit()
             for thread in threads:
