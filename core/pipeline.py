@@ -160,6 +160,7 @@ class FramePipeline:
         self.between_frames = between_frames
         self.error: BaseException | None = None
         self.error_stage: str | None = None
+        self.released_after: float | None = None  # seconds from stop() until the source and sink were closed
         self._processor = processor
         self._next_processor: FrameProcessor | None = None
         self._swap_lock = threading.Lock()
@@ -231,6 +232,7 @@ class FramePipeline:
         self._join_until(time.monotonic() + min(timeout / 2, STOP_GRACE_SECONDS))
         self._close_once("capture", self.source.close)
         self._close_once("output", self.sink.close)
+        self.released_after = time.monotonic() - (deadline - timeout)  # source and sink closed: devices free
         self._join_until(deadline)
         self._finished.set()
         return not any(thread.is_alive() for thread in self._threads)

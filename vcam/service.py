@@ -398,6 +398,9 @@ class Service:
         finally:
             self.stop_event.set()
             self.pipeline.stop(timeout=2.0)  # the camera and the virtual camera are released first
+            if self.pipeline.released_after is not None:
+                log.info("camera and virtual camera released %.2f s after the stop request",
+                         self.pipeline.released_after)
             self._stop_controls()
             if self._qt_host is not None:
                 self._qt_host.quit()
