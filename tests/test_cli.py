@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
+
+from tests.media import read_video
 
 
 def run_vcam(*args: str, env_home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -37,14 +38,7 @@ def test_run_writes_a_playable_60_frame_video(home: Path, tmp_path: Path) -> Non
     result = run_vcam("run", "--model", "tiny", "--source", "synthetic", "--sink", str(out), "--frames", "60",
                       "--no-tray", "--no-hotkeys", "--quiet", env_home=home)
     assert result.returncode == 0, result.stderr
-    capture = cv2.VideoCapture(str(out))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
+    frames = read_video(out)
     assert len(frames) == 60
     assert frames[0].shape == (720, 1280, 3)  # the sink's configured size, whatever the model's
     assert max(float(f.std()) for f in frames) > 1.0  # pictures, not a blank stream

@@ -12,28 +12,14 @@ from core.prompts import PromptCache, PromptSwitcher
 from core.similarity import SimilarityFilter
 from core.stream import DiffusionStream
 from engines.base import Engine, EngineShapes
-from engines.loading import ModelSpec, resolve_model
+from engines.loading import resolve_model
 from vcam.settings import RunSettings
 
 
-def concrete_model_spec(spec: ModelSpec) -> ModelSpec:
-    """Turn the `tiny` shortcuts into folders (built once into the user cache)."""
-    if spec.model != "tiny" and spec.vae != "tiny":
-        return spec
-    from engines.testmodel import ensure_tiny_model
-
-    paths = ensure_tiny_model()
-    model = str(paths.model_dir) if spec.model == "tiny" else spec.model
-    vae = str(paths.taesd_dir) if spec.vae == "tiny" else spec.vae
-    return replace(spec, model=model, vae=vae)
-
-
 def check_model(settings: RunSettings) -> None:
-    """Raise the one-line ModelError for a missing / broken model before any camera or device is opened."""
-    spec = settings.model
-    if spec.model == "tiny" and spec.vae in (None, "tiny"):
-        return  # built on demand, nothing to check
-    resolve_model(concrete_model_spec(spec))
+    """Raise the one-line ModelError for a missing / broken model before any camera or device is opened
+    (`tiny` is built into the user cache here if it is not there yet)."""
+    resolve_model(settings.model)
 
 
 def engine_shapes(settings: RunSettings) -> EngineShapes:
@@ -49,7 +35,7 @@ def create_engine_for(settings: RunSettings) -> Engine:
 
     engine = create_engine(
         settings.engine,
-        concrete_model_spec(settings.model),
+        settings.model,
         engine_shapes(settings),
         device=settings.device,
         threads=settings.threads,
