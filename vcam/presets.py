@@ -35,6 +35,10 @@ else:  # pragma: no cover - exercised only on 3.10
 ENGINES = ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")
 FITS = ("crop", "letterbox")
 MAX_DEFAULT_PROMPT_HOTKEYS = 9
+# A preset is a few kilobytes of hand-written TOML; anything far bigger is the wrong file (or an attack on the
+# listing): refuse it before parsing, so time and memory stay bounded whatever lies in the presets folder.
+MAX_PRESET_BYTES = 1_000_000
+MAX_LISTED_CHARS = 120  # `vcam presets` prints one short line per preset, whatever a description holds
 
 
 class PresetError(ValueError):
@@ -241,8 +245,15 @@ def _description_of(path: Path) -> str:
     try:
         description = _read_toml(path).get("description", "")
     except PresetError as error:
-        return f"(unreadable: {error})"
-    return description if isinstance(description, str) else ""
+        reason = str(error).removeprefix(f"{path}: ")  # the listing names the preset already
+        return _clip(f"(unreadable: {reason})")
+    return _clip(description) if isinstance(description, str) else ""
+
+
+def _clip(text: str, limit: int = MAX_LISTED_CHARS) -> str:
+    """One printable line of at most `limit` characters (a listing line must never flood the terminal)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def load_preset(name_or_path: str | Path, user_dir: Path | None = None) -> Preset:
@@ -261,13 +272,28 @@ def load_preset(name_or_path: str | Path, user_dir: Path | None = None) -> Prese
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """Parse one preset file; every way a file can be wrong (too big, not UTF-8, bad syntax, nested too deep,
+    unreadable) is one `PresetError` line naming the file."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise PresetError(f"{path}: not valid TOML ({error}); fix the syntax at that line") from None
+            data = handle.read(MAX_PRESET_BYTES + 1)  # never more than the limit in memory
     except OSError as error:
         raise PresetError(f"{path}: cannot be read ({error.strerror})") from None
+    if len(data) > MAX_PRESET_BYTES:
+        raise PresetError(f"{path}: larger than {MAX_PRESET_BYTES // 1_000_000} MB, far more than a preset holds; "
+                          "check that this is the right file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise PresetError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
+                          "save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise PresetError(f"{path}: not valid TOML ({_clip(str(error))}); fix the syntax at that line") from None
+    except RecursionError:
+        raise PresetError(f"{path}: not valid TOML (nested too deeply); a preset needs at most two levels") from None
 
 
 # ---------------------------------------------------------------------------------------------- validation
