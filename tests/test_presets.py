@@ -232,3 +232,23 @@ def test_one_bad_file_never_hides_the_other_presets_and_every_listed_line_is_sho
     assert set(SHIPPED) | {"latin1", "huge", "long", "mine"} <= set(listed)
     assert "not UTF-8" in listed["latin1"] and "larger than 1 MB" in listed["huge"] and "my own" in listed["mine"]
     assert max(len(line) for line in result.stdout.splitlines()) < 400
+
+
+def test_the_old_key_frame_buffer_still_loads_with_a_notice_naming_the_new_one(tmp_path: Path) -> None:
+    preset = load_preset(write_preset(tmp_path, "old", "[stream]\nframe_buffer = 2\n" + MINIMAL))
+    assert preset.stream.frame_buffer_size == 2
+    assert len(preset.notices) == 1 and str(tmp_path / "old.toml") in preset.notices[0]
+    assert "stream.frame_buffer is now called stream.frame_buffer_size" in preset.notices[0]
+    both = preset_error(tmp_path, "[stream]\nframe_buffer = 2\nframe_buffer_size = 2\n" + MINIMAL)
+    assert "stream.frame_buffer: is the old name of frame_buffer_size" in both
+
+
+def test_the_old_key_is_said_once_even_when_the_run_then_stops_on_an_error(tmp_path: Path) -> None:
+    path = write_preset(tmp_path, "old", "[stream]\nframe_buffer = 1\n" + MINIMAL)
+    result = subprocess.run([sys.executable, "-m", "vcam.cli", "bench", "--preset", str(path), "--width", "100"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("vcam: error:")] == [
+        "vcam: error: width and height must be positive multiples of 8, got 100x512"]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("vcam: note:")]
+    assert len(notes) == 1 and "stream.frame_buffer is now called stream.frame_buffer_size" in notes[0]
