@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure fps, efficiency, latency and memory on the current settings")
     add_stream_options(bench)
-    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    g = bench.add_argument_group("report")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sub.add_parser("presets", help="list the shipped and user presets")
     sub.add_parser("doctor", help="check what this machine offers: devices, engines, camera, virtual camera")

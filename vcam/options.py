@@ -7,7 +7,8 @@ comes from the preset, and failing that from the dataclass defaults; `given_valu
 `vcam.settings` exactly what was typed, field by field. A field's previous option name (`old_cli`) still works
 for one release and leaves a notice in `args.notices`.
 
-`readme_tables` renders the README's options and presets tables from the same data (a test keeps them equal).
+`options_table` and `presets_table` render the README's tables from the same data; `python -m vcam.options
+README.md` writes them between their markers (tests/test_schema.py keeps README, `--help` and schema equal).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from typing import Any
 from vcam.sections import GROUPS, Group, choices_of, field_help, optional_inner, user_fields
 
 NOTICES = "notices"  # the namespace attribute holding notices about old spellings, said once by the CLI
-_EXTRAS_DEST = "extras"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -40,11 +40,13 @@ class SettingAction(argparse.Action):
     """Stores one setting's value under `group.field`; checks a `Literal`'s choices, repeats a tuple of strings,
     and notes a previous spelling of the option. `--guidance` with a number is the old `--guidance` (the scale)."""
 
-    def __init__(self, option_strings, dest, *, choices_=(), repeat=False, const_value=None, current="", **kw):
+    def __init__(self, option_strings: list[str], dest: str, *, choices_: tuple[str, ...] = (), repeat: bool = False,
+                 const_value: Any = None, current: str = "", **kw: Any) -> None:
         self.choices_, self.repeat, self.const_value, self.current = choices_, repeat, const_value, current
         super().__init__(option_strings, dest, nargs=0 if const_value is not None else None, **kw)
 
-    def __call__(self, parser, namespace, value, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any,
+                 option_string: str | None = None) -> None:
         if option_string != self.current:
             _note(namespace, f"{option_string} is now {self.current}; the old spelling works until the next release")
         if self.const_value is not None:
