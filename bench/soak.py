@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 COMMANDS = [
     ("/vcam/next", []),
     ("/vcam/pause", [1]),
@@ -52,13 +54,15 @@ def write_preset(directory: Path, osc_port: int) -> Path:
 
 
 def sample(pid: int) -> dict[str, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return {
-        "rss_mb": rss_kb // 1024,
-        "threads": len(os.listdir(f"/proc/{pid}/task")),
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
-    }
+    """Resident memory (MiB), threads and open handles of process `pid`, through psutil (any OS, not only /proc):
+    file descriptors on POSIX, kernel handles on Windows."""
+    process = psutil.Process(pid)
+    with process.oneshot():
+        return {
+            "rss_mb": process.memory_info().rss // (1024 * 1024),
+            "threads": process.num_threads(),
+            "fds": process.num_handles() if sys.platform == "win32" else process.num_fds(),
+        }
 
 
 def soak(minutes: float, mjpeg_port: int | None = None) -> dict:

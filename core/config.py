@@ -1,8 +1,8 @@
 """`StreamConfig`: every setting of the stream-batch core, frozen and passed explicitly."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 GuidanceMode = Literal["none", "full", "self", "initialize"]
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "self", "initialize")
@@ -10,6 +10,24 @@ GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "self", "initialize")
 
 class ConfigError(ValueError):
     """A setting out of range; the message names the setting and the allowed values."""
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            cli: str | None = None, preset: bool = True, old: str | None = None, old_cli: str | None = None,
+            metavar: str | None = None, flag: Any = None) -> Any:
+    """A dataclass field that users set: this one declaration is its preset key, its command-line option, its
+    `--help` line and its row in the README (vcam generates all four from the field; core never reads them).
+
+    `help` is the one-line meaning; `low`/`high` the allowed range (inclusive); `cli` replaces the option name
+    derived from the field name ("" = not on the command line); `preset=False` keeps it out of preset files;
+    `old`/`old_cli` are a previous preset key / option still accepted for one release with a notice; `flag`
+    makes the option a switch that sets this value; `metavar` names the value in `--help`.
+    """
+    metadata = {"help": help, "range": (low, high), "cli": cli, "preset": preset, "old": old, "old_cli": old_cli,
+                "metavar": metavar, "flag": flag}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are shared between instances; use a tuple or a mapping proxy")
+    return field(default=default, metadata=metadata)
 
 
 def t_index_list_from_strength(strength: float, steps: int, grid_steps: int = 50) -> tuple[int, ...]:
@@ -34,22 +52,29 @@ def t_index_list_from_strength(strength: float, steps: int, grid_steps: int = 50
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Settings of one stream. `t_index_list` indexes a `grid_steps`-long consistency (LCM) timestep grid:
-    index 0 is t=999 (pure noise), index grid_steps-1 the least noisy; slot i of the stream batch sits at
-    t_index_list[i]."""
+    """The stream-batch settings; `t_index_list`, or the preset's `strength` + `steps`, picks the denoising slots.
 
-    width: int = 256
-    height: int = 256
-    t_index_list: tuple[int, ...] = (32, 45)
-    grid_steps: int = 50
-    frame_buffer_size: int = 1  # F: frames entering per UNet call
-    guidance: GuidanceMode = "self"
-    guidance_scale: float = 1.2
-    delta: float = 1.0  # RCFG virtual residual noise weight
-    seed: int = 2
-    mode: Literal["img2img", "txt2img"] = "img2img"
-    prompt: str = "a watercolor painting"
-    negative_prompt: str = ""
+    `t_index_list` indexes a `grid_steps`-long consistency (LCM) timestep grid: index 0 is t=999 (pure noise),
+    index grid_steps-1 the least noisy; slot i of the stream batch sits at t_index_list[i]. This dataclass is also
+    the preset's [stream] section and the CLI's stream options (see `setting`); its defaults are the product's.
+    """
+
+    width: int = setting(512, "model input width in pixels (multiple of 8)", low=64, high=2048)
+    height: int = setting(512, "model input height in pixels (multiple of 8)", low=64, high=2048)
+    t_index_list: tuple[int, ...] = setting(
+        (32, 45), "denoising slots as indices of the 50-step grid (or --strength with --steps)", metavar="I,J,...")
+    grid_steps: int = field(default=50, metadata={"internal": True})
+    frame_buffer_size: int = setting(1, "frames per UNet call (F)", low=1, high=16, old="frame_buffer",
+                                     old_cli="--frame-buffer")
+    guidance: GuidanceMode = setting("none", "residual classifier-free guidance (RCFG) mode", old_cli="--cfg")
+    guidance_scale: float = setting(1.2, "guidance scale (RCFG does nothing at <= 1)", low=0.0, high=20.0)
+    delta: float = setting(1.0, "RCFG virtual residual noise weight", low=0.0, high=10.0)
+    seed: int = setting(2, "seed of the fixed stream noise", low=0, high=2**32 - 1)
+    mode: Literal["img2img", "txt2img"] = setting(
+        "img2img", "txt2img ignores the camera picture: a text-to-image stream", cli="--txt2img", flag="txt2img")
+    prompt: str = setting("a watercolor painting", "prompt text (put first, before the preset's prompts)",
+                          preset=False)
+    negative_prompt: str = setting("", "negative prompt used by RCFG full / initialize")
 
     def __post_init__(self) -> None:
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:

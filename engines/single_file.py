@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Literal, Mapping
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from engines.base import ModelError, NoiseScheduleConfig
@@ -65,8 +65,12 @@ SUPPORTED = "an SD 1.x or SD 2.x checkpoint in the original LDM layout"
 # ----------------------------------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file on the CPU; anything else is refused with a one-line ModelError."""
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape, from the safetensors header alone (no tensor data is read).
+
+    A pickle is refused before anything parses it; `safetensors.safe_open` refuses a truncated, padded or
+    non-safetensors file (the header must cover the file exactly); both are one-line `ModelError`s.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist; pass an existing .safetensors file")
@@ -76,11 +80,18 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path.name} is a pickle checkpoint, which can run code when loaded; "
                          "download the .safetensors version of this model instead")
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as checkpoint:
+            return {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelError(f"{path.name} is not a complete .safetensors file ({reason}); "
                          "download it again") from None
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on the CPU, after `read_shapes`'s checks (for LoRA files)."""
+    read_shapes(path)
+    return load_file(str(path), device="cpu")
 
 
 def detect_architecture(shapes: Mapping[str, tuple[int, ...]]) -> SingleFileArchitecture:
@@ -126,20 +137,34 @@ def load_single_file_components(
     what the file and its neighbours say (see `resolve_prediction_type`). Nothing here touches the network.
     """
     path = Path(path)
-    checkpoint = read_checkpoint(path)
-    arch = detect_architecture({key: tuple(value.shape) for key, value in checkpoint.items()})
+    shapes = read_shapes(path)
+    arch = detect_architecture(shapes)
     tokenizer = load_tokenizer(arch, path, tokenizer_dir, hf_cache_dir)  # before the slow part: fail fast
     schedule = NoiseScheduleConfig(**_schedule_fields(arch.config_dir / "scheduler" / "scheduler_config.json"),
-                                   prediction_type=prediction_type or resolve_prediction_type(arch, path, checkpoint))
-    models = build_empty_components(arch)
-    states = convert_checkpoint(checkpoint, arch, models["text_encoder"])
-    del checkpoint
-    for what, model in models.items():
-        check_state_fits(model, states[what], COMPONENT_NAMES[what], path.name)
-        load_into_empty(model, states.pop(what))
+                                   prediction_type=prediction_type or resolve_prediction_type(arch, path, shapes))
+    check_complete(shapes, arch, path.name)
+    from diffusers import StableDiffusionPipeline
+
+    # diffusers' own single-file loader (the LDM converters, weights assigned into empty modules with accelerate),
+    # on the bundled config folder and our tokenizer: nothing is looked up on the hub.
+    pipeline = StableDiffusionPipeline.from_single_file(
+        str(path), config=str(arch.config_dir), local_files_only=True, tokenizer=tokenizer, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    models = (pipeline.unet, pipeline.vae, pipeline.text_encoder)
+    for model in models:
         # torch's own `to`: diffusers' override warns about fp32-only modules these SD models do not have
         torch.nn.Module.to(model, device=device, dtype=dtype).eval().requires_grad_(False)
-    return models["unet"], models["vae"], models["text_encoder"], tokenizer, schedule
+    return (*models, tokenizer, schedule)
+
+
+def check_complete(shapes: Mapping[str, tuple[int, ...]], arch: SingleFileArchitecture, file_name: str) -> None:
+    """Every weight of the UNet, VAE and text encoder must be in the file with its shape (diffusers would leave a
+    missing one empty and fail later with a meta-tensor error): checked on shapes alone, with no memory."""
+    checkpoint = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    models = build_empty_components(arch)
+    states = convert_checkpoint(checkpoint, arch, models["text_encoder"])
+    for what, model in models.items():
+        check_state_fits(model, states[what], COMPONENT_NAMES[what], file_name)
 
 
 def build_empty_components(arch: SingleFileArchitecture) -> dict[str, torch.nn.Module]:
@@ -185,18 +210,6 @@ def check_state_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], 
                          f"vcam loads {SUPPORTED}")
 
 
-def load_into_empty(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Adopt the checkpoint's tensors as parameters, then fill the buffers that no file stores."""
-    model.load_state_dict({key: state[key] for key in model.state_dict()}, strict=True, assign=True)
-    for module_name, module in model.named_modules():
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if buffer.device.type != "meta":
-                continue
-            if name != "position_ids":  # CLIP's token positions 0..N-1, the only non-persistent buffer here
-                raise RuntimeError(f"{type(model).__name__}.{module_name}.{name} has no value after loading")
-            module.register_buffer(name, torch.arange(buffer.shape[-1]).expand(buffer.shape), persistent=False)
-
-
 def _align_text_model_prefix(state: dict[str, torch.Tensor], text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
     """LDM files name CLIP weights `text_model.*`; transformers >= 5 dropped that level, 4.x still has it."""
     wants_prefix = any(key.startswith("text_model.") for key in text_encoder.state_dict())
@@ -216,7 +229,7 @@ def _schedule_fields(scheduler_config: Path) -> dict:
 
 
 def resolve_prediction_type(arch: SingleFileArchitecture, path: Path,
-                            checkpoint: Mapping[str, torch.Tensor]) -> PredictionType:
+                            checkpoint: Mapping[str, object]) -> PredictionType:
     """epsilon or v: a single file does not say which objective it was trained on, so look for the usual hints.
 
     In order: a `v_pred` marker tensor (written by ComfyUI), the original LDM yaml next to the file

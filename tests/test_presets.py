@@ -192,3 +192,63 @@ def test_empty_hotkey_disables_an_action(tmp_path: Path) -> None:
 
 def test_invalid_toml_is_one_line_naming_the_file(tmp_path: Path) -> None:
     assert "not valid TOML" in preset_error(tmp_path, "[stream\nwidth = 1\n")
+
+
+def test_a_preset_that_is_not_utf8_is_one_line_naming_the_byte_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(('description = "caf\xe9"\n' + MINIMAL).encode("latin-1"))
+    with pytest.raises(PresetError) as caught:
+        load_preset(path)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message
+    assert "not UTF-8" in message and "0xe9" in message and "line 1" in message and "save the file as UTF-8" in message
+
+
+def test_a_huge_preset_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    path.write_bytes(b'description = "' + b"x" * 50_000_000 + b'"\n' + MINIMAL.encode())
+    with pytest.raises(PresetError, match="larger than 1 MB") as caught:
+        load_preset(path)
+    assert str(path) in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_toml_nested_too_deeply_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
+    assert "nested too deeply" in preset_error(tmp_path, "a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+
+
+def test_one_bad_file_never_hides_the_other_presets_and_every_listed_line_is_short(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    folder = config / "vcam" / "presets"
+    folder.mkdir(parents=True)
+    (folder / "latin1.toml").write_bytes(b'description = "caf\xe9"\n' + MINIMAL.encode())
+    (folder / "huge.toml").write_bytes(b'description = "' + b"x" * 50_000_000 + b'"\n')
+    write_preset(folder, "long", f'description = "{"y" * 5000}"\n' + MINIMAL)
+    write_preset(folder, "mine", 'description = "my own"\n' + MINIMAL)
+    env = {**os.environ, "XDG_CONFIG_HOME": str(config)}
+    result = subprocess.run([sys.executable, "-m", "vcam.cli", "presets"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    listed = {line.split()[0]: line for line in result.stdout.splitlines() if not line.startswith("(")}
+    assert set(SHIPPED) | {"latin1", "huge", "long", "mine"} <= set(listed)
+    assert "not UTF-8" in listed["latin1"] and "larger than 1 MB" in listed["huge"] and "my own" in listed["mine"]
+    assert max(len(line) for line in result.stdout.splitlines()) < 400
+
+
+def test_the_old_key_frame_buffer_still_loads_with_a_notice_naming_the_new_one(tmp_path: Path) -> None:
+    preset = load_preset(write_preset(tmp_path, "old", "[stream]\nframe_buffer = 2\n" + MINIMAL))
+    assert preset.stream.frame_buffer_size == 2
+    assert len(preset.notices) == 1 and str(tmp_path / "old.toml") in preset.notices[0]
+    assert "stream.frame_buffer is now called stream.frame_buffer_size" in preset.notices[0]
+    both = preset_error(tmp_path, "[stream]\nframe_buffer = 2\nframe_buffer_size = 2\n" + MINIMAL)
+    assert "stream.frame_buffer: is the old name of frame_buffer_size" in both
+
+
+def test_the_old_key_is_said_once_even_when_the_run_then_stops_on_an_error(tmp_path: Path) -> None:
+    path = write_preset(tmp_path, "old", "[stream]\nframe_buffer = 1\n" + MINIMAL)
+    result = subprocess.run([sys.executable, "-m", "vcam.cli", "bench", "--preset", str(path), "--width", "100"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("vcam: error:")] == [
+        "vcam: error: width and height must be positive multiples of 8, got 100x512"]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("vcam: note:")]
+    assert len(notes) == 1 and "stream.frame_buffer is now called stream.frame_buffer_size" in notes[0]

@@ -55,3 +55,48 @@ def test_output_size_fit_and_mirror_shape_the_virtual_camera() -> None:
     assert (sink.width, sink.height, sink.fps, sink.fit, sink.mirror) == (640, 360, 25, "letterbox", True)
     with pytest.raises(SettingsError, match="WIDTHxHEIGHT"):
         settings_for("--output-size", "big")
+
+
+def test_a_setting_the_command_line_leaves_out_keeps_the_presets_value(tmp_path) -> None:
+    preset = tmp_path / "mine.toml"
+    preset.write_text("[stream]\nguidance = 'self'\nguidance_scale = 1.4\ndelta = 0.5\n"
+                      "[[prompts]]\nname = 'a'\ntext = 'first style'\n")
+    stream = settings_for("--preset", str(preset), "--guidance-scale", "2.0").stream
+    assert (stream.guidance, stream.guidance_scale, stream.delta) == ("self", 2.0, 0.5)
+
+
+def test_guidance_is_the_mode_and_guidance_scale_the_scale_everywhere() -> None:
+    stream = settings_for("--guidance", "full", "--guidance-scale", "1.5", "--frame-buffer-size", "2").stream
+    assert (stream.guidance, stream.guidance_scale, stream.frame_buffer_size) == ("full", 1.5, 2)
+
+
+def test_old_option_spellings_give_the_same_settings_and_one_notice_each() -> None:
+    old = build_parser().parse_args(["run", "--cfg", "full", "--guidance", "1.5", "--frame-buffer", "2"])
+    new = build_parser().parse_args(["run", "--guidance", "full", "--guidance-scale", "1.5", "--frame-buffer-size",
+                                     "2"])
+    assert resolve_settings(old).stream == resolve_settings(new).stream
+    assert new.notices == ()
+    assert len(old.notices) == 3
+    assert any("--cfg is now --guidance" in n for n in old.notices)
+    assert any("--guidance 1.5 (a number) is now --guidance-scale 1.5" in n for n in old.notices)
+    assert any("--frame-buffer is now --frame-buffer-size" in n for n in old.notices)
+
+
+def test_command_line_values_are_checked_like_preset_values_and_name_the_option() -> None:
+    with pytest.raises(SettingsError, match="--width: must be from 64 to 2048, got 32"):
+        settings_for("--width", "32")
+    with pytest.raises(SettingsError, match="--ssf-threshold: must be from 0.0 to 1.0, got 1.5"):
+        settings_for("--ssf-threshold", "1.5")
+    with pytest.raises(SystemExit):  # argparse's own one-line usage error for a wrong choice
+        settings_for("--guidance", "half")
+
+
+def test_every_preset_key_is_also_an_option() -> None:
+    parser = build_parser()
+    settings = resolve_settings(parser.parse_args(
+        ["run", "--camera-width", "640", "--camera-fps", "15", "--output-width", "800", "--output-backend", "x",
+         "--device", "cpu", "--threads", "2", "--engine", "onnxruntime", "--ssf", "--ssf-max-skip", "3"]), "tiny")
+    assert (settings.source_config.width, settings.source_config.fps) == (640, 15)
+    assert settings.sink_config.width == 800 and settings.sink_config.backend == "x"
+    assert (settings.device, settings.threads, settings.engine) == ("cpu", 2, "onnxruntime")
+    assert settings.filter.enabled and settings.filter.max_skip == 3

@@ -93,6 +93,25 @@ def test_single_file_and_diffusers_folder_give_identical_outputs(tiny_model_dir:
     assert schedule.prediction_type == "epsilon" and schedule.beta_schedule == "scaled_linear"
 
 
+def test_single_file_weights_are_bit_identical_to_the_diffusers_folder(tiny_model_dir: TinyModelPaths,
+                                                                      tiny_single_file: Path) -> None:
+    # What the hand-written loader gave before diffusers' from_single_file replaced it: every tensor, exactly.
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = tiny_model_dir.model_dir
+    loaded = load_single_file_components(tiny_single_file, "cpu", torch.float32)[:3]
+    references = (UNet2DConditionModel.from_pretrained(folder / "unet"), AutoencoderKL.from_pretrained(folder / "vae"),
+                  CLIPTextModel.from_pretrained(folder / "text_encoder"))
+    for model, reference in zip(loaded, references):
+        state, expected = model.state_dict(), reference.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[key], expected[key]) for key in expected), type(model).__name__
+        buffers, expected_buffers = dict(model.named_buffers()), dict(reference.named_buffers())
+        assert all(torch.equal(buffers[key], expected_buffers[key]) for key in expected_buffers)
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
 def test_loading_never_opens_a_network_connection(tiny_single_file: Path) -> None:
     script = f"""
 import socket, sys

@@ -9,13 +9,13 @@ measured in one run, so it holds on any machine.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import torch
 from tqdm import tqdm
 
@@ -35,7 +35,16 @@ class BenchResult:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux/macOS report ru_maxrss in KiB / bytes)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    psutil reports the peak only on Windows (`peak_wset`); on Linux and macOS the kernel keeps it in getrusage's
+    ru_maxrss (KiB on Linux, bytes on macOS), and `resource` exists exactly there, so it is imported only there.
+    """
+    memory = psutil.Process().memory_info()
+    if hasattr(memory, "peak_wset"):
+        return round(memory.peak_wset / (1024 * 1024), 1)
+    import resource
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from vcam.options import add_stream_options
+from vcam.options import NOTICES, add_stream_options
 
 # `vcam run` with no arguments: a real model if it is on this machine (else the service falls back to `tiny`),
 # camera 0 (else the synthetic source), the virtual camera (else a window, else MJPEG).
@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure fps, efficiency, latency and memory on the current settings")
     add_stream_options(bench)
-    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    g = bench.add_argument_group("report")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sub.add_parser("presets", help="list the shipped and user presets")
     sub.add_parser("doctor", help="check what this machine offers: devices, engines, camera, virtual camera")
@@ -64,11 +65,16 @@ def _cmd_presets() -> int:
     return 0
 
 
+def _say(notice: str) -> None:
+    """Old spellings still work for one release; each is said once, as one line, before the run starts."""
+    print(f"vcam: note: {notice}", file=sys.stderr)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from vcam.bench import run_bench
     from vcam.settings import resolve_settings
 
-    settings = resolve_settings(args, default_preset="tiny")
+    settings = resolve_settings(args, default_preset="tiny", notify=_say)
     result = run_bench(settings, progress=not args.no_progress)
     if args.json:
         print(result.to_json())
@@ -83,8 +89,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vcam.settings import resolve_settings
 
     # `--model tiny` without a preset means the offline demo: the tiny preset's resolution and steps suit it.
-    default_preset = "tiny" if args.model == "tiny" else DEFAULT_RUN_PRESET
-    settings = resolve_settings(args, default_preset=default_preset)
+    default_preset = "tiny" if getattr(args, "model.model") == "tiny" else DEFAULT_RUN_PRESET
+    settings = resolve_settings(args, default_preset=default_preset, notify=_say)
     options = ServiceOptions(
         tray=not args.no_tray,
         hotkeys=not args.no_hotkeys,
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    for notice in dict.fromkeys(getattr(args, NOTICES, ())):
+        _say(notice)
     try:
         if args.command == "presets":
             return _cmd_presets()

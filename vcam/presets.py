@@ -10,135 +10,37 @@ user presets in `<user config dir>/vcam/presets/*.toml` override shipped ones of
 """
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import importlib
 import importlib.resources
 import os
 import sys
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import platformdirs
 
 from core.config import ConfigError, StreamConfig, t_index_list_from_strength
 from vcam.controls.hotkeys import parse_hotkey
+from vcam.sections import (GROUPS, CameraSection, Fail, FilterSection, HotkeysSection, ModelSection, ObsSection,
+                           OscSection, OutputSection, SlotChoice, check_value, type_name, user_fields)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
-ENGINES = ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")
-FITS = ("crop", "letterbox")
 MAX_DEFAULT_PROMPT_HOTKEYS = 9
+# A preset is a few kilobytes of hand-written TOML; anything far bigger is the wrong file (or an attack on the
+# listing): refuse it before parsing, so time and memory stay bounded whatever lies in the presets folder.
+MAX_PRESET_BYTES = 1_000_000
+MAX_LISTED_CHARS = 120  # `vcam presets` prints one short line per preset, whatever a description holds
 
 
 class PresetError(ValueError):
     """A preset that cannot be used; the one-line message names the file, the key and the fix."""
-
-
-def _range(low: float | None = None, high: float | None = None) -> dict[str, Any]:
-    return {"range": (low, high)}
-
-
-@dataclass(frozen=True)
-class ModelSection:
-    """Which weights to load and how to run them (resolved offline by `engines`)."""
-
-    model: str = "tiny"  # "tiny" | folder | .safetensors file | Hugging Face id already in the local cache
-    vae: str = ""  # TAESD folder / id, or "" for the model's own VAE
-    lora: tuple[str, ...] = ()
-    lora_scale: float = field(default=1.0, metadata=_range(0.0, 4.0))
-    engine: Literal["auto", "torch", "torch-compile", "onnxruntime", "tensorrt"] = "auto"
-
-
-@dataclass(frozen=True)
-class StreamSection:
-    """The stream-batch settings; either `t_index_list` or `strength` (+ `steps`) picks the denoising slots."""
-
-    width: int = field(default=512, metadata=_range(64, 2048))
-    height: int = field(default=512, metadata=_range(64, 2048))
-    t_index_list: tuple[int, ...] | None = None
-    strength: float | None = field(default=None, metadata=_range(0.01, 1.0))
-    steps: int | None = field(default=None, metadata=_range(1, 50))
-    guidance: Literal["none", "full", "self", "initialize"] = "none"
-    guidance_scale: float = field(default=1.2, metadata=_range(0.0, 20.0))
-    delta: float = field(default=1.0, metadata=_range(0.0, 10.0))
-    seed: int = field(default=2, metadata=_range(0, 2**32 - 1))
-    frame_buffer: int = field(default=1, metadata=_range(1, 16))
-    negative_prompt: str = ""
-
-    def resolved_t_index_list(self) -> tuple[int, ...]:
-        if self.t_index_list is not None:
-            return self.t_index_list
-        if self.strength is not None:
-            return t_index_list_from_strength(self.strength, self.steps or 2)
-        return StreamConfig.t_index_list
-
-
-@dataclass(frozen=True)
-class FilterSection:
-    """The stochastic similarity filter: skip the UNet when the camera image barely changed."""
-
-    enabled: bool = False
-    threshold: float = field(default=0.98, metadata=_range(0.0, 1.0))
-    max_skip: int = field(default=10, metadata=_range(0, 1000))
-
-
-@dataclass(frozen=True)
-class CameraSection:
-    """Where frames come from; width/height/fps 0 mean "whatever the device offers"."""
-
-    source: str = "camera:0"  # "camera:N" | video or image file | "synthetic" | "synthetic:static"
-    width: int = field(default=0, metadata=_range(0, 7680))
-    height: int = field(default=0, metadata=_range(0, 4320))
-    fps: int = field(default=0, metadata=_range(0, 240))
-
-
-@dataclass(frozen=True)
-class OutputSection:
-    """Where frames go and in which shape the virtual camera presents them."""
-
-    sink: str = "auto"  # "auto" | "vcam" | "window" | file path | "mjpeg" | "null"
-    width: int = field(default=1280, metadata=_range(64, 7680))
-    height: int = field(default=720, metadata=_range(64, 4320))
-    fps: int = field(default=30, metadata=_range(1, 240))
-    fit: Literal["crop", "letterbox"] = "crop"
-    mirror: bool = False
-    backend: str = ""  # pyvirtualcam backend name, "" = try them in order
-
-
-@dataclass(frozen=True)
-class HotkeysSection:
-    """Global hotkeys in pynput `GlobalHotKeys` syntax; "" disables one."""
-
-    next: str = "<ctrl>+<alt>+<right>"
-    previous: str = "<ctrl>+<alt>+<left>"
-    pause: str = "<ctrl>+<alt>+p"
-    filter: str = "<ctrl>+<alt>+f"
-
-
-@dataclass(frozen=True)
-class ObsSection:
-    """OBS WebSocket control. No password here: it comes from VCAM_OBS_PASSWORD or the keyring."""
-
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = field(default=4455, metadata=_range(1, 65535))
-    scenes: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))  # scene -> prompt name
-
-
-@dataclass(frozen=True)
-class OscSection:
-    """OSC control over UDP."""
-
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = field(default=9000, metadata=_range(1, 65535))
 
 
 @dataclass(frozen=True)
@@ -152,10 +54,15 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class Preset:
+    """A parsed preset. `stream` is the core's `StreamConfig` itself (starting on the first prompt); `slots` keeps
+    the file's strength/steps shorthand, which the command line's --strength/--steps combine with; `notices` are
+    the one-line notes parsing produced (old key spellings), for the caller to say once."""
+
     name: str
     description: str = ""
     model: ModelSection = ModelSection()
-    stream: StreamSection = StreamSection()
+    stream: StreamConfig = StreamConfig()
+    slots: SlotChoice = SlotChoice()
     filter: FilterSection = FilterSection()
     camera: CameraSection = CameraSection()
     output: OutputSection = OutputSection()
@@ -164,6 +71,7 @@ class Preset:
     osc: OscSection = OscSection()
     prompts: tuple[PromptSpec, ...] = ()
     source_path: Path | None = None
+    notices: tuple[str, ...] = ()
 
     @property
     def prompt_names(self) -> list[str]:
@@ -177,19 +85,7 @@ class Preset:
 
     def stream_config(self, prompt: str | None = None) -> StreamConfig:
         """The core's `StreamConfig` for this preset, starting on `prompt` (default: the first prompt)."""
-        stream = self.stream
-        return StreamConfig(
-            width=stream.width,
-            height=stream.height,
-            t_index_list=stream.resolved_t_index_list(),
-            frame_buffer_size=stream.frame_buffer,
-            guidance=stream.guidance,
-            guidance_scale=stream.guidance_scale,
-            delta=stream.delta,
-            seed=stream.seed,
-            prompt=prompt if prompt is not None else self.prompts[0].text,
-            negative_prompt=stream.negative_prompt,
-        )
+        return self.stream if prompt is None else replace(self.stream, prompt=prompt)
 
 
 @dataclass(frozen=True)
@@ -241,8 +137,15 @@ def _description_of(path: Path) -> str:
     try:
         description = _read_toml(path).get("description", "")
     except PresetError as error:
-        return f"(unreadable: {error})"
-    return description if isinstance(description, str) else ""
+        reason = str(error).removeprefix(f"{path}: ")  # the listing names the preset already
+        return _clip(f"(unreadable: {reason})")
+    return _clip(description) if isinstance(description, str) else ""
+
+
+def _clip(text: str, limit: int = MAX_LISTED_CHARS) -> str:
+    """One printable line of at most `limit` characters (a listing line must never flood the terminal)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def load_preset(name_or_path: str | Path, user_dir: Path | None = None) -> Preset:
@@ -261,29 +164,33 @@ def load_preset(name_or_path: str | Path, user_dir: Path | None = None) -> Prese
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """Parse one preset file; every way a file can be wrong (too big, not UTF-8, bad syntax, nested too deep,
+    unreadable) is one `PresetError` line naming the file."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise PresetError(f"{path}: not valid TOML ({error}); fix the syntax at that line") from None
+            data = handle.read(MAX_PRESET_BYTES + 1)  # never more than the limit in memory
     except OSError as error:
         raise PresetError(f"{path}: cannot be read ({error.strerror})") from None
+    if len(data) > MAX_PRESET_BYTES:
+        raise PresetError(f"{path}: larger than {MAX_PRESET_BYTES // 1_000_000} MB, far more than a preset holds; "
+                          "check that this is the right file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise PresetError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
+                          "save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise PresetError(f"{path}: not valid TOML ({_clip(str(error))}); fix the syntax at that line") from None
+    except RecursionError:
+        raise PresetError(f"{path}: not valid TOML (nested too deeply); a preset needs at most two levels") from None
 
 
 # ---------------------------------------------------------------------------------------------- validation
 
-_SECTIONS: dict[str, type] = {
-    "model": ModelSection,
-    "stream": StreamSection,
-    "filter": FilterSection,
-    "camera": CameraSection,
-    "output": OutputSection,
-    "hotkeys": HotkeysSection,
-    "obs": ObsSection,
-    "osc": OscSection,
-}
-_TOP_LEVEL_KEYS = ("description", *_SECTIONS, "prompts")
-_Fail = Callable[[str, str], PresetError]  # (dotted key, message) -> the one-line error naming the file
+_TOP_LEVEL_KEYS = ("description", *(group.key for group in GROUPS), "prompts")
 
 
 def parse_preset(data: Mapping[str, Any], name: str, source: Path | None = None) -> Preset:
@@ -300,11 +207,19 @@ def parse_preset(data: Mapping[str, Any], name: str, source: Path | None = None)
                    "in the system keyring instead, and delete this key")
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise fail("description", f"must be a string, got {_type_name(description)}")
-    sections = {key: _build_section(cls, data.get(key, {}), key, fail) for key, cls in _SECTIONS.items()}
+        raise fail("description", f"must be a string, got {type_name(description)}")
     prompts = _build_prompts(data.get("prompts"), fail)
-    preset = Preset(name=name, description=description, prompts=prompts, source_path=source, **sections)
-    _check_stream(preset.stream, fail)
+    notices: list[str] = []
+    sections: dict[str, Any] = {}
+    for group in GROUPS:
+        values = _section_values(group.classes, data.get(group.key, {}), group.key, fail, notices, where)
+        if group.key == "stream":
+            sections["slots"] = SlotChoice(**values[SlotChoice])
+            sections["stream"] = _build_stream(values[StreamConfig], sections["slots"], prompts, fail)
+        else:
+            sections[group.key] = group.classes[0](**values[group.classes[0]])
+    preset = Preset(name=name, description=description, prompts=prompts, source_path=source,
+                    notices=tuple(notices), **sections)
     _check_hotkeys(preset, fail)
     for scene, prompt_name in preset.obs.scenes.items():
         if prompt_name not in preset.prompt_names:
@@ -313,55 +228,52 @@ def parse_preset(data: Mapping[str, Any], name: str, source: Path | None = None)
     return preset
 
 
-def _reject_unknown(table: Mapping[str, Any], allowed: typing.Iterable[str], prefix: str, fail: _Fail) -> None:
+def _reject_unknown(table: Mapping[str, Any], allowed: typing.Iterable[str], prefix: str, fail: Fail) -> None:
     allowed = tuple(allowed)
     for key in table:
         if key not in allowed:
             raise fail(f"{prefix}{key}", f"unknown key; allowed here: {', '.join(allowed)}")
 
 
-def _build_section(cls: type, table: Any, dotted: str, fail: _Fail) -> Any:
+def _section_values(classes: tuple[type, ...], table: Any, dotted: str, fail: Fail, notices: list[str],
+                    where: str) -> dict[type, dict[str, Any]]:
+    """The checked values of one section's table, split by the dataclass each key belongs to. A key's previous
+    spelling (the field's `old`) is accepted for one release and noted once in `notices`."""
     if not isinstance(table, Mapping):
-        raise fail(dotted, f"must be a table ([{dotted}]), got {_type_name(table)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(table, fields, f"{dotted}.", fail)
-    hints = typing.get_type_hints(cls)
-    values = {key: _coerce(value, hints[key], fields[key].metadata, f"{dotted}.{key}", fail)
-              for key, value in table.items()}
-    return cls(**values)
+        raise fail(dotted, f"must be a table ([{dotted}]), got {type_name(table)}")
+    owners = {f.name: (cls, f, hint) for cls in classes for f, hint in user_fields(cls)}
+    renamed = {f.metadata["old"]: name for name, (_, f, _) in owners.items() if f.metadata.get("old")}
+    _reject_unknown(table, [*owners, *(old for old in renamed if old in table)], f"{dotted}.", fail)
+    values: dict[type, dict[str, Any]] = {cls: {} for cls in classes}
+    for key, value in table.items():
+        if key in renamed:
+            if renamed[key] in table:
+                raise fail(f"{dotted}.{key}", f"is the old name of {renamed[key]}; keep only {renamed[key]}")
+            notices.append(f"{where}: {dotted}.{key} is now called {dotted}.{renamed[key]}; the old name is "
+                           "accepted until the next release")
+            key = renamed[key]
+        cls, f, hint = owners[key]
+        values[cls][key] = check_value(value, hint, f.metadata, f"{dotted}.{key}", fail)
+    return values
 
 
-def _coerce(value: Any, hint: Any, metadata: Mapping[str, Any], key: str, fail: _Fail) -> Any:
-    """Check `value` against the field's type hint and range, returning the frozen form (tuples, proxies)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union or origin is types.UnionType:  # `X | None`: TOML has no null, so only X is possible
-        hint = next(arg for arg in args if arg is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        if value not in args:
-            raise fail(key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise fail(key, f"must be a list of {args[0].__name__}, got {_type_name(value)}")
-        return tuple(_coerce(item, args[0], metadata, key, fail) for item in value)
-    if origin is collections.abc.Mapping:
-        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-            raise fail(key, f"must be a table of strings like {{ \"Scene\" = \"prompt name\" }}, got {value!r}")
-        return types.MappingProxyType(dict(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
-        raise fail(key, f"must be {_article(hint)}, got {_type_name(value)} {value!r}")
-    low, high = metadata.get("range", (None, None))
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise fail(key, f"must be from {low} to {high}, got {value}")
-    return value
+def _build_stream(values: dict[str, Any], slots: SlotChoice, prompts: tuple[PromptSpec, ...],
+                  fail: Fail) -> StreamConfig:
+    """The file's [stream] as the core's StreamConfig: strength + steps become t_index_list, the first prompt the
+    starting prompt; the core's own rules (multiples of 8, increasing indices) are reported as preset errors."""
+    if "t_index_list" in values and (slots.strength is not None or slots.steps is not None):
+        raise fail("stream.t_index_list", "set either t_index_list or strength + steps, not both")
+    if slots.steps is not None and slots.strength is None:
+        raise fail("stream.steps", "steps needs strength too (e.g. strength = 0.5), or use t_index_list")
+    try:
+        if slots.strength is not None:
+            values = {**values, "t_index_list": t_index_list_from_strength(slots.strength, slots.steps or 2)}
+        return StreamConfig(**values, prompt=prompts[0].text)
+    except ConfigError as error:
+        raise fail("stream", str(error)) from None
 
 
-def _build_prompts(raw: Any, fail: _Fail) -> tuple[PromptSpec, ...]:
+def _build_prompts(raw: Any, fail: Fail) -> tuple[PromptSpec, ...]:
     if raw is None:
         raise fail("prompts", "a preset needs at least one [[prompts]] entry with name and text")
     if not isinstance(raw, list) or not raw or not all(isinstance(entry, Mapping) for entry in raw):
@@ -381,24 +293,12 @@ def _build_prompts(raw: Any, fail: _Fail) -> tuple[PromptSpec, ...]:
         if hotkey is None:
             hotkey = f"<ctrl>+<alt>+{index + 1}" if index < MAX_DEFAULT_PROMPT_HOTKEYS else ""
         if not isinstance(hotkey, str):
-            raise fail(f"{dotted}.hotkey", f"must be a string like \"<ctrl>+<alt>+1\", got {_type_name(hotkey)}")
+            raise fail(f"{dotted}.hotkey", f"must be a string like \"<ctrl>+<alt>+1\", got {type_name(hotkey)}")
         prompts.append(PromptSpec(name=entry["name"], text=entry["text"], hotkey=hotkey))
     return tuple(prompts)
 
 
-def _check_stream(stream: StreamSection, fail: _Fail) -> None:
-    if stream.t_index_list is not None and (stream.strength is not None or stream.steps is not None):
-        raise fail("stream.t_index_list", "set either t_index_list or strength + steps, not both")
-    if stream.steps is not None and stream.strength is None:
-        raise fail("stream.steps", "steps needs strength too (e.g. strength = 0.5), or use t_index_list")
-    try:
-        StreamConfig(width=stream.width, height=stream.height, t_index_list=stream.resolved_t_index_list(),
-                     frame_buffer_size=stream.frame_buffer, guidance=stream.guidance)
-    except ConfigError as error:
-        raise fail("stream", str(error)) from None
-
-
-def _check_hotkeys(preset: Preset, fail: _Fail) -> None:
+def _check_hotkeys(preset: Preset, fail: Fail) -> None:
     """Every combination must parse, and no two actions may share one (the second would silently win)."""
     used: dict[frozenset[str], str] = {}
     combos = [(f"hotkeys.{f.name}", getattr(preset.hotkeys, f.name)) for f in dataclasses.fields(HotkeysSection)]
@@ -414,12 +314,3 @@ def _check_hotkeys(preset: Preset, fail: _Fail) -> None:
         if parsed in used:
             raise fail(key, f"{combo!r} is already bound by {used[parsed]}; choose another combination")
         used[parsed] = key
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _article(hint: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))

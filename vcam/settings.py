@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from core.config import StreamConfig, t_index_list_from_strength
 from core.similarity import SimilarityFilterConfig
 from engines.loading import ModelSpec
+from vcam.options import given_values, option_name
 from vcam.presets import Preset, PromptSpec, load_preset
+from vcam.sections import (GROUPS_BY_KEY, CameraSection, FilterSection, ModelSection, OutputSection, SlotChoice,
+                           check_value, user_fields)
 from vcam.sinks import SinkConfig
 from vcam.sources import SourceConfig
 
@@ -47,93 +51,86 @@ def _size(text: str) -> tuple[int, int]:
         raise SettingsError(f"--output-size takes WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
 
 
-def _given(value):
-    return value is not None
+def _merged(args: argparse.Namespace, key: str, cls: type, base: Any, extra: dict[str, Any] | None = None) -> Any:
+    """`base` (defaults < preset) with the fields the command line gave, each checked as a preset value is (same
+    types and ranges, the error naming the option instead of the file)."""
+    group = GROUPS_BY_KEY[key]
+    given = {**given_values(args, group, cls), **(extra or {})}
+    for f, hint in user_fields(cls, where="cli"):
+        if f.name in given:
+            def fail(_key: str, message: str, option: str = option_name(group, f)) -> SettingsError:
+                return SettingsError(f"{option}: {message}")
+
+            given[f.name] = check_value(given[f.name], hint, f.metadata, f.name, fail)
+    return replace(base, **given)
 
 
-def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny") -> RunSettings:
-    """Merge the preset (named by --preset, else `default_preset`) with the flags the user gave."""
+def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
+                     notify: Callable[[str], None] | None = None) -> RunSettings:
+    """Merge the preset (named by --preset, else `default_preset`) with the flags the user gave, field by field.
+    `notify` hears the preset's notices (old key spellings) as soon as it is read, before any later error."""
     preset = load_preset(args.preset or default_preset)
-    m, s, flt, cam, out = preset.model, preset.stream, preset.filter, preset.camera, preset.output
-
+    for notice in preset.notices if notify is not None else ():
+        notify(notice)
+    model_args = given_values(args, GROUPS_BY_KEY["model"], ModelSection)
+    m = _merged(args, "model", ModelSection, preset.model)
     # The preset's VAE belongs to the preset's model: a different --model keeps its own VAE unless --vae says.
-    preset_vae = (m.vae or None) if args.model in (None, m.model) else None
-    model = ModelSpec(
-        model=args.model or m.model,
-        vae=(None if args.vae == "none" else args.vae) if _given(args.vae) else preset_vae,
-        lora=tuple(args.lora) if args.lora else tuple(m.lora),
-        lora_scale=args.lora_scale if _given(args.lora_scale) else m.lora_scale,
-        tokenizer=args.tokenizer,
-    )
-    if model.model == "tiny" and not _given(args.vae) and model.vae is None:
-        model = replace(model, vae="tiny")  # the tiny demo ships its TAESD
+    vae_given = "vae" in model_args
+    preset_vae = (preset.model.vae or None) if m.model == preset.model.model else None
+    vae = (None if m.vae == "none" else m.vae) if vae_given else preset_vae
+    if m.model == "tiny" and not vae_given and vae is None:
+        vae = "tiny"  # the tiny demo ships its TAESD
+    model = ModelSpec(model=m.model, vae=vae, lora=m.lora, lora_scale=m.lora_scale, tokenizer=m.tokenizer or None)
 
-    if _given(args.t_index_list) and (_given(args.strength) or _given(args.steps)):
-        raise SettingsError("give either --t-index-list or --strength with --steps, not both")
-    if _given(args.strength) or _given(args.steps):
-        strength = args.strength if _given(args.strength) else (s.strength or 0.5)
-        steps = args.steps if _given(args.steps) else (s.steps or len(s.resolved_t_index_list()))
-        t_index_list = t_index_list_from_strength(strength, steps)
-    elif _given(args.t_index_list):
-        t_index_list = tuple(args.t_index_list)
-    else:
-        t_index_list = s.resolved_t_index_list()
-
+    stream = _merged_stream(args, preset)
     prompts = tuple(preset.prompts)
-    prompt_text = args.prompt if _given(args.prompt) else (prompts[0].text if prompts else "a watercolor painting")
-    if _given(args.prompt):
-        prompts = (PromptSpec(name="custom", text=args.prompt, hotkey=None),) + prompts
+    if "prompt" in given_values(args, GROUPS_BY_KEY["stream"], StreamConfig):
+        prompts = (PromptSpec(name="custom", text=stream.prompt, hotkey=None),) + prompts
 
-    stream = StreamConfig(
-        width=args.width if _given(args.width) else s.width,
-        height=args.height if _given(args.height) else s.height,
-        t_index_list=t_index_list,
-        frame_buffer_size=args.frame_buffer if _given(args.frame_buffer) else s.frame_buffer,
-        guidance=args.cfg if _given(args.cfg) else s.guidance,
-        guidance_scale=args.guidance if _given(args.guidance) else s.guidance_scale,
-        delta=args.delta if _given(args.delta) else s.delta,
-        seed=args.seed if _given(args.seed) else s.seed,
-        mode="txt2img" if args.txt2img else "img2img",
-        prompt=prompt_text,
-        negative_prompt=args.negative_prompt if _given(args.negative_prompt) else s.negative_prompt,
-    )
-    filt = SimilarityFilterConfig(
-        enabled=False if args.no_ssf else flt.enabled,
-        threshold=args.ssf_threshold if _given(args.ssf_threshold) else flt.threshold,
-        max_skip=args.ssf_max_skip if _given(args.ssf_max_skip) else flt.max_skip,
-        seed=stream.seed,
-    )
-    width, height = _size(args.output_size) if _given(args.output_size) else (out.width, out.height)
-    sink_config = SinkConfig(
-        width=width,
-        height=height,
-        fps=args.output_fps if _given(args.output_fps) else out.fps,
-        fit=args.fit if _given(args.fit) else out.fit,
-        mirror=bool(args.mirror) if _given(args.mirror) else out.mirror,
-        backend=out.backend or None,
-    )
+    flt = _merged(args, "filter", FilterSection, preset.filter)
+    filt = SimilarityFilterConfig(enabled=flt.enabled, threshold=flt.threshold, max_skip=flt.max_skip,
+                                  seed=stream.seed)
+    size = dict(zip(("width", "height"), _size(args.output_size))) if args.output_size is not None else {}
+    out = _merged(args, "output", OutputSection, preset.output, size)
+    sink_config = SinkConfig(width=out.width, height=out.height, fps=out.fps, fit=out.fit, mirror=out.mirror,
+                             backend=out.backend or None)
+    cam = _merged(args, "camera", CameraSection, preset.camera)
     source_config = SourceConfig(
         width=cam.width or SourceConfig.width, height=cam.height or SourceConfig.height, fps=cam.fps or None
     )
-    if _given(args.frames) and args.frames < 1:
+    if args.frames is not None and args.frames < 1:
         raise SettingsError(f"--frames must be at least 1, got {args.frames}")
-    if _given(args.threads) and args.threads < 1:
-        raise SettingsError(f"--threads must be at least 1, got {args.threads}")
     return RunSettings(
         model=model,
         stream=stream,
         filter=filt,
-        source=args.source or cam.source,
+        source=cam.source,
         source_config=source_config,
-        sink=args.sink or out.sink,
+        sink=out.sink,
         sink_config=sink_config,
         prompts=prompts,
-        engine=args.engine or m.engine,
-        device=args.device or "auto",
-        threads=args.threads,
+        engine=m.engine,
+        device=m.device,
+        threads=m.threads,
         frames=args.frames,
         preset=preset,
-        model_from_preset=not args.model,
-        source_given=bool(args.source),
-        sink_given=bool(args.sink),
+        model_from_preset="model" not in model_args,
+        source_given="source" in given_values(args, GROUPS_BY_KEY["camera"], CameraSection),
+        sink_given="sink" in given_values(args, GROUPS_BY_KEY["output"], OutputSection),
     )
+
+
+def _merged_stream(args: argparse.Namespace, preset: Preset) -> StreamConfig:
+    """The preset's StreamConfig with the stream flags; --strength/--steps pick t_index_list (combined with the
+    preset's own strength/steps), and cannot be mixed with --t-index-list."""
+    slot_args = given_values(args, GROUPS_BY_KEY["stream"], SlotChoice)
+    stream_args = given_values(args, GROUPS_BY_KEY["stream"], StreamConfig)
+    slots = _merged(args, "stream", SlotChoice, SlotChoice())
+    extra: dict[str, Any] = {}
+    if "t_index_list" in stream_args and slot_args:
+        raise SettingsError("give either --t-index-list or --strength with --steps, not both")
+    if slot_args:
+        strength = slots.strength if slots.strength is not None else (preset.slots.strength or 0.5)
+        steps = slots.steps if slots.steps is not None else (preset.slots.steps or preset.stream.steps)
+        extra["t_index_list"] = t_index_list_from_strength(strength, steps)
+    return _merged(args, "stream", StreamConfig, preset.stream, extra)
