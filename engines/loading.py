@@ -129,13 +129,36 @@ def component_variant(component_dir: Path) -> str | None:
     return "fp16" if "fp16" in variants else sorted(variants)[0]
 
 
+def _index_shards(index_file: Path, component_dir: Path) -> list[Path]:
+    """The shards a `*.safetensors.index.json` names; a shard that is not a .safetensors file in the folder is refused.
+
+    diffusers and transformers load each shard by its own suffix, so an index that names `.bin` shards sends them
+    to torch.load (a pickle loader) even with `use_safetensors=True`; a name with a folder could reach outside.
+    """
+    weight_map = _read_json(index_file, component_dir.name).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelError(f"{index_file} has no weight_map; download the model again")
+    shards = sorted({str(shard) for shard in weight_map.values()})
+    for shard in shards:
+        if not shard.endswith(".safetensors") or Path(shard).name != shard:
+            raise ModelError(
+                f"{index_file} points at {shard!r}, which is not a .safetensors file in {component_dir} and could run "
+                "code when loaded; use the model's safetensors version or convert its weights to .safetensors")
+    return [component_dir / shard for shard in shards]
+
+
 def _component_weights(component_dir: Path) -> list[Path]:
-    """The .safetensors files a component loads (single file or shards); pickled weights are refused."""
+    """The .safetensors files a component loads (single file or shards); pickled weights are refused.
+
+    Every index in the folder is checked, not only the one the loader is expected to pick: which index diffusers or
+    transformers opens depends on file names and the variant, and a refusal is cheaper than a wrong guess.
+    """
+    indexes = {index: _index_shards(index, component_dir)
+               for index in sorted(component_dir.glob("*.safetensors.index.json"))}
     variant = component_variant(component_dir)
-    index_files = sorted(p for p in component_dir.glob("*.safetensors.index.json") if _variant_of(p.name) == variant)
-    if index_files:
-        shards = set(_read_json(index_files[0], component_dir.name).get("weight_map", {}).values())
-        weights = [component_dir / shard for shard in sorted(shards)]
+    chosen = [index for index in indexes if _variant_of(index.name) == variant]
+    if chosen:
+        weights = indexes[chosen[0]]
         missing = [w.name for w in weights if not w.is_file()]
         if missing:
             raise ModelError(f"{component_dir} is missing weight shards {missing}; download the model again")
