@@ -24,6 +24,9 @@ REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
 HF_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HASH_SAMPLES = 64  # chunks read per large weight file for the content hash
 HASH_CHUNK = 1 << 16
+# torch.load defaults to weights_only=True from 2.6 on; older loaders unpickle arbitrary objects (CVE-2025-32434 even
+# reaches weights_only=True in <= 2.5.1). vcam never calls a pickle loader, but diffusers / transformers may.
+SAFE_TORCH = (2, 6)
 HOW_TO_PASS_A_MODEL = "pass a diffusers folder, a .safetensors checkpoint, an org/name in the Hugging Face cache, or tiny"
 
 
@@ -67,6 +70,15 @@ class DiffusionComponents:
     tokenizer: Any  # transformers CLIPTokenizer
     noise_schedule: NoiseScheduleConfig
     content_hash: str
+
+
+def torch_loader_problem(version: str) -> str:
+    """Why a torch `version` ("2.5.1+cu121") is unsafe to load models with, naming the fix; "" when it is >= 2.6."""
+    release = tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:2])
+    if release >= SAFE_TORCH:
+        return ""
+    return (f"torch {version} is older than 2.6: its torch.load unpickles by default (and weights_only is "
+            "bypassable, CVE-2025-32434); pip install 'torch>=2.6' (the installer picks the right build)")
 
 
 # --- safetensors and config files -------------------------------------------------------------------------------

@@ -344,3 +344,48 @@ def test_sharded_safetensors_component_loads_and_matches_the_single_file(
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(engine.predict_noise(latents, torch.tensor([100]), embeddings),
                                tiny_engine.predict_noise(latents, torch.tensor([100]), embeddings))
+
+
+# --- a torch whose loader is safe by default --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version, safe", [
+    ("2.5.1+cu121", False), ("2.1.0", False), ("1.13.1", False), ("2.6.0", True), ("2.6.0a0+git1234", True),
+    ("2.13.0+cpu", True), ("3.0.0", True),
+])
+def test_torch_older_than_2_6_is_named_unsafe_with_the_fix(version: str, safe: bool) -> None:
+    from engines.loading import torch_loader_problem
+
+    problem = torch_loader_problem(version)
+    assert (problem == "") == safe
+    if not safe:
+        assert version in problem and "pip install 'torch>=2.6'" in problem and "\n" not in problem
+
+
+def test_pyproject_requires_a_torch_whose_loader_defaults_to_weights_only() -> None:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    [torch_requirement] = [Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("torch")]
+    assert not torch_requirement.specifier.contains("2.5.1") and torch_requirement.specifier.contains("2.6.0")
+
+
+def test_doctor_says_fail_with_the_fix_for_an_old_torch(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An old torch cannot be installed beside this one: its version string is the one thing faked."""
+    from vcam import doctor
+
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    doctor._torch_lines()
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["torch"]]
+    assert line.startswith("[FAIL] torch") and "pip install 'torch>=2.6'" in line
+
+
+def test_doctor_passes_the_installed_torch(capsys) -> None:
+    from vcam import doctor
+
+    doctor._torch_lines()
+    assert any(line.startswith("[ok] torch") for line in capsys.readouterr().out.splitlines())
