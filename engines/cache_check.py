@@ -33,7 +33,6 @@ def start_cache_check(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: Engine
 def check_and_repair(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: EngineShapes, cache: EngineCache) -> None:
     """Hash every file of the engine's entry; if one fails, fall back to torch (CPU), rebuild and swap back."""
     graphs = engine.graphs
-    torch_threads = torch.get_num_threads()  # the export sets its own; the stream's glue keeps what it had
     on_cpu = engine.device.type == "cpu"
     fell_back = False
     try:
@@ -45,7 +44,11 @@ def check_and_repair(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: EngineS
         if on_cpu:
             engine.use_runner(_torch_fallback(spec, shapes))
             fell_back = True
-        rebuilt = build_graph_set(spec, shapes, cache, graphs.export, engine.threads, force_rebuild=reason)
+        torch_threads = torch.get_num_threads()  # the export sets its own; the stream's glue keeps what it had
+        try:
+            rebuilt = build_graph_set(spec, shapes, cache, graphs.export, engine.threads, force_rebuild=reason)
+        finally:
+            torch.set_num_threads(torch_threads)
         engine.use_runner(OnnxSessions(rebuilt, engine.providers, engine.threads, engine.allow_spinning))
         log.info(f"engine cache: the rebuilt {cache.describe(graphs.cache_key)} is in use")
     except Exception as error:  # noqa: BLE001 - a background thread: say it, keep the stream running
@@ -53,7 +56,6 @@ def check_and_repair(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: EngineS
         log.warning(f"engine cache: the check or rebuild of the {cache.describe(graphs.cache_key)} failed "
                     f"({one_line(error)}); {still}; delete the cache folder to rebuild at the next start")
     finally:
-        torch.set_num_threads(torch_threads)
         engine.checked.set()
 
 

@@ -265,3 +265,26 @@ def test_flipped_bytes_in_a_cached_graph_are_found_after_start_and_the_stream_so
     assert float((warm.predict_noise(latents, timesteps, embeddings)
                   - reference.predict_noise(latents, timesteps, embeddings)).abs().max()) < 1e-3
     assert isinstance(warm.runner, OnnxSessions)  # back on ONNX Runtime, not left on the torch fallback
+
+
+@pytest.mark.timeout(600)
+def test_vcam_run_with_a_read_only_engine_cache_builds_elsewhere_and_writes_the_video(
+    tiny_user_cache: Path, tmp_path: Path
+) -> None:
+    from tests.media import read_video
+
+    engines = tiny_user_cache / ".cache" / "vcam" / "engines"
+    engines.mkdir(parents=True)
+    out = tmp_path / "out.mp4"
+    with read_only(engines):
+        result = subprocess.run(
+            [sys.executable, "-m", "vcam.cli", "run", "--model", "tiny", "--engine", "onnxruntime", "--source",
+             "synthetic", "--sink", str(out), "--frames", "4", "--width", "64", "--height", "64", "--no-tray",
+             "--no-hotkeys", "--quiet"],
+            capture_output=True, text=True, timeout=540, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        assert list(engines.iterdir()) == []
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "cannot be written" in line]
+    assert str(engines) in line and "for this run only" in line
+    assert len(read_video(out)) == 4
