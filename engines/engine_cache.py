@@ -37,6 +37,7 @@ RETIRED_PREFIX = ".retired-"
 STALE_STAGING_SECONDS = 600.0
 
 log = logging.getLogger("vcam.engines")
+Rehash = bool | Callable[[str], bool]  # which files `verify` hashes even when their stamp is unchanged
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,13 @@ class EngineCache:
     def entry_dir(self, key: EngineCacheKey) -> Path:
         return self.root / f"{key.backend}-{key.digest()}"
 
-    def verify(self, key: EngineCacheKey, rehash: bool = False) -> str:
+    def verify(self, key: EngineCacheKey, rehash: Rehash = False) -> str:
         """Why the entry for `key` cannot be used, or "" when it is complete and intact.
 
         A file whose size, mtime and inode are still those recorded at build time is not re-hashed (hashing a
         3 GB UNet graph would cost seconds of every start); any write to it changes the stamp, and then its
-        SHA-256 decides. `rehash=True` hashes every file regardless.
+        SHA-256 decides. `rehash=True` hashes every file regardless; a predicate hashes the files it accepts
+        (by manifest name, e.g. "unet.onnx", "tokenizer/vocab.json").
         """
         entry = self.entry_dir(key)
         manifest_path = entry / MANIFEST_NAME
@@ -144,7 +146,8 @@ class EngineCache:
             stat = path.stat()
             if stat.st_size != expected.get("bytes"):
                 return f"{name} fails its checksum (size changed)"
-            if (rehash or _stamp(stat) != expected.get("stamp")) and file_sha256(path) != expected.get("sha256"):
+            forced = rehash(name) if callable(rehash) else rehash
+            if (forced or _stamp(stat) != expected.get("stamp")) and file_sha256(path) != expected.get("sha256"):
                 return f"{name} fails its checksum"
         return ""
 
@@ -152,10 +155,10 @@ class EngineCache:
         manifest = json.loads((self.entry_dir(key) / MANIFEST_NAME).read_text())
         return dict(manifest.get("build_report", {}))
 
-    def get_or_build(self, key: EngineCacheKey, build: Callable[[Path], dict], rehash: bool = False) -> CacheEntry:
+    def get_or_build(self, key: EngineCacheKey, build: Callable[[Path], dict], rehash: Rehash = False) -> CacheEntry:
         """The verified entry for `key`, building it with `build(directory) -> build_report` when needed.
 
-        `rehash=True` hashes every file before use (for runtimes that cannot be checked in the background).
+        `rehash` as in `verify`: files that must be hashed before use (those a background check cannot cover).
         `build` writes its files into the (temporary) directory it is given and returns a JSON-able report
         (export times, check differences); the report is stored in the manifest and returned on later hits.
         """

@@ -93,6 +93,15 @@ class OnnxGraphSet:
         return [ids[i:i + batch] for i in range(0, len(ids), batch)]
 
 
+def hashed_before_use(name: str) -> bool:
+    """The files of an entry a warm start hashes before the first call (the rest is checked in the background).
+
+    The text encoder and tokenizer: their output outlives the call (core caches prompt embeddings), so swapping
+    in a rebuilt graph later would not undo a corrupt one; and they are small (SD 1.5: ~0.5 GB of 4 GB).
+    """
+    return name == "text_encoder.onnx" or name.startswith(f"{TOKENIZER_DIR}/")
+
+
 def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions) -> EngineCacheKey:
     """The key of the graphs: model content, LoRAs + scale, shapes, fp32, opset, exporter, torch / onnx / ORT."""
     import onnx
@@ -150,7 +159,8 @@ def build_graph_set(
 
     key = onnx_cache_key(spec, shapes, options)
     build = _export_from_torch(spec, shapes, options, threads)
-    entry = cache.rebuild(key, build, force_rebuild) if force_rebuild else cache.get_or_build(key, build)
+    entry = (cache.rebuild(key, build, force_rebuild) if force_rebuild
+             else cache.get_or_build(key, build, rehash=hashed_before_use))
     report = entry.build_report
     dims = ModelDims(**report["dims"])
     return OnnxGraphSet(
@@ -338,7 +348,7 @@ def cached_or_exported_graphs(
     """Any intact cached entry in plan order (so a model whose dynamo export failed once does not retry it on
     every start), else export with each option in turn; the last one's error if all fail."""
     for export in plan:
-        if not cache.verify(onnx_cache_key(spec, shapes, export)):
+        if not cache.verify(onnx_cache_key(spec, shapes, export), rehash=hashed_before_use):
             return build_graph_set(spec, shapes, cache, export, threads)
     for attempt, export in enumerate(plan):
         try:

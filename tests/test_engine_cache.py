@@ -268,6 +268,28 @@ def test_flipped_bytes_in_a_cached_graph_are_found_after_start_and_the_stream_so
 
 
 @pytest.mark.timeout(600)
+def test_flipped_bytes_in_the_cached_text_encoder_are_found_before_the_first_prompt_is_encoded(
+    tiny_model_dir, tmp_path: Path, said: EngineLines
+) -> None:
+    """Prompt embeddings outlive the call (core caches them), so the text encoder cannot wait for the background check."""
+    from engines.base import EngineShapes
+    from engines.factory import create_engine
+
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    shapes = EngineShapes(**SMALL_SHAPES)
+    options = OnnxRuntimeOptions(cache_root=tmp_path, export=PORTABLE_EXPORT)
+    cold = create_onnxruntime_engine(spec, shapes, "cpu", 2, options)
+    flip_weights_in_place(cold.graphs.path("text_encoder"))
+    warm = create_onnxruntime_engine(spec, shapes, "cpu", 2, options)
+    assert warm.graphs.cache_entry.built is True
+    assert warm.graphs.cache_entry.rebuilt_because == "text_encoder.onnx fails its checksum"
+    assert said.saying("rebuilding", "text_encoder.onnx fails its checksum")
+    reference = create_engine("torch", spec, shapes, device="cpu", threads=2)
+    texts = ["a watercolor painting"]
+    assert float((warm.encode_prompt(texts) - reference.encode_prompt(texts)).abs().max()) < 1e-3
+
+
+@pytest.mark.timeout(600)
 def test_vcam_run_with_a_read_only_engine_cache_builds_elsewhere_and_writes_the_video(
     tiny_user_cache: Path, tmp_path: Path
 ) -> None:
