@@ -354,7 +354,7 @@ def test_sharded_safetensors_component_loads_and_matches_the_single_file(
     ("2.13.0+cpu", True), ("3.0.0", True),
 ])
 def test_torch_older_than_2_6_is_named_unsafe_with_the_fix(version: str, safe: bool) -> None:
-    from engines.loading import torch_loader_problem
+    from engines.weight_files import torch_loader_problem
 
     problem = torch_loader_problem(version)
     assert (problem == "") == safe

@@ -17,7 +17,7 @@ def _check(label: str, ok: bool, detail: str) -> bool:
 def _torch_lines() -> None:
     import torch
 
-    from engines.loading import torch_loader_problem
+    from engines.weight_files import torch_loader_problem
 
     _check("python", True, f"{platform.python_version()} on {platform.system()} {platform.machine()}")
     problem = torch_loader_problem(str(torch.__version__))
