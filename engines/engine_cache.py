@@ -217,8 +217,9 @@ class EngineCache:
         except OSError as error:
             fallback = Path(tempfile.mkdtemp(prefix="vcam-engines-"))
             atexit.register(shutil.rmtree, fallback, ignore_errors=True)
-            log.warning(f"engine cache: {self.root} cannot be written ({type(error).__name__}: {error.strerror or error}); "
-                        f"building in {fallback} for this run only (make the cache folder writable to keep builds)")
+            why = f"{type(error).__name__}: {error.strerror or error}"
+            log.warning(f"engine cache: {self.root} cannot be written ({why}); building in {fallback} for this run "
+                        "only (make the cache folder writable to keep builds)")
             self.root = fallback
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
         (staging / OWNER_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))

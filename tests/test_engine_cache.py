@@ -271,7 +271,7 @@ def test_flipped_bytes_in_a_cached_graph_are_found_after_start_and_the_stream_so
 def test_flipped_bytes_in_the_cached_text_encoder_are_found_before_the_first_prompt_is_encoded(
     tiny_model_dir, tmp_path: Path, said: EngineLines
 ) -> None:
-    """Prompt embeddings outlive the call (core caches them), so the text encoder cannot wait for the background check."""
+    """Prompt embeddings outlive the call (core caches them): the text encoder cannot wait for the background check."""
     from engines.base import EngineShapes
     from engines.factory import create_engine
 

@@ -269,7 +269,8 @@ def shard_component(component_dir: Path, shard_suffix: str, payload: bytes | Non
     if payload is not None:
         (component_dir / list(halves)[1]).write_bytes(payload)
     weight_map = {key: shard for shard, keys in halves.items() for key in keys}
-    (component_dir / f"{stem}.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (component_dir / f"{stem}.safetensors.index.json").write_text(json.dumps(index))
 
 
 @pytest.mark.parametrize("component", ["unet", "vae", "text_encoder"])
