@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from engines.base import ModelError, NoiseScheduleConfig
+from engines.weight_files import check_safetensors, component_variant, component_weights, refuse_pickle
 
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
 HF_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HASH_SAMPLES = 64  # chunks read per large weight file for the content hash
@@ -70,19 +69,7 @@ class DiffusionComponents:
     content_hash: str
 
 
-# --- safetensors and config files -------------------------------------------------------------------------------
-
-
-def check_safetensors(path: Path) -> None:
-    """Refuse a truncated or non-safetensors file by reading only its header (cheap even for 5 GB files):
-    `safetensors.safe_open` parses the header and requires it to cover the file exactly, which catches interrupted
-    downloads and copies."""
-    try:
-        with safe_open(str(path), framework="pt", device="cpu"):
-            pass
-    except (SafetensorError, OSError) as error:
-        raise ModelError(f"{path} is not a complete .safetensors file (truncated or corrupt); download or convert it "
-                         "again") from None
+# --- config files -------------------------------------------------------------------------------
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -95,42 +82,6 @@ def _read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise ModelError(f"{path} is not a JSON object; download the model again")
     return data
-
-
-def _variant_of(file_name: str) -> str | None:
-    """`model.fp16.safetensors` -> "fp16"; `model.safetensors` and its shards `model-00001-of-00002...` -> None."""
-    parts = file_name.removesuffix(".index.json").removesuffix(".safetensors").split(".")
-    return parts[1].split("-")[0] if len(parts) > 1 else None
-
-
-def component_variant(component_dir: Path) -> str | None:
-    """Which weights variant a component loads: the plain one if present, else e.g. the fp16-only download."""
-    variants = {_variant_of(p.name) for p in component_dir.iterdir()
-                if p.name.endswith((".safetensors", ".safetensors.index.json"))}
-    if not variants or None in variants:
-        return None
-    return "fp16" if "fp16" in variants else sorted(variants)[0]
-
-
-def _component_weights(component_dir: Path) -> list[Path]:
-    """The .safetensors files a component loads (single file or shards); pickled weights are refused."""
-    variant = component_variant(component_dir)
-    index_files = sorted(p for p in component_dir.glob("*.safetensors.index.json") if _variant_of(p.name) == variant)
-    if index_files:
-        shards = set(_read_json(index_files[0], component_dir.name).get("weight_map", {}).values())
-        weights = [component_dir / shard for shard in sorted(shards)]
-        missing = [w.name for w in weights if not w.is_file()]
-        if missing:
-            raise ModelError(f"{component_dir} is missing weight shards {missing}; download the model again")
-        return weights
-    weights = sorted(p for p in component_dir.glob("*.safetensors") if _variant_of(p.name) == variant)
-    if not weights:
-        if any(p.suffix in PICKLE_SUFFIXES for p in component_dir.iterdir()):
-            raise ModelError(
-                f"{component_dir} has only pickled weights (.bin), which can run code when loaded; "
-                "use the model's safetensors version or convert it to .safetensors")
-        raise ModelError(f"{component_dir} has no .safetensors weights; download the model again")
-    return weights
 
 
 # --- architecture checks ----------------------------------------------------------------------------------------
@@ -238,13 +189,6 @@ def _locate(name: str, what: str) -> Path:
     raise ModelError(f"{what} {name!r} does not exist; {HOW_TO_PASS_A_MODEL}")
 
 
-def _refuse_pickle(path: Path, what: str) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ModelError(
-            f"{what} {path} is a pickle file ({path.suffix}), which can run code when loaded; "
-            "use a .safetensors version of it (or convert it once in a sandbox)")
-
-
 def _content_hash(files: list[Path], extra: str = "") -> str:
     """SHA-256 over names, sizes, configs and content of the files; large weights are sampled at fixed offsets.
 
@@ -273,7 +217,7 @@ def _folder_files(folder: Path) -> list[Path]:
         if directory.is_dir():
             files += sorted(p for p in directory.iterdir() if p.suffix in (".json", ".txt"))
     for component in ("unet", "vae", "text_encoder"):
-        files += _component_weights(folder / component)
+        files += component_weights(folder / component)
     return files
 
 
@@ -285,7 +229,7 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
         path = ensure_tiny_model().model_dir
     else:
         path = _locate(spec.model, "model")
-    _refuse_pickle(path, "model")
+    refuse_pickle(path, "model")
     if path.is_file():
         if path.suffix.lower() != ".safetensors":
             raise ModelError(f"model file {path} is not a .safetensors checkpoint; {HOW_TO_PASS_A_MODEL}")
@@ -310,11 +254,11 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
             vae_path = ensure_tiny_model().taesd_dir
         else:
             vae_path = _locate(spec.vae, "VAE")
-        _refuse_pickle(vae_path, "VAE")
+        refuse_pickle(vae_path, "VAE")
         if not vae_path.is_dir():
             raise ModelError(f"VAE {vae_path} must be a folder with config.json and .safetensors weights")
         vae_is_tiny = _check_vae_config(vae_path)
-        vae_weights = _component_weights(vae_path)
+        vae_weights = component_weights(vae_path)
         for weights in vae_weights:
             check_safetensors(weights)
         files += [vae_path / "config.json", *vae_weights]
@@ -324,7 +268,7 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
         lora = Path(name).expanduser()
         if not lora.is_file():
             raise ModelError(f"LoRA {name!r} does not exist; pass the path of a LoRA .safetensors file")
-        _refuse_pickle(lora, "LoRA")
+        refuse_pickle(lora, "LoRA")
         if lora.suffix.lower() != ".safetensors":
             raise ModelError(f"LoRA {lora} is not a .safetensors file; pass a LoRA in safetensors format")
         check_safetensors(lora)

@@ -8,8 +8,9 @@ CPU in fp32, every graph is exported and checked against it, and the entry is wr
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +40,8 @@ TOKENIZER_DIR = "tokenizer"
 CPU_EXPORT = OnnxExportOptions(exporter="dynamo", opset=23)
 PORTABLE_EXPORT = OnnxExportOptions(exporter="torchscript", opset=17)
 
+log = logging.getLogger("vcam.engines")
+
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
@@ -51,6 +54,9 @@ class OnnxRuntimeOptions:
     allow_spinning: bool = False
     cache_root: Path | None = None
     export: OnnxExportOptions | None = None  # None: CPU_EXPORT on the CPU provider, else PORTABLE_EXPORT
+    # A warm-started entry is hashed in full and repaired if corrupt (engines.cache_check): on a background thread
+    # while frames flow (True), or before this engine is returned (False: a slower start, never a corrupt call).
+    check_in_background: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,15 @@ class OnnxGraphSet:
         if len(ids) % batch:
             raise ValueError(f"encode_prompt got {len(ids)} texts; this engine encodes them in groups of {batch}")
         return [ids[i:i + batch] for i in range(0, len(ids), batch)]
+
+
+def hashed_before_use(name: str) -> bool:
+    """The files of an entry a warm start hashes before the first call (the rest is checked in the background).
+
+    The text encoder and tokenizer: their output outlives the call (core caches prompt embeddings), so swapping
+    in a rebuilt graph later would not undo a corrupt one; and they are small (SD 1.5: ~0.5 GB of 4 GB).
+    """
+    return name == "text_encoder.onnx" or name.startswith(f"{TOKENIZER_DIR}/")
 
 
 def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions) -> EngineCacheKey:
@@ -144,7 +159,8 @@ def build_graph_set(
 
     key = onnx_cache_key(spec, shapes, options)
     build = _export_from_torch(spec, shapes, options, threads)
-    entry = cache.rebuild(key, build, force_rebuild) if force_rebuild else cache.get_or_build(key, build)
+    entry = (cache.rebuild(key, build, force_rebuild) if force_rebuild
+             else cache.get_or_build(key, build, rehash=hashed_before_use))
     report = entry.build_report
     dims = ModelDims(**report["dims"])
     return OnnxGraphSet(
@@ -203,28 +219,19 @@ def session_options(threads: int, allow_spinning: bool) -> Any:
     return options
 
 
-class OnnxRuntimeEngine:
-    """`Engine` on ONNX Runtime over an `OnnxGraphSet`; inputs must have the static shapes it was built for."""
-
-    name = "onnxruntime"
+class OnnxSessions:
+    """The four `Engine` calls on ONNX Runtime sessions over one `OnnxGraphSet`; inputs must have its static shapes."""
 
     def __init__(self, graphs: OnnxGraphSet, providers: Sequence[str], threads: int, allow_spinning: bool = False):
         import onnxruntime
 
         self.graphs = graphs
-        self.providers = list(providers)
-        self.dims = graphs.dims
-        self.noise_schedule = graphs.noise_schedule
-        self.latent_channels = graphs.dims.latent_channels
-        self.vae_scale_factor = graphs.dims.vae_scale_factor
-        self.dtype = torch.float32
         # With a CUDA provider, tensors live on the GPU and are bound in place; otherwise numpy views of CPU tensors.
-        self.device = torch.device("cuda" if self.providers[0] in CUDA_PROVIDERS else "cpu")
-        self.build_report = graphs.cache_entry.build_report
+        self.device = torch.device("cuda" if providers[0] in CUDA_PROVIDERS else "cpu")
         options = session_options(threads, allow_spinning)
         self.specs = {spec.name: spec for spec in graphs.specs}
         self.sessions = {
-            name: onnxruntime.InferenceSession(str(graphs.path(name)), options, providers=self.providers)
+            name: onnxruntime.InferenceSession(str(graphs.path(name)), options, providers=list(providers))
             for name in self.specs
         }
 
@@ -273,6 +280,54 @@ class OnnxRuntimeEngine:
         return self._run("unet", latents, timesteps, embeddings)
 
 
+class OnnxRuntimeEngine:
+    """`Engine` on ONNX Runtime: each call goes to the current runner, normally the `OnnxSessions` of its graphs.
+
+    The runner can be replaced while the stream runs (`engines.cache_check` does so when a warm-started entry
+    fails its full checksum): the inference thread reads `self.runner` once per call and the replacement is one
+    attribute assignment, so every call runs wholly on the old or the new runner. Runners are stateless and
+    compute the same function, so a frame whose calls straddle the swap is as good as its runners.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, graphs: OnnxGraphSet, providers: Sequence[str], threads: int, allow_spinning: bool = False):
+        self.providers = list(providers)
+        self.threads = threads
+        self.allow_spinning = allow_spinning
+        self.runner: Any = OnnxSessions(graphs, self.providers, threads, allow_spinning)
+        self.graphs = graphs
+        self.dims = graphs.dims
+        self.noise_schedule = graphs.noise_schedule
+        self.latent_channels = graphs.dims.latent_channels
+        self.vae_scale_factor = graphs.dims.vae_scale_factor
+        self.dtype = torch.float32
+        self.device = self.runner.device
+        self.build_report = graphs.cache_entry.build_report
+        self.checked = threading.Event()  # set once the graphs in use are known to match their checksums
+        if graphs.cache_entry.built:
+            self.checked.set()  # hashed while the entry was written
+
+    def use_runner(self, runner: Any) -> None:
+        """Send the following calls to `runner` (same device, dtype and static shapes); see the class docstring."""
+        if isinstance(runner, OnnxSessions):
+            self.graphs = runner.graphs
+            self.build_report = runner.graphs.cache_entry.build_report
+        self.runner = runner
+
+    def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.runner.encode_prompt(texts)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.runner.encode_images(images)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.runner.decode_latents(latents)
+
+    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.runner.predict_noise(latents, timesteps, embeddings)
+
+
 def _numpy_dtype(dtype: torch.dtype) -> type:
     return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]
 
@@ -293,7 +348,7 @@ def cached_or_exported_graphs(
     """Any intact cached entry in plan order (so a model whose dynamo export failed once does not retry it on
     every start), else export with each option in turn; the last one's error if all fail."""
     for export in plan:
-        if not cache.verify(onnx_cache_key(spec, shapes, export)):
+        if not cache.verify(onnx_cache_key(spec, shapes, export), rehash=hashed_before_use):
             return build_graph_set(spec, shapes, cache, export, threads)
     for attempt, export in enumerate(plan):
         try:
@@ -301,7 +356,7 @@ def cached_or_exported_graphs(
         except EngineBuildError as error:
             if attempt == len(plan) - 1:
                 raise
-            print(f"{error}; retrying with the {plan[attempt + 1].exporter} exporter", file=sys.stderr)
+            log.warning(f"{error}; retrying with the {plan[attempt + 1].exporter} exporter")
     raise AssertionError("unreachable: the plan is never empty")
 
 
@@ -317,7 +372,7 @@ def create_onnxruntime_engine(
     cache = EngineCache(options.cache_root)
     graphs = cached_or_exported_graphs(spec, shapes, cache, export_plan(options.export, providers), threads)
     try:
-        return OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
+        engine = OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
     except Exception as error:  # checksums matched but ORT refused the graph: rebuild rather than use it
         if graphs.cache_entry.built:
             raise EngineBuildError(
@@ -325,7 +380,15 @@ def create_onnxruntime_engine(
             ) from error
         reason = f"cached graphs failed to load ({type(error).__name__})"
         graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
-        return OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
+        engine = OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
+    if not engine.checked.is_set():
+        from engines.cache_check import check_and_repair, start_cache_check
+
+        if options.check_in_background:
+            start_cache_check(engine, spec, shapes, cache)
+        else:
+            check_and_repair(engine, spec, shapes, cache)
+    return engine
 
 
 def build_onnxruntime_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None):

@@ -14,12 +14,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from engines.base import EngineShapes, EngineUnavailableError, NoiseScheduleConfig
-from engines.engine_cache import EngineCache, EngineCacheKey
+from engines.engine_cache import EngineCache, EngineCacheKey, log
 from engines.onnx_export import EngineBuildError, GraphSpec, ModelDims, graph_specs
 
 WORKSPACE_BYTES = 4 << 30
@@ -239,7 +239,8 @@ class TensorRTEngine:
 
     name = "tensorrt"
 
-    def __init__(self, graphs: "Any", cache: EngineCache) -> None:
+    def __init__(self, graphs: "Any", cache: EngineCache, checked_graphs: Callable[[], Any] | None = None) -> None:
+        """`checked_graphs()` gives the ONNX graphs hashed in full, called only when plans must be built from them."""
         trt = require_tensorrt()
         self.graphs = graphs  # engines.onnx_engine.OnnxGraphSet: checked ONNX graphs, tokenizer, dims
         self.device = torch.device("cuda")
@@ -251,13 +252,16 @@ class TensorRTEngine:
         self.cache_key = tensorrt_cache_key(graphs.cache_key, trt.__version__, gpu_model)
 
         def build(directory: Path) -> dict:
+            source = checked_graphs() if checked_graphs is not None else graphs
             seconds = {}
-            for spec in graphs.specs:
-                print(f"Building TensorRT {spec.name} for {gpu_model} (typically 1-10 minutes per graph) ...")
-                seconds[spec.name] = round(build_plan(trt, graphs.path(spec.name), directory / f"{spec.name}.plan"), 1)
+            for spec in source.specs:
+                log.warning(f"building TensorRT {spec.name} for {gpu_model} (typically 1-10 minutes per graph) ...")
+                seconds[spec.name] = round(build_plan(trt, source.path(spec.name), directory / f"{spec.name}.plan"), 1)
             return {"plan_build_seconds": seconds}
 
-        self.cache_entry = cache.get_or_build(self.cache_key, build)
+        # Plans are hashed in full before use: TensorRT reads the whole plan into memory at start anyway, and a plan
+        # with flipped bytes may deserialise and run (there is no background check and swap for TensorRT).
+        self.cache_entry = cache.get_or_build(self.cache_key, build, rehash=True)
         self.build_report = self.cache_entry.build_report
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.runners = {
@@ -286,6 +290,16 @@ def build_tensorrt_engine(spec: Any, shapes: EngineShapes, device: str, threads:
     require_tensorrt()
     if device.startswith(("cpu", "mps")):
         raise EngineUnavailableError(f"TensorRT runs on CUDA GPUs only, not on {device}; use --device cuda or auto")
-    cache = EngineCache()
-    graphs = build_graph_set(spec, shapes, cache, PORTABLE_EXPORT, default_threads(threads))  # opset TensorRT parses
-    return TensorRTEngine(graphs, cache)
+    cache, threads = EngineCache(), default_threads(threads)
+    graphs = build_graph_set(spec, shapes, cache, PORTABLE_EXPORT, threads)  # opset TensorRT parses
+
+    def checked_graphs():
+        """The graphs hashed in full (a warm start trusted their stamps), re-exported if one fails: plans built from a
+        corrupt graph would be cached as valid."""
+        problem = "" if graphs.cache_entry.built else cache.verify(graphs.cache_key, rehash=True)
+        if not problem:
+            return graphs
+        reason = f"{problem}, found by the full check before building TensorRT plans"
+        return build_graph_set(spec, shapes, cache, PORTABLE_EXPORT, threads, force_rebuild=reason)
+
+    return TensorRTEngine(graphs, cache, checked_graphs)

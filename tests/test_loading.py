@@ -232,3 +232,161 @@ def test_fp16_only_download_loads_its_variant_weights(tiny_model_dir: TinyModelP
     embeddings = tiny_engine.encode_prompt(["a cat"])
     assert torch.equal(engine.predict_noise(latents, torch.tensor([100]), embeddings),
                        tiny_engine.predict_noise(latents, torch.tensor([100]), embeddings))
+
+
+# --- only safetensors, sharded or not ---------------------------------------------------------------------------
+
+INDEX_NAMES = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+
+
+class RunsCodeWhenUnpickled:
+    """A pickle payload: unpickling it creates `marker`, the proof that a pickle loader was reached."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def shard_component(component_dir: Path, shard_suffix: str, payload: bytes | None = None) -> None:
+    """Split a component's .safetensors into two shards with a `*.safetensors.index.json`, as big downloads come.
+
+    `shard_suffix=".bin"` writes the shards with torch.save (pickles); `payload` replaces the second shard's bytes.
+    """
+    from safetensors.torch import load_file, save_file
+
+    [weights] = component_dir.glob("*.safetensors")
+    state = load_file(str(weights))
+    weights.unlink()
+    stem = INDEX_NAMES[component_dir.name]
+    names = sorted(state)
+    halves = {f"{stem}-0000{i + 1}-of-00002{shard_suffix}": names[i::2] for i in range(2)}
+    for shard, keys in halves.items():
+        part = {key: state[key].contiguous() for key in keys}
+        save_file(part, str(component_dir / shard)) if shard_suffix == ".safetensors" else torch.save(
+            part, component_dir / shard)
+    if payload is not None:
+        (component_dir / list(halves)[1]).write_bytes(payload)
+    weight_map = {key: shard for shard, keys in halves.items() for key in keys}
+    index = {"metadata": {}, "weight_map": weight_map}
+    (component_dir / f"{stem}.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("component", ["unet", "vae", "text_encoder"])
+def test_safetensors_index_pointing_at_pickled_shards_is_refused_before_any_loader(
+    tiny_model_dir: TinyModelPaths, tmp_path: Path, component: str
+) -> None:
+    import pickle
+
+    folder = model_variant(tiny_model_dir.model_dir, tmp_path / "bin-shards", copy=(component,))
+    marker = tmp_path / "code-ran"
+    shard_component(folder / component, ".bin", payload=pickle.dumps(RunsCodeWhenUnpickled(marker)))
+    message = refusal(ModelSpec(model=str(folder)))
+    assert "00002.bin" in message and "could run code" in message and "convert its weights to .safetensors" in message
+    with pytest.raises(ModelError):
+        load_components(ModelSpec(model=str(folder)), "cpu", torch.float32)
+    assert not marker.exists()
+
+
+def test_vae_option_whose_index_points_at_pickled_shards_is_refused(
+    tiny_model_dir: TinyModelPaths, tmp_path: Path
+) -> None:
+    vae = tmp_path / "vae"
+    shutil.copytree(tiny_model_dir.model_dir / "vae", vae)
+    shard_component(vae, ".bin")
+    assert "could run code" in refusal(ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(vae)))
+
+
+def test_index_shard_outside_the_component_folder_is_refused(tiny_model_dir: TinyModelPaths, tmp_path: Path) -> None:
+    folder = model_variant(tiny_model_dir.model_dir, tmp_path / "escape", copy=("unet",))
+    shard_component(folder / "unet", ".safetensors")
+    index = folder / "unet" / "diffusion_pytorch_model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"] = {key: f"../vae/{shard}" for key, shard in data["weight_map"].items()}
+    index.write_text(json.dumps(data))
+    assert "not a .safetensors file in" in refusal(ModelSpec(model=str(folder)))
+
+
+def test_stray_index_of_another_variant_pointing_at_pickles_is_refused(
+    tiny_model_dir: TinyModelPaths, tmp_path: Path
+) -> None:
+    folder = model_variant(tiny_model_dir.model_dir, tmp_path / "stray", copy=("unet",))
+    (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"conv_in.weight": "diffusion_pytorch_model.fp16.bin"}}))
+    assert "fp16.bin" in refusal(ModelSpec(model=str(folder)))
+
+
+def test_pickle_named_like_a_safetensors_shard_is_refused(tiny_model_dir: TinyModelPaths, tmp_path: Path) -> None:
+    import pickle
+
+    folder = model_variant(tiny_model_dir.model_dir, tmp_path / "disguised", copy=("unet",))
+    shard_component(folder / "unet", ".safetensors", payload=pickle.dumps(RunsCodeWhenUnpickled(tmp_path / "ran")))
+    assert "truncated or corrupt" in refusal(ModelSpec(model=str(folder)))
+
+
+def test_pickle_named_like_a_safetensors_lora_is_refused(tiny_model_dir: TinyModelPaths, tmp_path: Path) -> None:
+    import pickle
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(pickle.dumps(RunsCodeWhenUnpickled(tmp_path / "ran")))
+    assert "truncated or corrupt" in refusal(ModelSpec(model=str(tiny_model_dir.model_dir), lora=(str(lora),)))
+
+
+@pytest.mark.parametrize("component", ["unet", "text_encoder"])
+def test_sharded_safetensors_component_loads_and_matches_the_single_file(
+    tiny_model_dir: TinyModelPaths, tiny_engine, tmp_path: Path, component: str
+) -> None:
+    folder = model_variant(tiny_model_dir.model_dir, tmp_path / "sharded", copy=(component,))
+    shard_component(folder / component, ".safetensors")
+    engine = create_engine("torch", ModelSpec(model=str(folder)), SHAPES, device="cpu")
+    embeddings = engine.encode_prompt(["a cat"])
+    torch.testing.assert_close(embeddings, tiny_engine.encode_prompt(["a cat"]))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(engine.predict_noise(latents, torch.tensor([100]), embeddings),
+                               tiny_engine.predict_noise(latents, torch.tensor([100]), embeddings))
+
+
+# --- a torch whose loader is safe by default --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version, safe", [
+    ("2.5.1+cu121", False), ("2.1.0", False), ("1.13.1", False), ("2.6.0", True), ("2.6.0a0+git1234", True),
+    ("2.13.0+cpu", True), ("3.0.0", True),
+])
+def test_torch_older_than_2_6_is_named_unsafe_with_the_fix(version: str, safe: bool) -> None:
+    from engines.weight_files import torch_loader_problem
+
+    problem = torch_loader_problem(version)
+    assert (problem == "") == safe
+    if not safe:
+        assert version in problem and "pip install 'torch>=2.6'" in problem and "\n" not in problem
+
+
+def test_pyproject_requires_a_torch_whose_loader_defaults_to_weights_only() -> None:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    [torch_requirement] = [Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("torch")]
+    assert not torch_requirement.specifier.contains("2.5.1") and torch_requirement.specifier.contains("2.6.0")
+
+
+def test_doctor_says_fail_with_the_fix_for_an_old_torch(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An old torch cannot be installed beside this one: its version string is the one thing faked."""
+    from vcam import doctor
+
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    doctor._torch_lines()
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["torch"]]
+    assert line.startswith("[FAIL] torch") and "pip install 'torch>=2.6'" in line
+
+
+def test_doctor_passes_the_installed_torch(capsys) -> None:
+    from vcam import doctor
+
+    doctor._torch_lines()
+    assert any(line.startswith("[ok] torch") for line in capsys.readouterr().out.splitlines())

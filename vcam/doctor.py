@@ -17,8 +17,14 @@ def _check(label: str, ok: bool, detail: str) -> bool:
 def _torch_lines() -> None:
     import torch
 
+    from engines.weight_files import torch_loader_problem
+
     _check("python", True, f"{platform.python_version()} on {platform.system()} {platform.machine()}")
-    _check("torch", True, f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
+    problem = torch_loader_problem(str(torch.__version__))
+    if problem:
+        print(f"[FAIL] {'torch':<16} {problem}")
+    else:
+        _check("torch", True, f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
     cuda = torch.cuda.is_available()
     _check("cuda", cuda, torch.cuda.get_device_name(0) if cuda else "no NVIDIA GPU visible to torch (CPU or MPS is used)")
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
