@@ -153,27 +153,29 @@ class CommandQueue:
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._urgent: deque[QueuedCommand] = deque()
-        self._ordinary: deque[QueuedCommand] = deque()
+        self._urgent: deque[tuple[int, QueuedCommand]] = deque()  # (arrival number, command)
+        self._ordinary: deque[tuple[int, QueuedCommand]] = deque()
+        self._arrivals = 0
         self._dropped = 0
 
     def put(self, command: Command, origin: str) -> None:
-        item = QueuedCommand(command, origin)
         with self._changed:
+            self._arrivals += 1
+            entry = (self._arrivals, QueuedCommand(command, origin))
             if isinstance(command, URGENT_COMMANDS):
-                self._urgent.append(item)
+                self._urgent.append(entry)
             else:
                 if isinstance(command, SetPromptText):
-                    texts = [queued for queued in self._ordinary if isinstance(queued.command, SetPromptText)]
+                    texts = [queued for queued in self._ordinary if isinstance(queued[1].command, SetPromptText)]
                     if len(texts) >= MAX_PENDING_PROMPT_TEXTS:
                         self._drop(texts[0], "older prompt texts were superseded by newer ones")
                 if len(self._ordinary) >= MAX_PENDING_COMMANDS:
                     self._drop(self._ordinary[0], f"more than {MAX_PENDING_COMMANDS} commands were waiting")
-                self._ordinary.append(item)
+                self._ordinary.append(entry)
             self._changed.notify()
 
-    def _drop(self, item: QueuedCommand, why: str) -> None:
-        self._ordinary.remove(item)
+    def _drop(self, entry: tuple[int, QueuedCommand], why: str) -> None:
+        self._ordinary.remove(entry)
         self._dropped += 1
         if self._dropped == 1:
             log.warning("commands are arriving faster than they can be applied: %s, so the oldest are dropped "
@@ -189,22 +191,19 @@ class CommandQueue:
         """How many commands were dropped because the queue was full (superseded prompt texts included)."""
         return self._dropped
 
-    def _take(self) -> QueuedCommand | None:
-        for pending in (self._urgent, self._ordinary):
-            if pending:
-                return pending.popleft()
-        return None
-
     def drain(self) -> list[QueuedCommand]:
-        """Everything pending, urgent commands first."""
+        """Everything pending, in the order it arrived (for inspection; the service takes commands with `get`)."""
         with self._changed:
-            items = [*self._urgent, *self._ordinary]
+            entries = sorted([*self._urgent, *self._ordinary], key=lambda entry: entry[0])
             self._urgent.clear()
             self._ordinary.clear()
-            return items
+            return [item for _, item in entries]
 
     def get(self, timeout: float | None = None) -> QueuedCommand | None:
         """The next command (urgent ones first), waiting up to `timeout` seconds; None if none came."""
         with self._changed:
             self._changed.wait_for(lambda: self._urgent or self._ordinary, timeout=timeout)
-            return self._take()
+            for pending in (self._urgent, self._ordinary):
+                if pending:
+                    return pending.popleft()[1]
+            return None
