@@ -149,7 +149,8 @@ class ObsControl:
     # -- connection supervisor ------------------------------------------------------------------------------
 
     def _supervise(self) -> None:
-        """Connect, wait for the event thread to end (OBS quit or network gone), repeat with back-off."""
+        """Connect, read events until the connection ends (OBS quit, frozen, or the network gone), repeat with
+        back-off."""
         delay = self.config.retry_initial
         last_report = ""
         while not self._stop.is_set():
