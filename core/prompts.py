@@ -15,9 +15,17 @@ import torch
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # (N,) texts -> (N, L, D), e.g. Engine.encode_prompt
 
+# Texts per text-encoder call. The encoder's activations grow with the batch (a preset with 10,000 prompts in one
+# call took 4.4 GB); a few texts per call keep the peak small, and encoding is per text anyway.
+ENCODE_CHUNK = 16
+
 
 class PromptCache:
-    """Least-recently-used map text -> (1, L, D) embeddings; thread-safe; a hit never calls `encode`."""
+    """Least-recently-used map text -> (1, L, D) embeddings; thread-safe; a hit never calls `encode`.
+
+    Memory is bounded twice: at most `capacity` embeddings are kept, and the encoder is never called with more
+    than `ENCODE_CHUNK` texts at once.
+    """
 
     def __init__(self, encode: TextEncoder, capacity: int = 64) -> None:
         if capacity < 1:
@@ -42,31 +50,48 @@ class PromptCache:
         """The (1, L, D) embeddings of `text`, encoding it on a miss."""
         return self.get_many([text])[0]
 
-    def prefill(self, texts: Sequence[str]) -> None:
-        """Encode every text not cached yet in one batched encoder call (e.g. all prompts of a preset)."""
-        self.get_many(texts)
+    def prefill(self, texts: Sequence[str]) -> int:
+        """Encode ahead the first `capacity` distinct texts not cached yet (e.g. a preset's prompts, in order),
+        `ENCODE_CHUNK` per encoder call; returns how many distinct texts of `texts` are now cached.
+
+        Texts beyond the capacity are left to be encoded on first use: pre-encoding them would only evict the
+        first ones again, after paying for all of them.
+        """
+        ahead = list(dict.fromkeys(texts))[: self.capacity]
+        self.get_many(ahead)
+        return len(ahead)
 
     def get_many(self, texts: Sequence[str]) -> list[torch.Tensor]:
-        """Embeddings of each text, in order; all misses go to the encoder together, each text at most once."""
+        """Embeddings of each text, in order; misses go to the encoder in batches of `ENCODE_CHUNK`, each text at
+        most once."""
         with self._lock:
             missing = [t for t in dict.fromkeys(texts) if t not in self._entries]
-            self.hits += sum(1 for t in texts if t not in missing)
+            self.hits += sum(1 for t in texts if t in self._entries)
             self.misses += len(missing)
-            if missing:
-                encoded = self._encode(list(missing))
-                if encoded.dim() != 3 or encoded.shape[0] != len(missing):
+            # Every embedding asked for is held here until returned, even when more than `capacity` were asked.
+            found = {t: self._entries[t] for t in texts if t in self._entries}
+            for start in range(0, len(missing), ENCODE_CHUNK):
+                chunk = missing[start : start + ENCODE_CHUNK]
+                encoded = self._encode(chunk)
+                if encoded.dim() != 3 or encoded.shape[0] != len(chunk):
                     raise ValueError(
-                        f"text encoder returned shape {tuple(encoded.shape)} for {len(missing)} texts; "
+                        f"text encoder returned shape {tuple(encoded.shape)} for {len(chunk)} texts; "
                         "expected (texts, tokens, dim)"
                     )
-                for i, text in enumerate(missing):
-                    self._entries[text] = encoded[i : i + 1].detach().clone()  # (1, L, D), owns its memory
+                for i, text in enumerate(chunk):
+                    found[text] = encoded[i : i + 1].detach().clone()  # (1, L, D), owns its memory
+                    self._entries[text] = found[text]
+                self._evict()
+            result = [found[t] for t in texts]
             for text in texts:
-                self._entries.move_to_end(text)
-            result = [self._entries[t] for t in texts]
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+                if text in self._entries:
+                    self._entries.move_to_end(text)
+            self._evict()
             return result
+
+    def _evict(self) -> None:
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
 
 
 class FrameEmbeddings(NamedTuple):

@@ -3,6 +3,8 @@ sending `BroadcastCustomEvent`s through OBS, as an OBS script, Stream Deck or To
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -73,7 +75,8 @@ def test_commands_broadcast_through_obs_reach_the_queue(obs_instance, control, q
         {"command": "text", "text": "a neon city"},
     ):
         obs_instance.broadcast({"vcam": payload})
-    received = [next_item(queue) for _ in range(5)]
+    assert wait_until(lambda: len(queue) == 5)
+    received = queue.drain()  # in the order they arrived (`get` would let pause and resume overtake)
     assert [item.command for item in received] == [
         SwitchPrompt(name="anime"), SetPaused(paused=True), SetPaused(paused=False), SwitchPrompt(step=1),
         SetPromptText(text="a neon city"),
@@ -111,6 +114,46 @@ def test_bad_payloads_each_give_one_line_and_the_connection_stays_up(obs_instanc
         assert line.startswith("OBS: ignored a command:") and fragment in line, line
         assert "\n" not in line and len(line) <= 300
     assert control.connected
+
+
+def broadcast_raw(obs: ObsInstance, event_data_json: str) -> None:
+    """`BroadcastCustomEvent` with eventData written as raw JSON text: Python's own encoder refuses to write
+    nesting thousands deep, a stranger's client does not."""
+    with obs.client() as client:
+        client.base_client.ws.send('{"op": 6, "d": {"requestType": "BroadcastCustomEvent", "requestId": "raw", '
+                                   f'"requestData": {{"eventData": {event_data_json}}}}}}}')
+        client.base_client.ws.recv()  # OBS's answer: the event has been broadcast
+
+
+def test_events_with_hostile_keys_or_deep_nesting_never_stop_the_control(obs_instance, control, queue, status,
+                                                                         capfd) -> None:
+    """Such events ended obsws-python's event thread with a traceback, losing every event until a reconnect."""
+    obs_instance.broadcast({"__slots__": ["x"], "__class__": 1, "__init__": "y"})
+    obs_instance.broadcast({"vcam": {"command": "next"}, "__slots__": 1, "__dict__": {}})
+    broadcast_raw(obs_instance, '{"deep": ' + "[" * 3000 + "]" * 3000 + "}")
+    broadcast_raw(obs_instance, '{"vcam": ' + '{"a":' * 3000 + "1" + "}" * 3000 + "}")
+    obs_instance.broadcast({"vcam": {"command": "prompt", "name": "noir"}})
+    assert next_item(queue).command == SwitchPrompt(step=1)
+    assert next_item(queue).command == SwitchPrompt(name="noir"), "the events after the bad ones still arrive"
+    assert control.connected and sum("connected to" in line for line in status.lines) == 1, status.lines
+    assert all("\n" not in line and len(line) <= 300 for line in status.lines)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_frozen_obs_is_noticed_within_ten_seconds_and_the_control_reconnects_when_it_thaws(
+    obs_instance, control, queue, status
+) -> None:
+    """SIGSTOP freezes OBS with its connection open, as a hung OBS or a sleeping laptop does: no close ever comes."""
+    pid = obs_instance._process.pid  # the OBS the harness started
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert wait_until(lambda: any("lost" in line for line in status.lines), timeout=10.0), status.lines
+        assert not control.connected
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_until(lambda: sum("connected to" in line for line in status.lines) == 2, timeout=60), status.lines
+    obs_instance.broadcast({"vcam": {"command": "previous"}})
+    assert next_item(queue).command == SwitchPrompt(step=-1)
 
 
 def test_switching_to_a_mapped_scene_switches_the_prompt(obs_instance, control, queue) -> None:

@@ -156,3 +156,57 @@ def test_port_in_use_is_a_one_line_error_naming_the_setting(control, queue, stat
 def test_port_out_of_range_is_refused_at_configuration() -> None:
     with pytest.raises(ControlConfigError, match="OSC port must be a whole number from 1 to 65535"):
         OscConfig(port=70000)
+
+
+def osc_string(text: str) -> bytes:
+    """An OSC-string: ASCII, NUL-terminated, padded to a multiple of 4 bytes (OSC 1.0 spec)."""
+    raw = text.encode("ascii") + b"\0"
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def timed_bundle(address: str, seconds_ahead: float) -> bytes:
+    """Raw bytes of an OSC bundle holding one argument-less message, its NTP time tag `seconds_ahead` from now."""
+    import struct
+
+    ntp = time.time() + 2_208_988_800 + seconds_ahead  # NTP counts from 1900
+    message = osc_string(address) + osc_string(",")
+    return (osc_string("#bundle") + struct.pack(">II", int(ntp), int((ntp % 1) * 2**32))
+            + struct.pack(">i", len(message)) + message)
+
+
+def test_a_bundle_timed_an_hour_ahead_runs_now_and_never_freezes_the_receiver(control, client, queue, status) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.sendto(timed_bundle("/vcam/next", 3600), control.address)
+        raw.sendto(timed_bundle("/vcam/previous", 7200), control.address)
+    client.send_message("/vcam/quit", [])
+    assert next_command(queue) == Quit(), "quit overtakes; the receiver did not sleep until the bundles' time"
+    assert [next_command(queue), next_command(queue)] == [SwitchPrompt(step=1), SwitchPrompt(step=-1)]
+    lines = status.wait_for(1)
+    assert len(lines) == 1 and "timed 3600 s ahead runs now" in lines[0], lines
+    started = time.monotonic()
+    control.stop()
+    assert time.monotonic() - started < 1.0
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_pause_and_quit_overtake_a_burst_of_prompt_texts_and_the_queue_stays_bounded(
+    control, client, queue, caplog
+) -> None:
+    texts = [f"style number {i}" for i in range(60)]
+    for text in texts:
+        client.send_message("/vcam/text", text)
+    wait_until(lambda: len(queue) + queue.dropped == len(texts))  # every text reached the queue
+    client.send_message("/vcam/pause", [1])
+    client.send_message("/vcam/quit", [])
+    wait_until(lambda: len(queue) + queue.dropped == len(texts) + 2)
+    taken = [next_command(queue) for _ in range(len(queue))]
+    assert taken[:2] == [SetPaused(paused=True), Quit()]
+    # What is left of the burst is its newest texts, in order: the superseded ones were dropped, said once.
+    assert taken[2:] == [SetPromptText(text) for text in texts[-4:]]
+    assert sum("superseded" in record.getMessage() for record in caplog.records) == 1

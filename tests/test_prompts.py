@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from core.prompts import PromptCache, PromptSwitcher
+from core.prompts import ENCODE_CHUNK, PromptCache, PromptSwitcher
 from tests.engine_doubles import RecordingEngine
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,12 +38,33 @@ def test_cached_embeddings_equal_a_direct_encode(encoder, tiny_engine):
     torch.testing.assert_close(embedding, tiny_engine.encode_prompt(["oil painting"]))
 
 
-def test_prefill_encodes_all_misses_in_one_batch(encoder):
+def test_prefill_encodes_each_miss_once_in_batches(encoder):
     cache = PromptCache(encoder.encode_prompt)
     cache.get("sketch")
-    cache.prefill(["sketch", "neon city", "watercolor", "neon city"])
+    assert cache.prefill(["sketch", "neon city", "watercolor", "neon city"]) == 3
     assert encoder.prompt_batches == [["sketch"], ["neon city", "watercolor"]]
     assert len(cache) == 3 and "watercolor" in cache
+
+
+def test_prefill_encodes_in_bounded_chunks_and_only_up_to_the_capacity(encoder):
+    cache = PromptCache(encoder.encode_prompt, capacity=40)
+    texts = [f"style {i}" for i in range(100)]
+    assert cache.prefill(texts) == 40
+    assert max(len(batch) for batch in encoder.prompt_batches) <= ENCODE_CHUNK
+    assert texts_encoded(encoder) == texts[:40], "the first texts (a preset's first prompts) are encoded ahead"
+    assert len(cache) == 40
+    cache.get("style 70")  # the rest are encoded on first use
+    assert texts_encoded(encoder)[-1] == "style 70"
+
+
+def test_asking_for_more_texts_than_the_capacity_returns_every_embedding(encoder):
+    cache = PromptCache(encoder.encode_prompt, capacity=3)
+    cache.get("kept")
+    texts = ["kept"] + [f"style {i}" for i in range(2 * ENCODE_CHUNK)]
+    embeddings = cache.get_many(texts)
+    assert len(embeddings) == len(texts) and all(e.shape == (1, 77, 128) for e in embeddings)
+    assert len(cache) == 3
+    assert max(len(batch) for batch in encoder.prompt_batches) <= ENCODE_CHUNK
 
 
 def test_least_recently_used_text_is_evicted_at_capacity(encoder):

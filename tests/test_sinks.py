@@ -424,3 +424,68 @@ def test_file_source_through_the_pipeline_to_a_file_sink_keeps_every_frame_in_or
     frames = read_video(tmp_path / "out.avi")
     assert len(frames) == len(colours)
     assert all(f.shape == (64, 64, 3) and close_colour(f, c) for f, c in zip(frames, colours))
+
+
+def http_get(port: int, path: str, host: str | None) -> tuple[int, bytes]:
+    """A real HTTP request with a chosen `Host:` header (None: no header at all), as a rebinding page would send."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read(200)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("host", ["evil.example", "attacker.com:8090", "192.168.1.20", "127.0.0.1.nip.io",
+                                  "[2001:db8::1]:80", "localhost.evil.example"])
+def test_mjpeg_refuses_a_foreign_host_header_with_403_and_one_log_line(mjpeg_sink, host, caplog):
+    mjpeg_sink.write(coloured_frame((30, 200, 30), 96, 64))
+    with caplog.at_level("DEBUG", logger="vcam.mjpeg"):
+        for path in ("/frame.jpg", "/stream.mjpg", "/"):
+            status, body = http_get(mjpeg_sink.port, path, host)
+            assert status == 403 and not body.startswith(b"\xff\xd8"), "no picture reaches a foreign page"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "refused" in warnings[0].getMessage(), caplog.text
+
+
+@pytest.mark.parametrize("host", [None, "localhost", "LOCALHOST:8090", "127.0.0.1", "127.0.0.1:{port}",
+                                  "127.3.4.5", "[::1]", "[::1]:{port}", "vcam.localhost"])
+def test_mjpeg_serves_loopback_host_names_and_addresses(mjpeg_sink, host):
+    mjpeg_sink.write(coloured_frame((30, 200, 30), 96, 64))
+    status, body = http_get(mjpeg_sink.port, "/frame.jpg", host and host.format(port=mjpeg_sink.port))
+    assert status == 200 and body.startswith(b"\xff\xd8")
+
+
+def reset_connection(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the kernel sends a TCP RST, as a crashed or killed viewer's machine does."""
+    import struct
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_mjpeg_viewers_that_reset_mid_stream_leave_stderr_clean(capfd):
+    sink = open_sink("mjpeg:0", SinkConfig(width=160, height=120, fps=100))
+    publisher = Publisher(sink, lambda i: noisy_frame(160, 120, i % 4), 0.005)
+    try:
+        for request in [b"GET /stream.mjpg HTTP/1.0\r\n\r\n", b"GET /frame.jpg HTTP/1.0\r\n\r\n",
+                        b"GET /stream.mjpg HT"] * 4:
+            viewer = socket.create_connection(("127.0.0.1", sink.port), timeout=5)
+            viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            viewer.sendall(request)
+            if request.endswith(b"\r\n\r\n"):
+                assert viewer.recv(64).startswith(b"HTTP/1.0 200"), "the viewer was being served"
+            reset_connection(viewer)
+        with urllib.request.urlopen(sink.url, timeout=5) as response:
+            read_multipart_frames(response, 3)  # the server still serves the next viewer
+    finally:
+        publisher.stop()
+        sink.close()
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err and "Error" not in captured.err, captured.err

@@ -220,3 +220,79 @@ def test_closing_stops_reconnecting_promptly(tmp_path):
     source.close()
     assert time.perf_counter() - start < 1.0
     assert source.read() is None
+
+
+def test_live_video_file_deleted_mid_run_shows_its_last_picture_with_a_notice_and_resumes_when_back(tmp_path, caplog):
+    path = tmp_path / "clip.avi"
+    before, after = (200, 30, 30), (30, 30, 200)
+    write_video(path, [coloured_frame(before)] * 3, fps=50)
+    source = open_source(str(path), SourceConfig(live=True))
+    good = read_n(source, 2)
+    assert all(close_colour(f, before) for f in good)
+
+    path.unlink()  # the open file is read to its end; the loop back to its start then finds it gone
+    frame, _ = wait_for(source, lambda f: np.abs(f[:8, :40].astype(int) - good[-1][:8, :40].astype(int)).mean() > 20,
+                        timeout=5)
+    assert close_colour(frame, before), "the last picture is kept, with the notice drawn on it"
+    assert source.live and source.read() is not None, "frames keep coming while the file is away"
+    assert any("video file" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+    assert not any("unsupported format" in r.getMessage() for r in caplog.records)
+
+    write_video(path, [coloured_frame(after)] * 200, fps=50)
+    frame, _ = wait_for(source, lambda f: close_colour(f, after), timeout=10)
+    assert np.abs(frame.astype(int) - coloured_frame(after).astype(int)).mean() < 10, "no notice once resumed"
+    source.close()
+    assert source.read() is None
+
+
+def test_offline_video_file_deleted_mid_run_ends_with_one_line_saying_so(tmp_path):
+    path = write_video(tmp_path / "clip.avi", [coloured_frame((9, 9, 9))] * 2)
+    source = open_source(str(path), SourceConfig(live=False))
+    read_n(source, 2)
+    path.unlink()
+    with pytest.raises(SourceError, match="can no longer be read \\(deleted or moved while running\\?\\)"):
+        source.read()
+    source.close()
+
+
+@pytest.mark.timeout(400)
+def test_live_vcam_run_survives_its_video_file_being_deleted_and_resumes_when_it_is_back(tmp_path, tiny_user_cache):
+    """The real `vcam run` on a clip standing in for the camera, streaming to MJPEG: the clip deleted mid-run is
+    a camera gone (the stream goes on, one line says so), and the clip put back is the camera back."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.test_service_signals import wait_for_line
+
+    clip = write_video(tmp_path / "clip.avi", [coloured_frame((200, 60, 40), 128, 128)] * 10, fps=25)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vcam.cli", "run", "--model", "tiny", "--source", str(clip), "--sink", f"mjpeg:{port}",
+         "--no-hotkeys", "--no-tray"], stderr=subprocess.PIPE, text=True, env=dict(os.environ, DISPLAY=""))
+
+    def snapshot_ok() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/frame.jpg", timeout=10) as response:
+            return response.status == 200 and response.read(2) == b"\xff\xd8"
+
+    try:
+        lines = wait_for_line(process, "first stylised frame")
+        assert snapshot_ok()
+        clip.unlink()
+        lines += wait_for_line(process, "stopped delivering frames", timeout=30)
+        assert process.poll() is None and snapshot_ok(), "the run goes on, the viewers keep getting pictures"
+        write_video(clip, [coloured_frame((40, 60, 200), 128, 128)] * 10, fps=25)
+        lines += wait_for_line(process, "is back", timeout=30)
+        assert process.poll() is None and snapshot_ok()
+        process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=30)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "released" in rest, rest  # a clean stop (its exit status is the signal specs' business)
+    output = "".join(lines) + rest
+    assert "unsupported format" not in output and "Traceback" not in output, output

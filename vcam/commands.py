@@ -5,9 +5,13 @@ frames, so a command can never land in the middle of a UNet call.
 """
 from __future__ import annotations
 
-import queue
+import logging
+import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, Union
+
+log = logging.getLogger("vcam")
 
 MAX_PROMPT_CHARS = 1000  # longer texts are refused rather than truncated silently by the tokenizer
 MAX_BLEND_FRAMES = 600
@@ -132,25 +136,74 @@ class QueuedCommand:
     origin: Literal["hotkey", "tray", "obs", "osc", "cli", "service"] | str
 
 
+URGENT_COMMANDS = (Quit, SetPaused)  # taken before anything queued earlier: a panic button must never wait
+MAX_PENDING_PROMPT_TEXTS = 4  # each costs a text-encoder call; older ones are superseded by the newer anyway
+MAX_PENDING_COMMANDS = 256  # a flood from a network control never grows memory without bound
+
+
 class CommandQueue:
-    """Thread-safe queue from controls to the service; `drain()` is called between frames."""
+    """Thread-safe queue from controls to the service, which takes commands between frames.
+
+    Whatever arrived before, a `quit` or `pause`/`resume` is taken next: urgent commands overtake the rest (in
+    their own order). The queue is bounded: beyond `MAX_PENDING_PROMPT_TEXTS` free texts the oldest text is
+    dropped (a newer prompt supersedes it, and each would cost a text-encoder call), and beyond
+    `MAX_PENDING_COMMANDS` the oldest ordinary command is dropped; either is said once per queue on the `vcam`
+    log. Commands of the same kind keep their order.
+    """
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[QueuedCommand] = queue.SimpleQueue()
+        self._changed = threading.Condition()
+        self._urgent: deque[tuple[int, QueuedCommand]] = deque()  # (arrival number, command)
+        self._ordinary: deque[tuple[int, QueuedCommand]] = deque()
+        self._arrivals = 0
+        self._dropped = 0
 
     def put(self, command: Command, origin: str) -> None:
-        self._queue.put(QueuedCommand(command, origin))
+        with self._changed:
+            self._arrivals += 1
+            entry = (self._arrivals, QueuedCommand(command, origin))
+            if isinstance(command, URGENT_COMMANDS):
+                self._urgent.append(entry)
+            else:
+                if isinstance(command, SetPromptText):
+                    texts = [queued for queued in self._ordinary if isinstance(queued[1].command, SetPromptText)]
+                    if len(texts) >= MAX_PENDING_PROMPT_TEXTS:
+                        self._drop(texts[0], "older prompt texts were superseded by newer ones")
+                if len(self._ordinary) >= MAX_PENDING_COMMANDS:
+                    self._drop(self._ordinary[0], f"more than {MAX_PENDING_COMMANDS} commands were waiting")
+                self._ordinary.append(entry)
+            self._changed.notify()
+
+    def _drop(self, entry: tuple[int, QueuedCommand], why: str) -> None:
+        self._ordinary.remove(entry)
+        self._dropped += 1
+        if self._dropped == 1:
+            log.warning("commands are arriving faster than they can be applied: %s, so the oldest are dropped "
+                        "(said once)", why)
+
+    def __len__(self) -> int:
+        """How many commands are waiting."""
+        with self._changed:
+            return len(self._urgent) + len(self._ordinary)
+
+    @property
+    def dropped(self) -> int:
+        """How many commands were dropped because the queue was full (superseded prompt texts included)."""
+        return self._dropped
 
     def drain(self) -> list[QueuedCommand]:
-        items: list[QueuedCommand] = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
+        """Everything pending, in the order it arrived (for inspection; the service takes commands with `get`)."""
+        with self._changed:
+            entries = sorted([*self._urgent, *self._ordinary], key=lambda entry: entry[0])
+            self._urgent.clear()
+            self._ordinary.clear()
+            return [item for _, item in entries]
 
     def get(self, timeout: float | None = None) -> QueuedCommand | None:
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
+        """The next command (urgent ones first), waiting up to `timeout` seconds; None if none came."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._urgent or self._ordinary, timeout=timeout)
+            for pending in (self._urgent, self._ordinary):
+                if pending:
+                    return pending.popleft()[1]
             return None

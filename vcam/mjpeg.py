@@ -6,9 +6,16 @@ shows the stream. `publish()` only swaps in the newest frame, so the pipeline ne
 client has its own thread that sends the newest frame at most `fps` times a second and simply skips what it was
 too slow to send: a slow client never holds up the pipeline or the other clients. Frames are JPEG-encoded
 lazily, once per frame, and only while someone is watching.
+
+Strangers: the server listens on 127.0.0.1 only, and it also refuses any request whose `Host:` header is not a
+loopback name or address (localhost, 127.0.0.0/8, [::1]): otherwise a web page could read the camera through DNS
+rebinding (its own domain re-pointed at 127.0.0.1, so the browser's same-origin check passes). A viewer that leaves
+(closes or resets its connection) is ordinary, never an error: it is logged at debug level only.
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
 import sys
 import threading
 import time
@@ -22,6 +29,29 @@ KEEPALIVE_SECONDS = 1.0  # resend the last frame this often when nothing new cam
 CLIENT_SOCKET_TIMEOUT = 10.0  # a client that accepts nothing for this long is dropped
 INDEX_PAGE = (b"<!doctype html><title>vcam</title><body style='margin:0;background:#000'>"
               b"<img src='/stream.mjpg' style='width:100%;height:100vh;object-fit:contain'></body>")
+
+
+log = logging.getLogger("vcam.mjpeg")
+
+
+def is_loopback_host(host_header: str | None) -> bool:
+    """Whether an HTTP `Host:` value names this machine's loopback: `localhost` (and `*.localhost`, RFC 6761),
+    an address in 127.0.0.0/8 or `[::1]`, with or without a port. No header (HTTP/1.0 tools) counts as loopback:
+    browsers, the only way to a DNS rebinding attack, always send one."""
+    if host_header is None:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class MjpegServerError(OSError):
@@ -85,6 +115,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a per-request log line on stderr would drown the service's own output
 
     def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        host = self.headers.get("Host")
+        if not is_loopback_host(host):
+            self.server.refused(host or "")
+            self._reply(403, "text/plain", b"forbidden: vcam serves only http://127.0.0.1 or http://localhost\n")
+            return
         path = self.path.split("?", 1)[0]
         if path == "/stream.mjpg":
             self._stream()
@@ -130,8 +165,8 @@ class _Handler(BaseHTTPRequestHandler):
                                  "\r\n\r\n".encode("ascii") + jpeg + b"\r\n")
                 self.wfile.flush()
                 next_due = time.perf_counter() + period
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass  # the client went away or stalled; its thread ends, nobody else notices
+        except (ConnectionError, TimeoutError):
+            log.debug("an MJPEG viewer left or stalled")  # its thread ends, nobody else notices
 
 
 class _Server(ThreadingHTTPServer):
@@ -141,7 +176,23 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, port: int, fps: float, latest: LatestFrame) -> None:
         self.fps = fps
         self.latest = latest
+        self._refused_once = False
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def refused(self, host: str) -> None:
+        """One warning for the first foreign `Host:`, debug lines after: a hostile page may retry endlessly."""
+        level = logging.DEBUG if self._refused_once else logging.WARNING
+        self._refused_once = True
+        log.log(level, "MJPEG: refused a request for Host %r (only loopback names are served; a web page trying "
+                "DNS rebinding looks like this)", host[:100])
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """socketserver prints a traceback on stderr; a viewer that resets or times out is not an error."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("an MJPEG viewer left: %s", error)
+        else:
+            log.warning("MJPEG: a request failed: %s: %s", type(error).__name__, error)
 
 
 class MjpegServer:

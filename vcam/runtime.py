@@ -4,6 +4,7 @@ Shared by `vcam run` and `vcam bench`, so the benchmark measures exactly what th
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import torch
@@ -51,7 +52,12 @@ def create_engine_for(settings: RunSettings) -> Engine:
 def build_stream(engine: Engine, settings: RunSettings) -> DiffusionStream:
     """The stream with every preset prompt encoded ahead, so later switches never call the text encoder."""
     cache = PromptCache(engine.encode_prompt)
-    cache.prefill([p.text for p in settings.prompts] + [settings.stream.prompt, settings.stream.negative_prompt])
+    texts = dict.fromkeys([settings.stream.prompt, settings.stream.negative_prompt, *(p.text for p in settings.prompts)])
+    ahead = cache.prefill(list(texts))
+    if ahead < len(texts):  # bounded memory: a preset of 10,000 prompts must not encode (and hold) them all
+        logging.getLogger("vcam").warning(
+            "%d of %d prompt texts are encoded ahead (the prompt cache holds %d); the others are encoded when first "
+            "used", ahead, len(texts), cache.capacity)
     prompts = PromptSwitcher(cache, negative_prompt=settings.stream.negative_prompt, prompt=settings.stream.prompt)
     similarity = SimilarityFilter(settings.filter)
     return DiffusionStream(engine, settings.stream, prompts, similarity)

@@ -6,10 +6,13 @@ pipeline keeps only the newest frame); a non-live one is read as fast as it is c
 
 A camera that goes away mid-stream (unplugged, taken by another app) must not end the broadcast: the viewers of
 the virtual camera would see it freeze or vanish. `ReconnectingSource` keeps sending the last good image with a
-notice on it and reopens the camera in the background until it is back.
+notice on it and reopens the camera in the background until it is back. A live video file (a clip standing in for
+the camera) is treated the same way: deleted, moved or unreadable mid-run, it shows its last picture with a notice
+until it can be read again.
 """
 from __future__ import annotations
 
+import logging
 import math
 import platform
 import threading
@@ -26,7 +29,11 @@ from vcam.overlay import draw_status
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_CAMERA_FPS = 30.0
 CAMERA_LOST_NOTICE = ("camera lost - reconnecting...",)
+FILE_LOST_NOTICE = ("video file missing - retrying...",)
 SPEC_FORMS = "camera:0, camera:/dev/video2, synthetic, synthetic:static, or a video/image file path"
+
+
+log = logging.getLogger("vcam")
 
 
 class SourceError(Exception):
@@ -125,10 +132,16 @@ class ReconnectingSource:
     live = True
 
     def __init__(self, opener: CaptureOpener, fps: float, retry: RetryPolicy = RetryPolicy(),
-                 blank_size: tuple[int, int] = (640, 480)) -> None:
+                 blank_size: tuple[int, int] = (640, 480), notice: tuple[str, ...] = CAMERA_LOST_NOTICE,
+                 name: str = "the camera", stop: threading.Event | None = None) -> None:
+        """`notice`: the lines drawn on the last picture while lost; `name`: what the one-line log messages about
+        the loss and the recovery call the source; `stop`: set by `close()`, may be shared with the captures so a
+        paced read inside one ends at once."""
         self._opener = opener
+        self._notice_lines = notice
+        self.name = name
         self._retry = retry
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._pacer = FramePacer(fps, interrupt=self._stop)
         self._blank_size = blank_size  # (width, height) of the notice frame if the camera never gave one
         self._capture: Capture | None = opener()  # errors of the first open reach the caller as they are
@@ -161,6 +174,7 @@ class ReconnectingSource:
                 recovered, self._recovered = self._recovered, None
             if recovered is not None:
                 self._capture, first_frame = recovered
+                log.warning("%s is back: streaming again", self.name)
                 return self._accept(first_frame)
             self._pacer.wait()
             return self._notice()
@@ -183,7 +197,7 @@ class ReconnectingSource:
                 base = self._last_good
             else:
                 base = np.zeros((self._blank_size[1], self._blank_size[0], 3), dtype=np.uint8)
-            self._notice_frame = draw_status(base, CAMERA_LOST_NOTICE)
+            self._notice_frame = draw_status(base, self._notice_lines)
         return self._notice_frame
 
     def _start_reconnecting(self) -> None:
@@ -191,6 +205,7 @@ class ReconnectingSource:
         if capture is not None:
             capture.release()
         self.losses += 1
+        log.warning("%s stopped delivering frames: showing the last picture and retrying with back-off", self.name)
         self._retry_thread = threading.Thread(target=self._reconnect, name="camera-reconnect", daemon=True)
         self._retry_thread.start()
 
@@ -301,10 +316,15 @@ class VideoFileSource:
     """Frames of a video file; looped by default so a clip can stand in for a camera.
 
     When live it is paced at the file's own frame rate like a camera (`fallback_fps` only if the file does not
-    say); otherwise it is read as fast as consumed (benchmarks, offline rendering).
+    say); otherwise it is read as fast as consumed (benchmarks, offline rendering). A file that can no longer be
+    read when it loops (deleted or moved mid-run) is a SourceError saying so; a live looping file is wrapped in a
+    `ReconnectingSource` by `open_source`, so there it is a lost camera instead.
     """
 
-    def __init__(self, path: Path, loop: bool, live: bool, fallback_fps: float | None = None) -> None:
+    def __init__(self, path: Path, loop: bool, live: bool, fallback_fps: float | None = None,
+                 stop: threading.Event | None = None) -> None:
+        """`stop`: an owner's event that ends a paced wait and every later read (a `ReconnectingSource` closing);
+        without one, `close()` sets an event of this file's own."""
         self.path = path
         self.loop = loop
         self.live = live
@@ -312,7 +332,8 @@ class VideoFileSource:
         file_fps = self._capture.get(cv2.CAP_PROP_FPS)
         usable = bool(file_fps) and math.isfinite(file_fps) and 0 < file_fps <= 1000
         self.fps = file_fps if usable else (fallback_fps or DEFAULT_CAMERA_FPS)
-        self._stop = threading.Event()
+        self._owns_stop = stop is None
+        self._stop = stop or threading.Event()
         self._reading = threading.Lock()  # close() must not release the capture while a read is inside it
         self._pacer = FramePacer(self.fps, interrupt=self._stop) if live else None
         self.frames_read = 0
@@ -324,29 +345,74 @@ class VideoFileSource:
             raise SourceError(f"cannot read video file {self.path} (unsupported format?); "
                               "try converting it to .mp4 with ffmpeg") from None
 
+    def _reopen(self) -> cv2.VideoCapture:
+        try:
+            return open_video_capture(str(self.path))
+        except SourceError:
+            raise SourceError(f"video file {self.path} can no longer be read (deleted or moved while running?)"
+                              ) from None
+
     def read(self) -> np.ndarray | None:
+        ok, frame = self.grab()
+        return _to_rgb(frame) if ok and frame is not None else None
+
+    def grab(self) -> tuple[bool, np.ndarray | None]:
+        """The next frame as OpenCV gives it (BGR), in the `Capture` contract; (False, None) at the end."""
         with self._reading:
             if self._capture is None or self._stop.is_set():
-                return None
+                return False, None
             ok, frame = self._capture.read()
             if not ok and self.loop and self.frames_read > 0:
                 # Reopening is the reliable way back to frame 0: seeking is inexact in several containers.
                 self._capture.release()
-                self._capture = self._open()
+                self._capture = None
+                self._capture = self._reopen()
                 ok, frame = self._capture.read()
             if not ok or frame is None:
-                return None
+                return False, None
             if self._pacer is not None:
                 self._pacer.wait()
             self.frames_read += 1
-            return _to_rgb(frame)
+            return True, frame
 
     def close(self) -> None:
-        self._stop.set()  # ends a paced wait at once; a decode in progress takes milliseconds
+        if self._owns_stop:
+            self._stop.set()  # ends a paced wait at once; a decode in progress takes milliseconds
         with self._reading:
             if self._capture is not None:
                 self._capture.release()
                 self._capture = None
+
+
+class _VideoFileCapture:
+    """A `VideoFileSource` through the `Capture` contract, so a `ReconnectingSource` can watch over it: a file
+    that can no longer be read is a failed read, like a camera unplugged."""
+
+    def __init__(self, file: VideoFileSource) -> None:
+        self.file = file
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        try:
+            return self.file.grab()
+        except SourceError:
+            return False, None
+
+    def release(self) -> None:
+        self.file.close()
+
+
+def _open_live_video(path: Path, config: SourceConfig) -> FrameSource:
+    """A looping clip standing in for a camera: deleted, moved or unreadable mid-run, it shows its last picture
+    with a notice and is reopened with back-off until it can be read again (errors of the first open as usual)."""
+    stop = threading.Event()  # closing the source ends a paced wait inside the file at once
+
+    def open_file() -> VideoFileSource:
+        return VideoFileSource(path, loop=True, live=True, fallback_fps=config.fps, stop=stop)
+
+    first = open_file()
+    opened = iter([first])
+    return ReconnectingSource(lambda: _VideoFileCapture(next(opened, None) or open_file()), fps=first.fps,
+                              notice=FILE_LOST_NOTICE, name=f"video file {path}", stop=stop)
 
 
 class ImageSource:
@@ -434,6 +500,8 @@ def _open_file(path: Path, config: SourceConfig) -> FrameSource:
     live = bool(config.live)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageSource(path, loop=config.loop, live=live, fps=config.fps)
+    if live and config.loop:
+        return _open_live_video(path, config)
     return VideoFileSource(path, loop=config.loop, live=live, fallback_fps=config.fps)
 
 

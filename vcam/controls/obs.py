@@ -10,16 +10,24 @@ The "vcam" key is what tells our events from those of other plugins and scripts,
 too; events without it are ignored silently. Optionally, `scene_prompts` maps OBS scene names to prompt names, so
 switching the program scene switches the prompt.
 
-Why the guards below: obsws-python 1.8 (checked in its source) finds a callback by its exact `on_<event_name>`
-name, runs callbacks on its one event thread (an exception there ends the thread, i.e. all events), has no
-reconnect, and logs the password at INFO and tracebacks at ERROR. So every callback catches everything, a
-supervisor thread reconnects with back-off, and obsws-python's own loggers are raised to CRITICAL.
+Why we read events ourselves: obsws-python 1.8 (checked in its source) parses each event on its one event thread
+and turns its data into a dataclass, so an event whose data has a key such as `__slots__`, or JSON nested thousands
+deep (RecursionError), ends that thread with a traceback, and every event after it is lost until a reconnect. It
+also never notices a connection that goes silent without a close (OBS frozen, a sleeping laptop, Wi-Fi gone). So
+obsws-python only does the handshake and login (`ObsClient`); our supervisor thread then reads the WebSocket
+itself: each message is parsed in a guard (a bad one is one line, the next one is read), only the two events we use
+are looked at, as plain dicts, and after `HEARTBEAT_SECONDS` of silence a WebSocket ping is sent: with no frame at
+all (not even the pong) for `SILENCE_LIMIT_SECONDS`, the connection is declared dead and reopened with back-off, as
+after an OBS restart. obsws-python logs the password at INFO and tracebacks at ERROR: its loggers are held at
+CRITICAL.
 """
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -29,6 +37,10 @@ from vcam.secrets import lookup_secret
 
 EVENT_KEY = "vcam"
 OBS_SETTINGS_HINT = "OBS > Tools > WebSocket Server Settings"
+HEARTBEAT_SECONDS = 2.0  # silence after which a WebSocket ping asks OBS for a sign of life
+SILENCE_LIMIT_SECONDS = 6.0  # no frame at all for this long (pong included): the connection is dead
+RECEIVE_POLL_SECONDS = 0.5  # how often the reader looks at the clock and the stop flag
+OBS_EVENT_OPCODE = 5  # obs-websocket v5 "Event" message
 
 
 @dataclass(frozen=True)
@@ -137,7 +149,8 @@ class ObsControl:
     # -- connection supervisor ------------------------------------------------------------------------------
 
     def _supervise(self) -> None:
-        """Connect, wait for the event thread to end (OBS quit or network gone), repeat with back-off."""
+        """Connect, read events until the connection ends (OBS quit, frozen, or the network gone), repeat with
+        back-off."""
         delay = self.config.retry_initial
         last_report = ""
         while not self._stop.is_set():
@@ -159,49 +172,96 @@ class ObsControl:
             delay, last_report = self.config.retry_initial, ""
             self._connected.set()
             self._on_status(f"OBS: connected to {self.config.host}:{self.config.port}")
-            while not self._stop.is_set() and client.worker.is_alive():
-                client.worker.join(timeout=0.2)
+            why = self._listen(client.ws)
             self._connected.clear()
             with self._lock:
                 if self._client is client:
                     self._client = None
             _close_client(client)
             if not self._stop.is_set():
-                self._on_status(f"OBS: connection to {self.config.host}:{self.config.port} lost; reconnecting")
+                self._on_status(f"OBS: connection to {self.config.host}:{self.config.port} lost ({why}); reconnecting")
 
     def _connect(self) -> Any:
-        import obsws_python
+        """Open the WebSocket and log in (obsws-python's `ObsClient`); returns the logged-in client."""
+        from obsws_python.baseclient import ObsClient
         from obsws_python.subs import Subs
 
         self.connection_attempts += 1
         password = lookup_secret(self.config.password_env, "obs", self.config.use_keyring)
         self._password_origin = password.origin
-        client = obsws_python.EventClient(
+        client = ObsClient(
             host=self.config.host,
             port=self.config.port,
             password=password.value,
             timeout=self.config.connect_timeout,
             subs=Subs.GENERAL | Subs.SCENES,  # CustomEvent is a General event
         )
-        # obsws-python dispatches on the function's __name__: these two names must stay exactly as they are.
-        client.callback.register([self.on_custom_event, self.on_current_program_scene_changed])
+        try:
+            client.authenticate()
+        except BaseException:
+            _close_client(client)
+            raise
         return client
 
-    # -- event callbacks (run on obsws-python's event thread: they must never raise) ------------------------
+    # -- reading events (on the supervisor thread: nothing a stranger sends may end it) ---------------------
 
-    def on_custom_event(self, data: Any) -> None:
-        try:
-            self.handle_event_data({EVENT_KEY: getattr(data, EVENT_KEY)} if hasattr(data, EVENT_KEY) else {})
-        except Exception as error:  # a bug here must not end the event thread
-            self._on_status(one_line(f"OBS: could not handle a custom event: {type(error).__name__}: {error}"))
+    def _listen(self, ws: Any) -> str:
+        """Handle events until the connection ends or `stop()`; returns why it ended, for the status line."""
+        from websocket import ABNF, WebSocketException, WebSocketTimeoutException
 
-    def on_current_program_scene_changed(self, data: Any) -> None:
         try:
-            prompt = self.config.scene_prompts.get(getattr(data, "scene_name", None))
-            if prompt is not None:
-                self._queue.put(SwitchPrompt(name=prompt), self.origin)
-        except Exception as error:
-            self._on_status(one_line(f"OBS: could not handle a scene change: {type(error).__name__}: {error}"))
+            ws.settimeout(RECEIVE_POLL_SECONDS)
+        except (OSError, AttributeError) as error:  # stop() closed the socket just after the login
+            return type(error).__name__
+        last_heard = last_ping = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                opcode, frame = ws.recv_data_frame(control_frame=True)  # pongs count as signs of life
+            except WebSocketTimeoutException:  # the frame reader keeps a partial frame and resumes next call
+                now = time.monotonic()
+                if now - last_heard > SILENCE_LIMIT_SECONDS:
+                    return f"no answer for {now - last_heard:.0f} s"
+                if now - max(last_heard, last_ping) > HEARTBEAT_SECONDS:
+                    last_ping = now
+                    try:
+                        ws.ping()
+                    except (WebSocketException, OSError) as error:
+                        return type(error).__name__
+                continue
+            except (WebSocketException, OSError, ValueError) as error:  # closed, reset, or not WebSocket at all
+                return type(error).__name__
+            last_heard = time.monotonic()
+            if opcode == ABNF.OPCODE_CLOSE:
+                return "closed by OBS"
+            if opcode == ABNF.OPCODE_TEXT:
+                self.handle_message(frame.data)
+        return "stopped"
+
+    def handle_message(self, raw: bytes | str) -> None:
+        """One obs-websocket message: the events we use are applied, anything malformed is one line, nothing
+        raises (whatever a plugin or a stranger broadcasts through OBS)."""
+        try:
+            message = json.loads(raw)
+        except (ValueError, RecursionError) as error:  # RecursionError: JSON nested thousands deep
+            self._on_status(one_line(f"OBS: ignored a message that is not usable JSON ({type(error).__name__})"))
+            return
+        try:
+            if not isinstance(message, dict) or message.get("op") != OBS_EVENT_OPCODE:
+                return  # e.g. a request's answer
+            event = message.get("d")
+            event_type = event.get("eventType") if isinstance(event, dict) else None
+            data = event.get("eventData") if isinstance(event, dict) else None
+            if not isinstance(data, dict):
+                return
+            if event_type == "CustomEvent":
+                self.handle_event_data(data)
+            elif event_type == "CurrentProgramSceneChanged":
+                scene = data.get("sceneName")
+                prompt = self.config.scene_prompts.get(scene) if isinstance(scene, str) else None
+                if prompt is not None:
+                    self._queue.put(SwitchPrompt(name=prompt), self.origin)
+        except Exception as error:  # noqa: BLE001 - a bug here must not end the reader (RecursionError included)
+            self._on_status(one_line(f"OBS: could not handle an event: {type(error).__name__}: {error}"))
 
     def handle_event_data(self, event_data: Mapping[str, Any]) -> None:
         """Apply one custom event's `eventData`: ignore it unless it has our key, report it if it is bad."""
@@ -216,8 +276,8 @@ class ObsControl:
 
 
 def _close_client(client: Any) -> None:
-    """Shut the socket down first: closing alone does not wake obsws-python's thread blocked in recv()."""
-    ws = client.base_client.ws
+    """Shut the socket down first: closing alone does not wake a thread blocked in recv()."""
+    ws = client.ws
     try:
         if ws.sock is not None:
             ws.sock.shutdown(socket.SHUT_RDWR)
@@ -227,4 +287,3 @@ def _close_client(client: Any) -> None:
         ws.shutdown()
     except Exception:
         pass
-    client.worker.join(timeout=1.0)

@@ -12,14 +12,23 @@ Each address is turned into `parse_command`'s JSON form, so OSC accepts exactly 
 the validation lives in one place. Many OSC senders only send floats, so whole floats count as integers.
 The server handles datagrams one at a time on one thread (python-osc's blocking server on a thread we own):
 a thread per datagram could reorder a fast "prompt a" / "prompt b" burst.
+
+Bundle time tags are ignored: a timed bundle runs when it arrives. python-osc would otherwise sleep in the receive
+thread until the tag's time, so one bundle timed an hour ahead would freeze every control for an hour; a live
+camera has no use for scheduled commands, and executing now keeps a sender's intent (the command happens). A
+bundle timed more than a second ahead is said once. The receive thread never sleeps or waits: commands go on the
+bounded `CommandQueue`, where quit and pause overtake a backlog.
 """
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from vcam.commands import CommandError, CommandQueue, parse_command
@@ -70,17 +79,30 @@ class _ReportingServer(BlockingOSCUDPServer):
 
     def __init__(self, address: tuple[str, int], dispatcher: Dispatcher, on_status: StatusCallback) -> None:
         self.on_status = on_status
+        self._said_future_bundle = False
         super().__init__(address, dispatcher)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         ok = super().verify_request(request, client_address)
         if not ok:
             self.on_status(f"OSC: ignored a datagram from {client_address[0]} that is not an OSC message")
+        elif not self._said_future_bundle:
+            self._note_future_bundle(request[0])
         return ok
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
+    def _note_future_bundle(self, data: bytes) -> None:
+        if not OscBundle.dgram_is_bundle(data):
+            return
+        try:
+            ahead = OscBundle(data).timestamp - time.time()
+        except Exception:  # noqa: BLE001 - a malformed bundle is python-osc's to drop; this is only a notice
+            return
+        if ahead > 1.0:
+            self._said_future_bundle = True
+            self.on_status(f"OSC: a bundle timed {ahead:.0f} s ahead runs now; vcam ignores OSC time tags "
+                           "(said once)")
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
         self.on_status(one_line(f"OSC: could not handle a message: {type(error).__name__}: {error}"))
 
@@ -108,7 +130,7 @@ class OscControl:
         """Bind the UDP port; a port in use is a ControlConfigError naming the setting to change."""
         if self._server is not None:
             return
-        dispatcher = Dispatcher()
+        dispatcher = Dispatcher(strict_timing=False)  # never sleep in the receive thread (see the module doc)
         dispatcher.set_default_handler(self._on_message)
         try:
             self._server = _ReportingServer((self.config.host, self.config.port), dispatcher, self._on_status)
