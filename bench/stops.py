@@ -32,7 +32,7 @@ def start_vcam(extra_env: dict[str, str], *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 200.0) -> list[str]:
+def wait_for_line(process: subprocess.Popen, text: str, timeout: float = 600.0) -> list[str]:
     """Read stderr until a line contains `text`; kill the process and fail if it never comes."""
     lines: list[str] = []
     selector = selectors.DefaultSelector()

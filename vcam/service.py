@@ -395,11 +395,14 @@ class Service:
         signals = StopSignals(self.request_stop, self.finalised)
         signals.install()
         try:
-            status = self._run()
+            try:
+                status = self._run()
+            finally:
+                self.finalised.set()
+            left = self._wait_for_model_calls()
         finally:
-            self.finalised.set()
-        left = self._wait_for_model_calls()
-        signals.restore()
+            if not self.options.owns_process:  # the CLI keeps them to the end: a late signal only sets flags
+                signals.restore()
         if left:
             self._abandon(left, status)
         return status
