@@ -8,11 +8,13 @@ The 20-stops-in-a-row run at 1024x1024 is `python bench/stops.py` (about 15 s a 
 the suite); here each signal is checked once in the same situation."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -21,6 +23,7 @@ from bench.soak import free_port, write_preset
 from bench.stops import LONG_CALL_SIZE, start_vcam, wait_for_line
 from tests.media import read_video
 from tests.xvfb import xvfb  # noqa: F401  (module-scoped X server)
+from vcam.stop_signals import StopSignals
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
@@ -140,6 +143,32 @@ def test_tray_quit_clicked_on_the_display_exits_with_status_0(xvfb, tiny_user_ca
     released, rest = stop_with(process)
     assert released < 2.0
     assert "stop requested (quit command)" in rest
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda sig: sig.name)
+def test_stop_signals_reach_the_callback_by_name_and_restore_puts_the_old_handlers_back(sig) -> None:
+    # (The Windows console-close handler cannot be installed or sent here: no Windows machine runs the suite.)
+    received: list[str] = []
+    before = signal.getsignal(sig)
+    handlers = StopSignals(received.append, threading.Event())
+    assert handlers.install()
+    try:
+        os.kill(os.getpid(), sig)
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.01)  # Python runs the handler on the main thread between bytecodes
+    finally:
+        handlers.restore()
+    assert received == [sig.name]
+    assert signal.getsignal(sig) == before
+
+
+def test_stop_signals_are_not_installed_off_the_main_thread() -> None:
+    results: list[bool] = []
+    worker = threading.Thread(target=lambda: results.append(StopSignals(print, threading.Event()).install()))
+    worker.start()
+    worker.join(timeout=30)
+    assert results == [False]
 
 
 def wait_for_exit(process: subprocess.Popen, seconds: float) -> None:
