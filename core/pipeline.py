@@ -237,6 +237,17 @@ class FramePipeline:
         self._finished.set()
         return not any(thread.is_alive() for thread in self._threads)
 
+    def join(self, timeout: float | None = None) -> bool:
+        """After `stop()`: wait up to `timeout` seconds (None: no limit) for every stage thread to end; True if all
+        did. The inference thread ends only once the processor call in flight returns: a call into the model
+        (a torch or ONNX Runtime op) cannot be interrupted, and a process must not exit while a thread is inside
+        one (torch aborts with `terminate called without an active exception`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads if thread is not threading.current_thread())
+
     def stats(self) -> PipelineStats:
         with self._counters_lock:
             frames_in, consumed, processed = self._frames_in, self._consumed, self._processed

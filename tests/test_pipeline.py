@@ -423,15 +423,21 @@ def test_stop_returns_within_two_seconds_with_a_stuck_stage_and_closes_source_an
     assert source.closed and sink.closed
 
 
+class Hangs(Inverter):
+    """A processor whose call does not return until `release` is set (a long model call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        self.log.append(("call", [number_of(frame) for frame in frames]))
+        self.started.set()
+        self.release.wait()
+        return frames
+
+
 def test_stop_gives_up_on_a_processor_that_never_returns_but_still_closes_source_and_sink():
-    release = threading.Event()
-
-    class Hangs(Inverter):
-        def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-            self.started.set()
-            release.wait()
-            return frames
-
     hangs, source, sink = Hangs(), CameraSource(fps=100), RecordingSink()
     pipeline = FramePipeline(source, hangs, sink, PipelineConfig())
     pipeline.start()
@@ -440,7 +446,20 @@ def test_stop_gives_up_on_a_processor_that_never_returns_but_still_closes_source
     assert pipeline.stop(timeout=0.5) is False  # the inference thread is still inside process()
     assert time.monotonic() - started < 1.0
     assert source.closed and sink.closed
-    release.set()
+    hangs.release.set()
+
+
+def test_join_after_stop_waits_for_the_processor_call_in_flight_and_no_further_call_starts():
+    hangs, source, sink = Hangs(), CameraSource(fps=100), RecordingSink()
+    pipeline = FramePipeline(source, hangs, sink, PipelineConfig())
+    pipeline.start()
+    assert hangs.started.wait(5.0)
+    pipeline.stop(timeout=0.5)
+    assert source.closed and sink.closed  # the devices are free while the call goes on
+    assert pipeline.join(timeout=0.1) is False
+    hangs.release.set()
+    assert pipeline.join(timeout=30.0) is True
+    assert len(hangs.log) == 1
 
 
 # -- the pipeline: statistics ----------------------------------------------------------------------------------------

@@ -162,6 +162,30 @@ def test_video_file_sink_writes_a_playable_file_with_every_frame_in_order(tmp_pa
     capture.release()
 
 
+def test_video_file_sink_closed_by_another_thread_mid_stream_holds_every_frame_it_counted(tmp_path: Path):
+    # A stop closes the sink under the output thread: the file must be finalised and playable, holding exactly the
+    # frames counted as written; frames arriving after the close are dropped, not written into a released writer.
+    path = tmp_path / "out.mp4"
+    sink = open_sink(str(path), SinkConfig(width=96, height=64, fps=12))
+    closed = threading.Event()
+
+    def keep_writing() -> None:
+        for index in range(10_000):
+            if closed.is_set() and index % 50 == 0:
+                return
+            sink.write(coloured_frame(distinct_colours(index + 1)[-1], 96, 64))
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    while sink.frames_written < 10:
+        time.sleep(0.01)
+    sink.close()
+    closed.set()
+    writer.join(timeout=30)
+    sink.close()  # a second close is harmless
+    assert len(read_video(path)) == sink.frames_written >= 10
+
+
 def test_video_file_sink_refuses_unknown_formats_and_missing_folders(tmp_path: Path):
     with pytest.raises(SinkError, match=r"cannot write '.gif' files; use .mp4, .avi or .mkv"):
         open_sink(str(tmp_path / "out.gif"))

@@ -98,6 +98,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         osc=args.osc,
         overlay=args.overlay,
         status_line=not args.quiet,
+        owns_process=True,
     )
     return Service(settings, options).run()
 

@@ -19,7 +19,7 @@ from typing import Callable
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import QApplication
 
-PROBE_TIMEOUT_S = 20.0
+PROBE_TIMEOUT_S = 60.0  # a child Python importing PySide6: seconds when idle, far more on a loaded machine
 # Platform plugins that draw without any display server.
 _HEADLESS_PLATFORMS = ("offscreen", "minimal", "vnc", "linuxfb", "eglfs", "minimalegl", "vkkhrdisplay")
 

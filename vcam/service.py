@@ -7,12 +7,17 @@ Order of start-up is chosen so that a meeting app never sees a dead camera:
    processor is swapped in at a frame boundary;
 4. controls (hotkeys, tray, OBS, OSC) put commands on one queue; a dispatcher thread encodes new prompt texts off
    the inference thread and hands everything else to the pipeline's between-frames hook.
-SIGINT / SIGTERM / tray quit stop everything and release the camera and the virtual camera within 2 seconds.
+Stopping (SIGINT, SIGTERM, SIGHUP, Windows console events, the quit command, the tray's Quit) always goes the
+same way: the camera and the virtual camera are released within 2 seconds and any file is finalised; then the
+model's call in flight gets a few seconds to return. The process must not exit while a thread is inside torch
+(it aborts with "terminate called without an active exception", status 134), and a call at a large resolution can
+take far longer than a stop may: when the CLI owns the process, a call still running then is abandoned by ending
+the process at once, after everything was written and the logs flushed, with the run's own exit status.
 """
 from __future__ import annotations
 
 import logging
-import signal
+import os
 import sys
 import threading
 import time
@@ -26,8 +31,13 @@ from vcam.commands import CommandQueue
 from vcam.logs import setup_logging
 from vcam.processor import DiffusionProcessor, PassThroughProcessor
 from vcam.settings import RunSettings
+from vcam.stop_signals import StopSignals
 
 log = logging.getLogger("vcam")
+
+RELEASE_SECONDS = 2.0  # stop request -> camera and virtual camera released, files finalised
+MODEL_CALL_WAIT_SECONDS = 3.0  # then: how long the model's call in flight may take to return
+MODEL_THREADS = ("vcam-model", "vcam-commands")  # threads that call the model (load / warm-up, prompt encoding)
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,9 @@ class ServiceOptions:
     osc: bool | None = None
     overlay: bool = False
     status_line: bool = True
+    # True when this run is the whole process (the CLI): a model call still running after the shutdown is then
+    # abandoned by ending the process (see the module docstring). An embedding application keeps its process.
+    owns_process: bool = False
 
 
 class Service:
@@ -58,6 +71,9 @@ class Service:
         self.options = options
         self.queue = queue or CommandQueue()
         self.stop_event = threading.Event()
+        self.finalised = threading.Event()  # the devices are released and the files written
+        self._hurry = threading.Event()  # a second stop request: do not wait for the model's call in flight
+        self._stop_reason: str | None = None
         self.ready_event = threading.Event()  # the diffusion processor is live
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
@@ -71,6 +87,8 @@ class Service:
         self.pipeline: FramePipeline | None = None
         self.error: BaseException | None = None
         self._tee: TeeSink | None = None
+        self._model_threads: list[threading.Thread] = []
+        self._file_sink = None  # a video file being written, for the closing line
 
     # ----------------------------------------------------------------------------------------------- notices
     def notice(self, line: str) -> None:
@@ -158,8 +176,12 @@ class Service:
 
         start = time.perf_counter()
         engine = create_engine_for(self.settings)
+        if self.stop_event.is_set():  # stopped during a long load or export: no more model calls
+            return
         self.stream = build_stream(engine, self.settings)
         self._apply_prompt_index(self.prompt_index)
+        if self.stop_event.is_set():
+            return
         warm_up(self.stream)
         self.processor = DiffusionProcessor(self.stream, fit=self.settings.sink_config.fit)
         if self.pipeline is not None:
@@ -231,7 +253,7 @@ class Service:
         elif isinstance(command, cmd.ReloadPreset):
             self._reload_preset()
         elif isinstance(command, cmd.Quit):
-            self.stop_event.set()
+            self.request_stop("quit command")
 
     @property
     def paused(self) -> bool:
@@ -332,26 +354,61 @@ class Service:
             sys.stderr.write("\n")
 
     # ----------------------------------------------------------------------------------------------- lifecycle
+    def request_stop(self, reason: str) -> None:
+        """Ask the run to stop (any thread, or a signal handler: only sets flags). A second request while stopping
+        means "do not wait for the model's call in flight"; the release and the files' finalisation still happen."""
+        if self.stop_event.is_set():
+            self._hurry.set()
+        elif self._stop_reason is None:
+            self._stop_reason = reason
+        self.stop_event.set()
+        if self._qt_host is not None:
+            self._qt_host.quit()
+
     def _watch_pipeline(self) -> None:
         while not self.stop_event.is_set():
             if self.pipeline is not None and self.pipeline.wait(timeout=0.2):
                 self.stop_event.set()
 
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
+    def _load_offline_model_unless_stopped(self) -> bool:
+        """An offline sink loads the model before the pipeline starts, on the model thread all the same, so that a
+        stop during a long load, build or export is answered at once. False if the stop came first; raises the
+        load's user errors (one line in the CLI)."""
+        failures: list[BaseException] = []
 
-        def handler(signum, _frame):
-            self.stop_event.set()
-            if self._qt_host is not None:
-                self._qt_host.quit()
+        def build() -> None:
+            try:
+                self._build_processor()
+            except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
+                failures.append(error)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, handler)
+        loader = threading.Thread(target=build, name="vcam-model", daemon=True)
+        self._model_threads.append(loader)
+        loader.start()
+        while loader.is_alive() and not self.stop_event.is_set():
+            loader.join(0.2)
+        if failures:
+            raise failures[0]
+        return self.processor is not None and not self.stop_event.is_set()
 
     def run(self) -> int:
+        signals = StopSignals(self.request_stop, self.finalised)
+        signals.install()
+        try:
+            try:
+                status = self._run()
+            finally:
+                self.finalised.set()
+            left = self._wait_for_model_calls()
+        finally:
+            if not self.options.owns_process:  # the CLI keeps them to the end: a late signal only sets flags
+                signals.restore()
+        if left:
+            self._abandon(left, status)
+        return status
+
+    def _run(self) -> int:
         setup_logging()
-        self._install_signal_handlers()
         self._settle_model()
         source = self._given_source or self._open_source()
         try:
@@ -359,6 +416,7 @@ class Service:
         except BaseException:
             source.close()
             raise
+        self._file_sink = sink if hasattr(sink, "frames_written") and hasattr(sink, "path") else None
         sink = self._tee = TeeSink(self._wrap_overlay(sink), self.ready_event, self._first_stylised_frame)
         # A live sink (virtual camera, window, MJPEG: paced) must never starve, so it starts at once on a
         # pass-through card while the model loads. An offline sink (a file, null) has no viewer: load first, so
@@ -366,11 +424,15 @@ class Service:
         live_output = sink.fps is not None
         if not live_output:
             try:
-                self._build_processor()
+                loaded = self._load_offline_model_unless_stopped()
             except BaseException:
                 sink.close()
                 source.close()
                 raise
+            if not loaded:  # stopped while loading: nothing was written, the file is closed empty
+                sink.close()
+                source.close()
+                return 0
         self.pipeline = FramePipeline(
             source,
             self.processor if self.processor is not None else PassThroughProcessor(),
@@ -386,6 +448,7 @@ class Service:
         ]
         if live_output:
             threads.append(threading.Thread(target=self._load_model_in_background, name="vcam-model", daemon=True))
+        self._model_threads += [thread for thread in threads if thread.name in MODEL_THREADS]
         try:
             self._start_controls()
             for thread in threads:
@@ -396,23 +459,65 @@ class Service:
                 while not self.stop_event.wait(0.2):
                     pass
         finally:
-            self.stop_event.set()
-            self.pipeline.stop(timeout=2.0)  # the camera and the virtual camera are released first
-            if self.pipeline.released_after is not None:
-                log.info("camera and virtual camera released %.2f s after the stop request",
-                         self.pipeline.released_after)
-            self._stop_controls()
-            if self._qt_host is not None:
-                self._qt_host.quit()
-            for thread in threads:
-                if thread.is_alive() and thread.name != "vcam-model":
-                    thread.join(timeout=1.0)
+            self._shut_down([thread for thread in threads if thread.name not in MODEL_THREADS])
         if self.pipeline.error is not None:
             self.notice(f"stopped: {self.pipeline.error}")
             return 1
         if self.error is not None:
             return 1
         return 0
+
+    def _shut_down(self, threads: list[threading.Thread]) -> None:
+        """Release the devices and finalise the files first (within RELEASE_SECONDS), then stop the controls."""
+        self.stop_event.set()
+        if self._stop_reason is not None:
+            log.info("stop requested (%s)", self._stop_reason)
+        self.pipeline.stop(timeout=RELEASE_SECONDS)  # the camera and the virtual camera are released first
+        if self.pipeline.released_after is not None:
+            log.info("camera and virtual camera released %.2f s after the stop request",
+                     self.pipeline.released_after)
+        if self._file_sink is not None:  # closed: what the file holds
+            log.info("%s: %d frames written", self._file_sink.path, self._file_sink.frames_written)
+        self._stop_controls()
+        if self._qt_host is not None:
+            self._qt_host.quit()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(timeout=1.0)
+
+    def _wait_for_model_calls(self) -> list[str]:
+        """Give the model's call in flight (inference, a load or export, a prompt encoding) MODEL_CALL_WAIT_SECONDS
+        to return, less after a second stop request; the names of the threads still inside it."""
+        deadline = time.monotonic() + MODEL_CALL_WAIT_SECONDS
+
+        def busy() -> list[str]:
+            names = [thread.name for thread in self._model_threads if thread.is_alive()]
+            if self.pipeline is not None and not self.pipeline.join(timeout=0):
+                names.append("vcam-inference")
+            return names
+
+        while busy() and time.monotonic() < deadline and not self._hurry.is_set():
+            if self.pipeline is not None:
+                self.pipeline.join(timeout=0.1)
+            else:
+                time.sleep(0.1)
+        return busy()
+
+    def _abandon(self, threads: list[str], status: int) -> None:
+        """A model call is still running and cannot be interrupted. With the process ours, end it now (the devices
+        are released, the files written; the logs are flushed here) rather than let the interpreter abort under
+        the call; embedded, leave the call to the application."""
+        if not self.options.owns_process:
+            log.debug("still inside a model call after the stop: %s", ", ".join(threads))
+            return
+        log.info("ending without waiting for the model call in flight (%s)", ", ".join(threads))
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
 
     def _run_qt_until_stopped(self) -> None:
         """Qt's loop owns the main thread; Python runs a signal handler only when Python code runs there, so a

@@ -126,7 +126,12 @@ _PIXEL_CONVERSIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 class VideoFileSink:
-    """A video file written with OpenCV; every frame once, in order, stamped at the configured fps."""
+    """A video file written with OpenCV; every frame once, in order, stamped at the configured fps.
+
+    `close()` finalises the file (an .mp4 is unplayable until its index is written) and may come from another
+    thread while a frame is being written (a stop closes the sink under the output thread): a lock makes it wait
+    for that frame, and a frame arriving after the close is dropped, never written into a released writer.
+    """
 
     fps = None
 
@@ -143,13 +148,22 @@ class VideoFileSink:
         if not self._writer.isOpened():
             raise SinkError(f"cannot write video file {path} (is the folder writable?); try another path or .avi")
         self.frames_written = 0
+        self._lock = threading.Lock()
+        self._closed = False
 
     def write(self, frame: np.ndarray) -> None:
-        self._writer.write(cv2.cvtColor(_fit(frame, self._config), cv2.COLOR_RGB2BGR))
-        self.frames_written += 1
+        converted = cv2.cvtColor(_fit(frame, self._config), cv2.COLOR_RGB2BGR)
+        with self._lock:
+            if self._closed:
+                return
+            self._writer.write(converted)
+            self.frames_written += 1
 
     def close(self) -> None:
-        self._writer.release()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._writer.release()
 
 
 class MjpegSink:
