@@ -62,6 +62,21 @@ class StageStats:
     calls: tuple[int, ...]
     predicted_costs: tuple[float, ...]  # the measured unit costs summed per stage, seconds (what the split used)
 
+    def per_call_since(self, before: "StageStats") -> list[dict[str, object]]:
+        """Per stage: compute and transfer-wait milliseconds and bytes sent, per call since `before`."""
+        figures = []
+        for index, name in enumerate(self.names):
+            calls = max(1, self.calls[index] - before.calls[index])
+            figures.append({
+                "units": name,
+                "compute_ms_per_call": round(1000 * (self.compute_seconds[index] - before.compute_seconds[index])
+                                             / calls, 2),
+                "transfer_wait_ms_per_call": round(1000 * (self.comm_seconds[index] - before.comm_seconds[index])
+                                                   / calls, 2),
+                "bytes_sent_per_call": (self.bytes_sent[index] - before.bytes_sent[index]) // calls,
+            })
+        return figures
+
 
 class DistributedEngine:
     """An `Engine` whose UNet runs as N stages on N processes (see the module docstring)."""

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
+from engines.base import EngineUnavailableError
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.float64)
 MAX_DIMS = 6
 HEADER_WIDTH = 2 + MAX_DIMS  # dtype code, ndim, dims
@@ -19,8 +21,9 @@ MAX_TENSORS = 64
 TAG = 0
 
 
-class WorkerLostError(RuntimeError):
-    """A stage worker stopped or stopped answering; the message is one line naming the rank and the fix."""
+class WorkerLostError(EngineUnavailableError):
+    """A stage worker stopped or stopped answering; the message is one line naming the rank and the fix (the CLI
+    prints it as `vcam: error: ...`)."""
 
 
 @dataclass
