@@ -225,6 +225,11 @@ class DistributedEngine:
         except RuntimeError as error:
             raise self._worker_lost(error) from None
 
+    @property
+    def parallel(self) -> ParallelMode:
+        """The schedule the next call uses: "pipeline" or "asyncdiff"."""
+        return self._mode
+
     def set_parallel(self, mode: ParallelMode, warmup: int | None = None) -> None:
         """Switch the schedule between calls; AsyncDiff restarts its warm-up."""
         self._mode = mode
