@@ -33,6 +33,12 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto | cpu | cuda | cuda:1 | mps")
     g.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
 
+    g = parser.add_argument_group("several devices (see README 'Several devices')")
+    g.add_argument("--devices", help="cpu:N (N CPU processes) | N | cuda:0,cuda:1: the UNet in stages over them")
+    g.add_argument("--parallel", choices=("pipeline", "asyncdiff"), help="pipeline (exact) or asyncdiff (faster, approximate)")
+    g.add_argument("--asyncdiff-warmup", type=int, help="AsyncDiff: exact calls after a start (default 2)")
+    g.add_argument("--hosts", help="ADDR[:PORT] to wait on for stage workers started on other machines")
+
     g = parser.add_argument_group("stream")
     g.add_argument("--width", type=int, help="model input width in pixels (multiple of 8)")
     g.add_argument("--height", type=int, help="model input height in pixels (multiple of 8)")

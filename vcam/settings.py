@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from core.config import StreamConfig, t_index_list_from_strength
 from core.similarity import SimilarityFilterConfig
 from engines.loading import ModelSpec
+from engines.parallel_settings import DeviceSettings
 from vcam.presets import Preset, PromptSpec, load_preset
 from vcam.sinks import SinkConfig
 from vcam.sources import SourceConfig
@@ -32,6 +33,7 @@ class RunSettings:
     engine: str = "auto"
     device: str = "auto"
     threads: int | None = None
+    devices: DeviceSettings = DeviceSettings()
     frames: int | None = None
     preset: Preset | None = None
     model_from_preset: bool = False  # the model came from a preset (not --model): fall back to tiny if absent
@@ -49,6 +51,12 @@ def _size(text: str) -> tuple[int, int]:
 
 def _given(value):
     return value is not None
+
+
+def _device_settings(args: argparse.Namespace) -> DeviceSettings:
+    given = {key: value for key, value in (("devices", args.devices), ("parallel", args.parallel),
+                                           ("warmup", args.asyncdiff_warmup), ("hosts", args.hosts)) if _given(value)}
+    return DeviceSettings(**given)
 
 
 def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny") -> RunSettings:
@@ -131,6 +139,7 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny") -> 
         engine=args.engine or m.engine,
         device=args.device or "auto",
         threads=args.threads,
+        devices=_device_settings(args),
         frames=args.frames,
         preset=preset,
         model_from_preset=not args.model,
