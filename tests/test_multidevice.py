@@ -202,3 +202,29 @@ def test_a_killed_worker_raises_one_line_within_two_seconds_then_one_device_cont
         assert torch.equal(after, engine.units.run(StageState.inputs(latents, timesteps, embeddings)).sample)
     finally:
         engine.close()
+
+
+def worker_pids(parent: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{parent}/task"):
+        with open(f"/proc/{parent}/task/{task}/children") as handle:
+            children += [int(pid) for pid in handle.read().split()]
+    return [pid for pid in children if b"engines.stage_worker" in open(f"/proc/{pid}/cmdline", "rb").read()]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the worker's pid from /proc")
+def test_the_service_says_a_worker_died_in_one_line_and_stops_cleanly(tiny_user_cache):
+    from tests.test_service_signals import start_vcam, wait_for_line
+
+    process = start_vcam({"DISPLAY": ""}, "--no-tray", "--devices", "cpu:2")
+    try:
+        wait_for_line(process, "first stylised frame", timeout=500)
+        (worker,) = worker_pids(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        rest = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    lines = [line for line in rest.splitlines() if "stage worker 1" in line]
+    assert len(lines) == 1 and "stopped" in lines[0], rest
+    assert "Traceback" not in rest
+    assert "released" in rest  # the camera and the virtual camera were let go
