@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -141,6 +142,8 @@ class DistributedEngine:
                 command = [sys.executable, "-m", "engines.stage_worker", "--connect", f"127.0.0.1:{store.port}",
                            "--rank", str(rank)]
                 self._processes[rank] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+            # Workers must not outlive this engine, nor this process (they would only report a closed socket).
+            weakref.finalize(self, _kill_processes, list(self._processes.values()))
         else:
             print(f"vcam: waiting for {self.world - 1} stage worker(s); on each machine run: python -m "
                   f"engines.stage_worker --connect {self.rendezvous} --rank K (K = 1..{self.world - 1})",
@@ -191,10 +194,6 @@ class DistributedEngine:
                 process.kill()
                 process.wait()
 
-    def __del__(self) -> None:
-        for process in getattr(self, "_processes", {}).values():
-            if process.poll() is None:
-                process.kill()
 
     # --- the Engine interface ------------------------------------------------------------------------------
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
@@ -296,8 +295,8 @@ class DistributedEngine:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        return WorkerLostError(f"{what}; continuing on one device would be {self.world}x slower: restart vcam, "
-                               "or run without --devices")
+        return WorkerLostError(f"{what}; restart vcam, or run without --devices (this engine now runs the UNet "
+                               "on one device)")
 
     # --- figures -------------------------------------------------------------------------------------------
     def stats(self) -> StageStats:
@@ -314,6 +313,13 @@ class DistributedEngine:
             names=names, compute_seconds=tuple(r[0] for r in rows), comm_seconds=tuple(r[1] for r in rows),
             bytes_sent=tuple(int(r[2]) for r in rows), calls=tuple(int(r[3]) for r in rows),
             predicted_costs=tuple(stage_costs(self.unit_costs, self.boundaries)))
+
+
+def _kill_processes(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def build_distributed_engine(spec: ModelSpec, shapes: EngineShapes, settings: DeviceSettings,
