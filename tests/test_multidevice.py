@@ -170,6 +170,26 @@ def test_a_stream_batch_row_follows_the_same_frame_one_slot_back():
     assert predecessor_rows(torch.tensor([999, 999, 259])).tolist() == [0, 1, 1]
 
 
+def test_device_options_reach_the_run_settings_and_bad_ones_are_one_line():
+    from engines.base import EngineUnavailableError
+    from vcam.cli import build_parser
+    from vcam.settings import resolve_settings
+
+    args = build_parser().parse_args(["bench", "--devices", "cpu:3", "--parallel", "asyncdiff", "--asyncdiff-warmup", "4"])
+    devices = resolve_settings(args).devices
+    assert devices == DeviceSettings(devices="cpu:3", parallel="asyncdiff", warmup=4)
+    assert devices.device_list() == ["cpu", "cpu", "cpu"] and devices.backend() == "gloo" and devices.several
+    assert not resolve_settings(build_parser().parse_args(["bench"])).devices.several
+    for bad, fix in (("cpu:x", "whole number"), ("tpu:0,tpu:1", "cpu:N, N, or a list"), ("cpu:0", "whole number")):
+        with pytest.raises(EngineUnavailableError, match=fix) as raised:
+            DeviceSettings(devices=bad)
+        assert "\n" not in str(raised.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineUnavailableError, match="use --devices cpu:2"):
+            DeviceSettings(devices="cuda:0,cuda:1")
+    assert DeviceSettings(devices="cpu:2", hosts="10.0.0.5").rendezvous() == ("10.0.0.5", 29517)
+
+
 def test_stage_figures_count_every_call_and_the_bytes_that_crossed(engines):
     engine = engines[3]
     engine.set_parallel("pipeline")
