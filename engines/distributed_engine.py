@@ -48,6 +48,9 @@ from engines.torch_engine import TorchEngine
 
 STARTUP_TIMEOUT_S = 600.0  # loading a real model on a slow disk; a worker that fails says so at once
 STOP_TIMEOUT_S = 5.0
+# How long a transfer may wait. Workers wait for rank 0's next call through every pause, skipped frame or slow
+# VAE call, so this must not be short: a dead peer is seen at once anyway (its socket closes).
+GROUP_TIMEOUT_S = 7 * 24 * 3600.0
 QUIET_CHILD_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
                    "DIFFUSERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
 
@@ -86,6 +89,7 @@ class DistributedEngine:
 
     def __init__(self, local: TorchEngine, unet: Any, spec: ModelSpec, settings: DeviceSettings,
                  threads: int, timeout_s: float = 60.0) -> None:
+        """`timeout_s` bounds the rendezvous (TCPStore); transfers wait up to GROUP_TIMEOUT_S."""
         self._local = local
         self.shapes: EngineShapes = local.shapes
         self.device, self.dtype = local.device, local.dtype
@@ -109,7 +113,7 @@ class DistributedEngine:
         self._lost: str | None = None
         self._processes: dict[int, subprocess.Popen] = {}
         self._store = self._start_workers(spec, threads, timeout_s)
-        self._group = make_group(self._store, 0, self.world, settings.backend(), timeout_s)
+        self._group = make_group(self._store, 0, self.world, settings.backend(), GROUP_TIMEOUT_S)
 
     # --- start and stop ------------------------------------------------------------------------------------
     def _synchronize(self) -> Any:
@@ -133,7 +137,7 @@ class DistributedEngine:
                               timeout=datetime.timedelta(seconds=timeout_s))
         config = {"spec": asdict(spec), "dtype": str(self.dtype).removeprefix("torch."), "devices": self.devices,
                   "boundaries": self.boundaries, "threads": threads, "backend": self.settings.backend(),
-                  "timeout_s": timeout_s}
+                  "timeout_s": GROUP_TIMEOUT_S}
         store.set(CONFIG_KEY, json.dumps(config))
         self.rendezvous = f"{host}:{store.port}"
         if not self.settings.hosts:

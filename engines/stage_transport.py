@@ -7,6 +7,7 @@ latency. Works the same over gloo (CPU tensors) and NCCL (tensors on the rank's 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -55,18 +56,21 @@ def pack(tensors: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.T
     return _header(tensors).to(device), payload
 
 
-def unpack(header: torch.Tensor, payload: torch.Tensor) -> list[torch.Tensor]:
-    """Inverse of `pack`: views into `payload`."""
+def _entries(header: torch.Tensor) -> list[tuple[torch.dtype, list[int], int]]:
+    """(dtype, shape, bytes) of every tensor a header announces."""
     values = header.cpu().tolist()
-    tensors, offset = [], 0
+    entries = []
     for index in range(values[0]):
         row = 1 + index * HEADER_WIDTH
-        dtype, ndim = DTYPES[values[row]], values[row + 1]
-        shape = values[row + 2: row + 2 + ndim]
-        count = 1
-        for dim in shape:
-            count *= dim
-        size = count * torch.empty(0, dtype=dtype).element_size()
+        dtype, shape = DTYPES[values[row]], values[row + 2: row + 2 + values[row + 1]]
+        entries.append((dtype, shape, math.prod(shape) * dtype.itemsize))
+    return entries
+
+
+def unpack(header: torch.Tensor, payload: torch.Tensor) -> list[torch.Tensor]:
+    """Inverse of `pack`: views into `payload`."""
+    tensors, offset = [], 0
+    for dtype, shape, size in _entries(header):
         tensors.append(payload[offset: offset + size].view(dtype).reshape(shape))
         offset += size
     return tensors
@@ -74,14 +78,7 @@ def unpack(header: torch.Tensor, payload: torch.Tensor) -> list[torch.Tensor]:
 
 def payload_bytes(header: torch.Tensor) -> int:
     """Bytes of the payload a header announces."""
-    values, total = header.cpu().tolist(), 0
-    for index in range(values[0]):
-        row = 1 + index * HEADER_WIDTH
-        count = 1
-        for dim in values[row + 2: row + 2 + values[row + 1]]:
-            count *= dim
-        total += count * torch.empty(0, dtype=DTYPES[values[row]]).element_size()
-    return total
+    return sum(size for _, _, size in _entries(header))
 
 
 def send_tensors(group: Any, tensors: Sequence[torch.Tensor], dst: int, device: torch.device,

@@ -167,12 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     store.set(ready_key(rank), str(os.getpid()))
     comm_device = device if config["backend"] == "nccl" else torch.device("cpu")
     group = make_group(store, rank, world, config["backend"], float(config["timeout_s"]))
+    code = 0
     try:
         serve(group, rank, world, runner, comm_device, device)
     except RuntimeError as error:  # rank 0 or a neighbour went away: nothing left to serve
         print(f"vcam stage worker {rank}: stopping: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    # Leave without running destructors: tearing down a process group whose peer is gone can block for good
+    # (seen with gloo: orphaned workers spinning after rank 0 was killed).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

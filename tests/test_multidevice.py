@@ -170,6 +170,16 @@ def test_a_stream_batch_row_follows_the_same_frame_one_slot_back():
     assert predecessor_rows(torch.tensor([999, 999, 259])).tolist() == [0, 1, 1]
 
 
+def test_a_message_carries_tensors_of_every_dtype_and_shape_in_one_buffer():
+    from engines.stage_transport import pack, unpack
+
+    tensors = [torch.randn(2, 3), torch.tensor([999, 259]), torch.randn(4, 1, 2, 2).half(), torch.zeros(0, 5)]
+    header, payload = pack(tensors, torch.device("cpu"))
+    assert payload.dtype == torch.uint8 and payload.numel() == sum(t.numel() * t.element_size() for t in tensors)
+    for sent, received in zip(tensors, unpack(header, payload)):
+        assert received.dtype == sent.dtype and torch.equal(received, sent)
+
+
 def test_device_options_reach_the_run_settings_and_bad_ones_are_one_line():
     from engines.base import EngineUnavailableError
     from vcam.cli import build_parser
@@ -248,3 +258,35 @@ def test_the_service_says_a_worker_died_in_one_line_and_stops_cleanly(tiny_user_
     assert len(lines) == 1 and "stopped" in lines[0], rest
     assert "Traceback" not in rest
     assert "released" in rest  # the camera and the virtual camera were let go
+
+
+def test_a_worker_started_by_hand_joins_through_hosts(tiny_model_dir):
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = DeviceSettings(devices="cpu:2", hosts=f"127.0.0.1:{port}")
+    built: list = []
+    starting = threading.Thread(target=lambda: built.append(build_distributed_engine(
+        ModelSpec(model=str(tiny_model_dir.model_dir)), EngineShapes(SIZE, SIZE, 1, 2), settings, 2)))
+    starting.start()
+    # the one command README gives for the other machine
+    worker = subprocess.Popen([sys.executable, "-m", "engines.stage_worker", "--connect", f"127.0.0.1:{port}",
+                               "--rank", "1"])
+    try:
+        starting.join(timeout=500)
+        (engine,) = built
+        generator = torch.Generator().manual_seed(4)
+        latents, embeddings = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 77, 128, generator=generator)
+        timesteps = torch.tensor([999, 259])
+        expected = OneProcess(engine, "rows").predict_noise(latents, timesteps, embeddings)
+        assert torch.equal(engine.predict_noise(latents, timesteps, embeddings), expected)
+        engine.close()
+        assert worker.wait(timeout=60) == 0  # told to stop, it ends by itself
+    finally:
+        if worker.poll() is None:
+            worker.kill()
