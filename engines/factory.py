@@ -13,6 +13,7 @@ from typing import Callable
 from engines.base import Engine, EngineShapes, EngineUnavailableError
 from engines.devices import place
 from engines.loading import ModelSpec, load_components
+from engines.parallel_settings import DeviceSettings
 
 EngineBuilder = Callable[[ModelSpec, EngineShapes, str, "int | None"], Engine]
 
@@ -45,9 +46,20 @@ ENGINE_BUILDERS: dict[str, EngineBuilder] = {
 
 
 def create_engine(
-    kind: str, spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None
+    kind: str, spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None,
+    devices: DeviceSettings | None = None,
 ) -> Engine:
-    """Build the engine named `kind` for `spec` at `shapes`; an unknown name lists the known ones."""
+    """Build the engine named `kind` for `spec` at `shapes`; an unknown name lists the known ones.
+
+    `devices` naming several devices builds the multi-device engine instead (torch stages; see
+    engines.distributed_engine), which replaces `device`.
+    """
+    if devices is not None and devices.several:
+        if kind not in ("auto", "torch"):
+            raise EngineUnavailableError(f"--devices runs the UNet as torch stages; use --engine torch, not {kind!r}")
+        from engines.distributed_engine import build_distributed_engine
+
+        return build_distributed_engine(spec, shapes, devices, threads)
     builder = ENGINE_BUILDERS.get(kind)
     if builder is None:
         raise EngineUnavailableError(f"unknown engine {kind!r}; choose one of: {', '.join(sorted(ENGINE_BUILDERS))}")

@@ -141,6 +141,7 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
     processor = DiffusionProcessor(stream, fit=settings.sink_config.fit)
     pipeline = FramePipeline(source, processor, sink, PipelineConfig(max_frames=frames))
     unet_calls_before = stream.unet_calls
+    stages_before = engine.inner.stats() if hasattr(engine.inner, "stats") else None
     bar = tqdm(total=frames, desc="vcam bench", unit="frame", file=sys.stderr, disable=not progress, leave=False)
     start = time.perf_counter()
     pipeline.start()
@@ -157,6 +158,9 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
     stats = pipeline.stats()
     fps = stats.written / seconds if seconds > 0 else 0.0
 
+    stage_fields = {} if stages_before is None else {
+        "devices": settings.devices.device_list(), "parallel": engine.inner.parallel,
+        "stages": engine.inner.stats().per_call_since(stages_before)}
     model_only_after = measure_model_only_fps(engine, stream.config.frame_buffer_size, max(1, frames // 2))
     model_only_fps = (model_only_before + model_only_after) / 2
     cfg = stream.config
@@ -185,5 +189,6 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
             "peak_rss_mb": peak_rss_mb(),
             "build_seconds": round(build_seconds, 3),
             "threads": torch.get_num_threads(),
+            **stage_fields,
         }
     )

@@ -23,6 +23,7 @@ from typing import Any, Literal, Mapping
 import platformdirs
 
 from core.config import ConfigError, StreamConfig, t_index_list_from_strength
+from engines.parallel_settings import DeviceSettings
 from vcam.controls.hotkeys import parse_hotkey
 from vcam.sections import (GROUPS, CameraSection, Fail, FilterSection, HotkeysSection, ModelSection, ObsSection,
                            OscSection, OutputSection, SlotChoice, check_value, type_name, user_fields)
@@ -69,6 +70,7 @@ class Preset:
     hotkeys: HotkeysSection = HotkeysSection()
     obs: ObsSection = ObsSection()
     osc: OscSection = OscSection()
+    devices: DeviceSettings = DeviceSettings()
     prompts: tuple[PromptSpec, ...] = ()
     source_path: Path | None = None
     notices: tuple[str, ...] = ()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
 from core.config import StreamConfig, setting
+from engines.parallel_settings import DeviceSettings
 
 Fail = Callable[[str, str], Exception]  # (key, message) -> the one-line error naming where the value came from
 
@@ -131,6 +132,7 @@ GROUPS: tuple[Group, ...] = (
     Group("filter", (FilterSection,), "similarity filter", "ssf-"),
     Group("camera", (CameraSection,), "input", "camera-"),
     Group("output", (OutputSection,), "output", "output-"),
+    Group("devices", (DeviceSettings,), "several devices (see README 'Several devices')"),
     Group("hotkeys", (HotkeysSection,)),
     Group("obs", (ObsSection,)),
     Group("osc", (OscSection,)),

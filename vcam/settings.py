@@ -11,6 +11,7 @@ from typing import Any, Callable
 from core.config import StreamConfig, t_index_list_from_strength
 from core.similarity import SimilarityFilterConfig
 from engines.loading import ModelSpec
+from engines.parallel_settings import DeviceSettings
 from vcam.options import given_values, option_name
 from vcam.presets import Preset, PromptSpec, load_preset
 from vcam.sections import (GROUPS_BY_KEY, CameraSection, FilterSection, ModelSection, OutputSection, SlotChoice,
@@ -36,6 +37,7 @@ class RunSettings:
     engine: str = "auto"
     device: str = "auto"
     threads: int | None = None
+    devices: DeviceSettings = DeviceSettings()
     frames: int | None = None
     preset: Preset | None = None
     model_from_preset: bool = False  # the model came from a preset (not --model): fall back to tiny if absent
@@ -112,6 +114,7 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
         engine=m.engine,
         device=m.device,
         threads=m.threads,
+        devices=_merged(args, "devices", DeviceSettings, preset.devices),
         frames=args.frames,
         preset=preset,
         model_from_preset="model" not in model_args,

@@ -1,0 +1,292 @@
+"""Specifications of the multi-device engine: the UNet in stages on 2 and 3 CPU processes over gloo.
+
+The references are the same tiny model in this process: row by row for the pipeline (its micro-batches), the
+whole batch for exact AsyncDiff warm-up calls, and a plain single-process rendering of AsyncDiff's schedule.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from core.config import StreamConfig
+from core.prompts import PromptCache, PromptSwitcher
+from core.stream import DiffusionStream
+from engines.asyncdiff import predecessor_rows
+from engines.base import EngineShapes
+from engines.distributed_engine import DistributedEngine, build_distributed_engine
+from engines.loading import ModelSpec
+from engines.parallel_settings import DeviceSettings
+from engines.stage_transport import WorkerLostError
+from engines.stages import StageState
+
+pytestmark = pytest.mark.timeout(600)
+
+SIZE = 64
+PROMPT, NEGATIVE = "a watercolor painting", "blurry"
+GUIDANCE = ("none", "full", "self", "initialize")
+
+
+def start_engine(model_dir, processes: int, parallel: str = "pipeline", warmup: int = 2) -> DistributedEngine:
+    settings = DeviceSettings(devices=f"cpu:{processes}", parallel=parallel, warmup=warmup)
+    return build_distributed_engine(ModelSpec(model=str(model_dir)), EngineShapes(SIZE, SIZE, 1, 4), settings, 2)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_dir):
+    """One engine per process count, shared by the module (each start costs a few seconds per process)."""
+    started = {n: start_engine(tiny_model_dir.model_dir, n) for n in (2, 3)}
+    yield started
+    for engine in started.values():
+        engine.close()
+
+
+class OneProcess:
+    """The distributed engine's own UNet units, run in this process: "rows" runs the batch one row at a time
+    (the pipeline's micro-batches); "asyncdiff" renders AsyncDiff's schedule in plain sequence."""
+
+    def __init__(self, engine: DistributedEngine, schedule: str, warmup: int = 2) -> None:
+        self.engine, self.schedule, self.warmup = engine, schedule, warmup
+        self.units, self.cuts = engine.units, engine.boundaries
+        self.layout, self.exact_left, self.previous = None, 0, []
+        for name in ("device", "dtype", "noise_schedule", "latent_channels", "vae_scale_factor"):
+            setattr(self, name, getattr(engine, name))
+
+    def encode_prompt(self, texts):
+        return self.engine.encode_prompt(texts)
+
+    def encode_images(self, images):
+        return self.engine.encode_images(images)
+
+    def decode_latents(self, latents):
+        return self.engine.decode_latents(latents)
+
+    def predict_noise(self, latents, timesteps, embeddings):
+        if self.schedule == "rows":
+            return torch.cat([self.units.run(StageState.inputs(latents[r:r + 1], timesteps[r:r + 1],
+                                                                embeddings[r:r + 1])).sample
+                              for r in range(latents.shape[0])])
+        inputs = StageState.inputs(latents, timesteps, embeddings)
+        if timesteps.tolist() != self.layout:
+            self.layout, self.exact_left = timesteps.tolist(), max(1, self.warmup)
+        stages = list(zip(self.cuts[:-1], self.cuts[1:]))
+        if self.exact_left:
+            self.exact_left -= 1
+            self.previous, state = [], inputs
+            for first, end in stages:
+                state = self.units.run(state, first, end)
+                self.previous.append(state)
+            return state.sample
+        embedded = self.units.run(inputs, 0, 1)
+        rows = predecessor_rows(timesteps)
+        outputs = [self.units.run(embedded, 1, stages[0][1])]
+        for (first, end), before in zip(stages[1:], self.previous):
+            stale = StageState(before.sample[rows], tuple(r[rows] for r in before.residuals), embedded.emb,
+                               embedded.context)
+            outputs.append(self.units.run(stale, first, end))
+        self.previous = outputs
+        return outputs[-1].sample
+
+
+def make_stream(engine, guidance: str, steps: tuple[int, ...] = (20, 35, 45)) -> DiffusionStream:
+    config = StreamConfig(width=SIZE, height=SIZE, t_index_list=steps, guidance=guidance, guidance_scale=1.5,
+                          prompt=PROMPT, negative_prompt=NEGATIVE)
+    cache = PromptCache(engine.encode_prompt)
+    cache.prefill([PROMPT, NEGATIVE])
+    return DiffusionStream(engine, config, PromptSwitcher(cache, NEGATIVE, PROMPT))
+
+
+def moving_frames(count: int) -> list[torch.Tensor]:
+    """A bright square moving across a gradient: consecutive frames are close but differ, like a camera."""
+    frames = []
+    base = torch.linspace(0, 1, SIZE).expand(SIZE, SIZE)
+    for index in range(count):
+        frame = torch.stack([base, base.T, 1 - base]).clone()
+        frame[:, 10 + 3 * index: 26 + 3 * index, 20:36] = 1.0
+        frames.append(frame[None])  # (1, 3, H, W)
+    return frames
+
+
+def run_stream(engine, guidance: str, frames: int = 6) -> list[torch.Tensor]:
+    stream = make_stream(engine, guidance)
+    return [stream.process(frame) for frame in moving_frames(frames)]
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+@pytest.mark.parametrize("guidance", GUIDANCE)
+def test_pipeline_parallel_stream_equals_one_process_exactly(engines, processes, guidance):
+    engine = engines[processes]
+    engine.set_parallel("pipeline")
+    distributed = run_stream(engine, guidance)
+    one_process = run_stream(OneProcess(engine, "rows"), guidance)
+    for got, expected in zip(distributed, one_process):
+        assert torch.equal(got, expected)
+
+
+def test_pipeline_parallel_matches_the_whole_batch_unet_to_float_rounding(engines):
+    engine = engines[2]
+    engine.set_parallel("pipeline")
+    generator = torch.Generator().manual_seed(5)
+    latents, embeddings = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 77, 128, generator=generator)
+    timesteps = torch.tensor([999, 759, 999, 759])
+    whole = engine.units.run(StageState.inputs(latents, timesteps, embeddings)).sample
+    assert torch.allclose(engine.predict_noise(latents, timesteps, embeddings), whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+@pytest.mark.parametrize("guidance", ["none", "full", "initialize"])
+def test_asyncdiff_equals_a_one_process_simulation_of_the_same_schedule(engines, processes, guidance):
+    engine = engines[processes]
+    engine.set_parallel("asyncdiff", warmup=2)
+    distributed = run_stream(engine, guidance)
+    simulated = run_stream(OneProcess(engine, "asyncdiff", warmup=2), guidance)
+    exact = run_stream(OneProcess(engine, "rows"), guidance)
+    for got, expected in zip(distributed, simulated):
+        assert torch.equal(got, expected)
+    assert not torch.allclose(distributed[-1], exact[-1], atol=1e-3), "after the warm-up AsyncDiff is approximate"
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_asyncdiff_with_warmup_covering_every_call_equals_the_exact_output(engines, processes):
+    engine = engines[processes]
+    engine.set_parallel("asyncdiff", warmup=100)
+    distributed = run_stream(engine, "self")
+    exact = run_stream(OneProcess(engine, "asyncdiff", warmup=100), "self")  # every call exact, whole batch
+    for got, expected in zip(distributed, exact):
+        assert torch.equal(got, expected)
+
+
+def test_a_stream_batch_row_follows_the_same_frame_one_slot_back():
+    # none / self, T=3, F=1: slot s reads slot s-1; slot 0 reads itself (the previous frame at the same timestep)
+    assert predecessor_rows(torch.tensor([999, 759, 259])).tolist() == [0, 0, 1]
+    # F=2: each frame keeps its position within the slot
+    assert predecessor_rows(torch.tensor([999, 999, 259, 259])).tolist() == [0, 1, 0, 1]
+    # full: [uncond T*F | cond T*F]: uncond rows follow uncond rows, cond rows cond rows
+    assert predecessor_rows(torch.tensor([999, 259, 999, 259])).tolist() == [0, 0, 2, 2]
+    # initialize: [uncond slot 0 | cond T*F]: slot 1 follows the cond row of slot 0
+    assert predecessor_rows(torch.tensor([999, 999, 259])).tolist() == [0, 1, 1]
+
+
+def test_a_message_carries_tensors_of_every_dtype_and_shape_in_one_buffer():
+    from engines.stage_transport import pack, unpack
+
+    tensors = [torch.randn(2, 3), torch.tensor([999, 259]), torch.randn(4, 1, 2, 2).half(), torch.zeros(0, 5)]
+    header, payload = pack(tensors, torch.device("cpu"))
+    assert payload.dtype == torch.uint8 and payload.numel() == sum(t.numel() * t.element_size() for t in tensors)
+    for sent, received in zip(tensors, unpack(header, payload)):
+        assert received.dtype == sent.dtype and torch.equal(received, sent)
+
+
+def test_device_options_reach_the_run_settings_and_bad_ones_are_one_line():
+    from engines.base import EngineUnavailableError
+    from vcam.cli import build_parser
+    from vcam.settings import resolve_settings
+
+    args = build_parser().parse_args(["bench", "--devices", "cpu:3", "--parallel", "asyncdiff", "--asyncdiff-warmup", "4"])
+    devices = resolve_settings(args).devices
+    assert devices == DeviceSettings(devices="cpu:3", parallel="asyncdiff", warmup=4)
+    assert devices.device_list() == ["cpu", "cpu", "cpu"] and devices.backend() == "gloo" and devices.several
+    assert not resolve_settings(build_parser().parse_args(["bench"])).devices.several
+    for bad, fix in (("cpu:x", "whole number"), ("tpu:0,tpu:1", "cpu:N, N, or a list"), ("cpu:0", "whole number")):
+        with pytest.raises(EngineUnavailableError, match=fix) as raised:
+            DeviceSettings(devices=bad)
+        assert "\n" not in str(raised.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineUnavailableError, match="use --devices cpu:2"):
+            DeviceSettings(devices="cuda:0,cuda:1")
+    assert DeviceSettings(devices="cpu:2", hosts="10.0.0.5").rendezvous() == ("10.0.0.5", 29517)
+
+
+def test_stage_figures_count_every_call_and_the_bytes_that_crossed(engines):
+    engine = engines[3]
+    engine.set_parallel("pipeline")
+    before = engine.stats()
+    run_stream(engine, "none", frames=2)
+    after = engine.stats()
+    assert len(after.names) == 3 and after.names[0].startswith("embed") and after.names[-1].endswith("out")
+    assert all(a - b == 2 for a, b in zip(after.calls, before.calls))
+    assert all(a > b for a, b in zip(after.bytes_sent, before.bytes_sent))
+    assert all(a > b for a, b in zip(after.compute_seconds, before.compute_seconds))
+
+
+def test_a_killed_worker_raises_one_line_within_two_seconds_then_one_device_continues(tiny_model_dir):
+    engine = start_engine(tiny_model_dir.model_dir, 2)
+    try:
+        generator = torch.Generator().manual_seed(9)
+        latents, embeddings = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 77, 128, generator=generator)
+        timesteps = torch.tensor([999, 259])
+        engine.predict_noise(latents, timesteps, embeddings)
+        worker = engine._processes[1]
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        start = time.monotonic()
+        with pytest.raises(WorkerLostError) as raised:
+            engine.predict_noise(latents, timesteps, embeddings)
+        assert time.monotonic() - start < 2.0
+        message = str(raised.value)
+        assert "\n" not in message and "stage worker 1" in message and "exit code -9" in message
+        after = engine.predict_noise(latents, timesteps, embeddings)  # one device from now on
+        assert torch.equal(after, engine.units.run(StageState.inputs(latents, timesteps, embeddings)).sample)
+    finally:
+        engine.close()
+
+
+def worker_pids(parent: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{parent}/task"):
+        with open(f"/proc/{parent}/task/{task}/children") as handle:
+            children += [int(pid) for pid in handle.read().split()]
+    return [pid for pid in children if b"engines.stage_worker" in open(f"/proc/{pid}/cmdline", "rb").read()]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the worker's pid from /proc")
+def test_the_service_says_a_worker_died_in_one_line_and_stops_cleanly(tiny_user_cache):
+    from tests.test_service_signals import start_vcam, wait_for_line
+
+    process = start_vcam({"DISPLAY": ""}, "--no-tray", "--devices", "cpu:2")
+    try:
+        wait_for_line(process, "first stylised frame", timeout=500)
+        (worker,) = worker_pids(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        rest = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    lines = [line for line in rest.splitlines() if "stage worker 1" in line]
+    assert len(lines) == 1 and "stopped" in lines[0], rest
+    assert "Traceback" not in rest
+    assert "released" in rest  # the camera and the virtual camera were let go
+
+
+def test_a_worker_started_by_hand_joins_through_hosts(tiny_model_dir):
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = DeviceSettings(devices="cpu:2", hosts=f"127.0.0.1:{port}")
+    built: list = []
+    starting = threading.Thread(target=lambda: built.append(build_distributed_engine(
+        ModelSpec(model=str(tiny_model_dir.model_dir)), EngineShapes(SIZE, SIZE, 1, 2), settings, 2)))
+    starting.start()
+    # the one command README gives for the other machine
+    worker = subprocess.Popen([sys.executable, "-m", "engines.stage_worker", "--connect", f"127.0.0.1:{port}",
+                               "--rank", "1"])
+    try:
+        starting.join(timeout=500)
+        (engine,) = built
+        generator = torch.Generator().manual_seed(4)
+        latents, embeddings = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 77, 128, generator=generator)
+        timesteps = torch.tensor([999, 259])
+        expected = OneProcess(engine, "rows").predict_noise(latents, timesteps, embeddings)
+        assert torch.equal(engine.predict_noise(latents, timesteps, embeddings), expected)
+        engine.close()
+        assert worker.wait(timeout=60) == 0  # told to stop, it ends by itself
+    finally:
+        if worker.poll() is None:
+            worker.kill()
