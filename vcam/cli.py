@@ -13,7 +13,7 @@ import sys
 from vcam.options import add_stream_options
 
 # `vcam run` with no arguments: a real model if it is on this machine (else the service falls back to `tiny`),
-# camera 0 (else the synthetic source), the virtual camera (else a window, else MJPEG).
+# camera 0 (else the sample photo), the virtual camera (else a window, else MJPEG).
 DEFAULT_RUN_PRESET = "sd-turbo-1step"
 
 
