@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
+from core.config import StreamConfig
+from core.prompts import PromptCache, PromptSwitcher
+from core.similarity import SimilarityFilter, SimilarityFilterConfig
+from core.stream import DiffusionStream
+from engines.base import EngineShapes
+from engines.factory import create_engine
+from engines.loading import ModelSpec
+from engines.testmodel import TINY_MODEL_VERSION
+from tests.media import read_video
+from tests.test_cli import run_vcam
+from vcam.processor import frames_to_tensor, tensor_to_frames
 from vcam.sample_source import SAMPLE_NAMES, SampleSource
 from vcam.sources import SourceConfig, SourceError, open_source
 
@@ -99,3 +111,95 @@ def test_an_unknown_sample_name_is_one_line_listing_the_names():
     message = str(error.value)
     assert "'mona-lisa'" in message and "\n" not in message
     assert all(name in message for name in SAMPLE_NAMES)
+
+
+# --- the sample source in a real `vcam run` ---------------------------------------------------------------------
+def home_with_the_tiny_model(home: Path, tiny_model_dir) -> Path:
+    """A home for `run_vcam` whose user cache already holds the session's tiny model (no second build)."""
+    models = home / "cache" / "vcam" / "models"
+    models.mkdir(parents=True)
+    (models / TINY_MODEL_VERSION).symlink_to(tiny_model_dir.model_dir.parent)
+    return home
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir) -> Path:
+    return home_with_the_tiny_model(tmp_path_factory.mktemp("home"), tiny_model_dir)
+
+
+@pytest.mark.timeout(600)
+def test_run_restyles_the_sample_source_into_a_video(home, tmp_path):
+    out = tmp_path / "out.mp4"
+    result = run_vcam("run", "--model", "tiny", "--source", "sample", "--sink", str(out), "--frames", "10",
+                      "--no-tray", "--no-hotkeys", "--quiet", env_home=home)
+    assert result.returncode == 0, result.stderr
+    frames = read_video(out)
+    assert len(frames) == 10 and frames[0].shape == (720, 1280, 3)
+
+
+@pytest.mark.timeout(600)
+def test_without_a_camera_run_says_so_in_one_line_and_uses_the_moving_sample(home, tmp_path):
+    preset = tmp_path / "no-camera.toml"
+    preset.write_text('[model]\nmodel = "tiny"\n[stream]\nwidth = 64\nheight = 64\nt_index_list = [32, 45]\n'
+                      'guidance = "none"\n[camera]\nsource = "camera:/dev/vcam-no-such-camera"\n'
+                      '[[prompts]]\nname = "sketch"\ntext = "pencil sketch"\n')
+    out = tmp_path / "out.mp4"
+    result = run_vcam("run", "--preset", str(preset), "--sink", str(out), "--frames", "4", "--no-tray",
+                      "--no-hotkeys", "--quiet", env_home=home)
+    assert result.returncode == 0, result.stderr
+    fallback = [line for line in result.stderr.splitlines() if "instead" in line and "vcam-no-such-camera" in line]
+    assert len(fallback) == 1 and "sample photo" in fallback[0], result.stderr
+    assert "source: sample" in result.stderr
+    assert len(read_video(out)) == 4
+
+
+# --- the similarity filter on real pictures ----------------------------------------------------------------------
+FILTER = SimilarityFilterConfig(threshold=0.98, max_skip=10)  # the filter's defaults (StreamDiffusion's threshold)
+MODEL_SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def small_engine(tiny_model_dir):
+    """The tiny model (its TAESD as the VAE, as `--model tiny` runs) at 128x128 on the CPU."""
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    shapes = EngineShapes(width=MODEL_SIZE, height=MODEL_SIZE, frame_batch=1, unet_batch=2)
+    return create_engine("torch", spec, shapes, device="cpu", threads=2)
+
+
+def restyle_with_filter(engine, spec: str, count: int) -> tuple[DiffusionStream, list[np.ndarray]]:
+    """`count` frames of the sample source through the stream with the similarity filter on."""
+    config = StreamConfig(width=MODEL_SIZE, height=MODEL_SIZE, guidance="none", prompt="pencil sketch")
+    prompts = PromptSwitcher(PromptCache(engine.encode_prompt), prompt=config.prompt)
+    stream = DiffusionStream(engine, config, prompts, SimilarityFilter(FILTER))
+    source = open_source(spec, SourceConfig(width=MODEL_SIZE, height=MODEL_SIZE, fps=30.0, live=False))
+    outputs = []
+    for _ in range(count):
+        images = frames_to_tensor([source.read()], MODEL_SIZE, MODEL_SIZE, "crop")
+        outputs.append(tensor_to_frames(stream.process(images))[0])
+    return stream, outputs
+
+
+def longest_frozen_run(outputs: list[np.ndarray]) -> int:
+    """The most consecutive output frames equal to the one before them."""
+    longest = run = 0
+    for before, after in zip(outputs, outputs[1:]):
+        run = run + 1 if np.array_equal(before, after) else 0
+        longest = max(longest, run)
+    return longest
+
+
+@pytest.mark.timeout(900)
+def test_the_similarity_filter_skips_a_still_photograph_at_the_expected_rate(small_engine):
+    count = 1 + 2 * (FILTER.max_skip + 1)  # the first frame, then two rounds of max_skip skips and one refresh
+    stream, _ = restyle_with_filter(small_engine, "sample:static", count)
+    # Identical frames have cosine 1: skip probability 1, so every run of skips is max_skip long.
+    assert stream.similarity.skipped == 2 * FILTER.max_skip
+    assert stream.unet_calls == 3
+
+
+@pytest.mark.timeout(900)
+def test_the_similarity_filter_never_freezes_the_moving_sample(small_engine):
+    stream, outputs = restyle_with_filter(small_engine, "sample", 1 + 2 * (FILTER.max_skip + 1))
+    assert longest_frozen_run(outputs) <= FILTER.max_skip, "a new picture at least every max_skip + 1 frames"
+    distinct = sum(not np.array_equal(a, b) for a, b in zip(outputs, outputs[1:]))
+    assert distinct >= 2 and stream.similarity.processed > 2

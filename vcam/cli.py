@@ -1,4 +1,4 @@
-"""The `vcam` command: run, bench, presets, doctor.
+"""The `vcam` command: run, bench, demo, presets, doctor.
 
 Every error a user can cause (a bad option, a missing model, a camera that will not open, a broken preset) is an
 exception class with a one-line message that names the fix; `main` prints it as `vcam: error: ...` and exits 2,
@@ -22,13 +22,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from core.config import ConfigError
     from engines.base import EngineUnavailableError, ModelError
     from vcam.commands import CommandError
+    from vcam.demo import DemoError
     from vcam.presets import PresetError
     from vcam.settings import SettingsError
     from vcam.sinks import SinkError
     from vcam.sources import SourceError
 
     return (ConfigError, ModelError, EngineUnavailableError, PresetError, SettingsError, SinkError, SourceError,
-            CommandError)
+            CommandError, DemoError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_options(bench)
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    demo = sub.add_parser("demo", help="restyle the sample photo: vcam-demo.mp4 (input | output) and vcam-demo.png")
+    add_stream_options(demo)
+    demo.add_argument("--out", default=".", help="folder for vcam-demo.mp4 and vcam-demo.png (default: here)")
 
     sub.add_parser("presets", help="list the shipped and user presets")
     sub.add_parser("doctor", help="check what this machine offers: devices, engines, camera, virtual camera")
@@ -130,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_doctor()
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "demo":
+            from vcam.demo import demo_command
+
+            return demo_command(args)
         return _cmd_run(args)
     except KeyboardInterrupt:
         return 130
