@@ -100,3 +100,15 @@ def test_ensure_tiny_model_builds_once_and_reuses_the_cache(tmp_path: Path) -> N
     assert second == first
     assert (second.model_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == [TINY_MODEL_VERSION]  # no staging folder left behind
+
+
+def test_tokenizer_trainer_writes_exactly_the_shipped_tokenizer_files(tmp_path: Path) -> None:
+    """The hand-written BPE trainer reproduces engines/configs/tiny/tokenizer byte for byte, so it can be
+    replaced by copying those files (issue 9)."""
+    from engines.testmodel import _write_tokenizer
+
+    shipped = Path(__file__).resolve().parent.parent / "engines" / "configs" / "tiny" / "tokenizer"
+    _write_tokenizer(tmp_path)
+    names = sorted(p.name for p in shipped.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir())
+    assert all((tmp_path / name).read_bytes() == (shipped / name).read_bytes() for name in names)
