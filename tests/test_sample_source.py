@@ -12,10 +12,6 @@ from core.config import StreamConfig
 from core.prompts import PromptCache, PromptSwitcher
 from core.similarity import SimilarityFilter, SimilarityFilterConfig
 from core.stream import DiffusionStream
-from engines.base import EngineShapes
-from engines.factory import create_engine
-from engines.loading import ModelSpec
-from engines.testmodel import TINY_MODEL_VERSION
 from tests.media import read_video
 from tests.test_cli import run_vcam
 from vcam.processor import frames_to_tensor, tensor_to_frames
@@ -114,17 +110,9 @@ def test_an_unknown_sample_name_is_one_line_listing_the_names():
 
 
 # --- the sample source in a real `vcam run` ---------------------------------------------------------------------
-def home_with_the_tiny_model(home: Path, tiny_model_dir) -> Path:
-    """A home for `run_vcam` whose user cache already holds the session's tiny model (no second build)."""
-    models = home / "cache" / "vcam" / "models"
-    models.mkdir(parents=True)
-    (models / TINY_MODEL_VERSION).symlink_to(tiny_model_dir.model_dir.parent)
-    return home
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir) -> Path:
-    return home_with_the_tiny_model(tmp_path_factory.mktemp("home"), tiny_model_dir)
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
 
 
 @pytest.mark.timeout(600)
@@ -155,15 +143,7 @@ def test_without_a_camera_run_says_so_in_one_line_and_uses_the_moving_sample(hom
 
 # --- the similarity filter on real pictures ----------------------------------------------------------------------
 FILTER = SimilarityFilterConfig(threshold=0.98, max_skip=10)  # the filter's defaults (StreamDiffusion's threshold)
-MODEL_SIZE = 128
-
-
-@pytest.fixture(scope="module")
-def small_engine(tiny_model_dir):
-    """The tiny model (its TAESD as the VAE, as `--model tiny` runs) at 128x128 on the CPU."""
-    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
-    shapes = EngineShapes(width=MODEL_SIZE, height=MODEL_SIZE, frame_batch=1, unet_batch=2)
-    return create_engine("torch", spec, shapes, device="cpu", threads=2)
+MODEL_SIZE = 256  # the trained tiny engine's size (`trained_tiny_engine`)
 
 
 def restyle_with_filter(engine, spec: str, count: int) -> tuple[DiffusionStream, list[np.ndarray]]:
@@ -189,17 +169,17 @@ def longest_frozen_run(outputs: list[np.ndarray]) -> int:
 
 
 @pytest.mark.timeout(900)
-def test_the_similarity_filter_skips_a_still_photograph_at_the_expected_rate(small_engine):
+def test_the_similarity_filter_skips_a_still_photograph_at_the_expected_rate(trained_tiny_engine):
     count = 1 + 2 * (FILTER.max_skip + 1)  # the first frame, then two rounds of max_skip skips and one refresh
-    stream, _ = restyle_with_filter(small_engine, "sample:static", count)
+    stream, _ = restyle_with_filter(trained_tiny_engine, "sample:static", count)
     # Identical frames have cosine 1: skip probability 1, so every run of skips is max_skip long.
     assert stream.similarity.skipped == 2 * FILTER.max_skip
     assert stream.unet_calls == 3
 
 
 @pytest.mark.timeout(900)
-def test_the_similarity_filter_never_freezes_the_moving_sample(small_engine):
-    stream, outputs = restyle_with_filter(small_engine, "sample", 1 + 2 * (FILTER.max_skip + 1))
+def test_the_similarity_filter_never_freezes_the_moving_sample(trained_tiny_engine):
+    stream, outputs = restyle_with_filter(trained_tiny_engine, "sample", 1 + 2 * (FILTER.max_skip + 1))
     assert longest_frozen_run(outputs) <= FILTER.max_skip, "a new picture at least every max_skip + 1 frames"
     distinct = sum(not np.array_equal(a, b) for a, b in zip(outputs, outputs[1:]))
     assert distinct >= 2 and stream.similarity.processed > 2
