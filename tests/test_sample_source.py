@@ -128,8 +128,9 @@ def test_run_restyles_the_sample_source_into_a_video(home, tmp_path):
 @pytest.mark.timeout(600)
 def test_without_a_camera_run_says_so_in_one_line_and_uses_the_moving_sample(home, tmp_path):
     preset = tmp_path / "no-camera.toml"
-    preset.write_text('[model]\nmodel = "tiny"\nengine = "torch"\n[stream]\nwidth = 64\nheight = 64\nt_index_list = [32, 45]\n'
-                      'guidance = "none"\n[camera]\nsource = "camera:/dev/vcam-no-such-camera"\n'
+    preset.write_text('[model]\nmodel = "tiny"\nengine = "torch"\n'
+                      '[stream]\nwidth = 64\nheight = 64\nt_index_list = [32, 45]\nguidance = "none"\n'
+                      '[camera]\nsource = "camera:/dev/vcam-no-such-camera"\n'
                       '[[prompts]]\nname = "sketch"\ntext = "pencil sketch"\n')
     out = tmp_path / "out.mp4"
     result = run_vcam("run", "--preset", str(preset), "--sink", str(out), "--frames", "4", "--no-tray",
