@@ -25,14 +25,18 @@ HF_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HASH_SAMPLES = 64  # chunks read per large weight file for the content hash
 HASH_CHUNK = 1 << 16
 HOW_TO_PASS_A_MODEL = "pass a diffusers folder, a .safetensors checkpoint, an org/name in the Hugging Face cache, or tiny"
+TINY_MODELS = ("tiny", "tiny-random")  # built-in model names: the trained small model and its random twin
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the user asked for: `model` is "tiny", a diffusers folder, a .safetensors file or an HF id (org/name).
+    """What the user asked for: `model` is "tiny" (the trained small model shipped with vcam), "tiny-random" (the
+    random-weight model of the same architecture, built into the user cache), a diffusers folder, a .safetensors
+    file or an HF id (org/name).
 
-    `vae` optionally replaces the model's VAE: a TAESD (AutoencoderTiny) or AutoencoderKL folder, an HF id, or
-    "tiny" for the tiny TAESD. `lora` are .safetensors files fused into the weights at `lora_scale`.
+    `vae` optionally replaces the model's VAE: a TAESD (AutoencoderTiny) or AutoencoderKL folder, an HF id,
+    "tiny" for the trained tiny model's autoencoder or "tiny-random" for the random-weight TAESD.
+    `lora` are .safetensors files fused into the weights at `lora_scale`.
     `tokenizer` is a folder with a CLIP tokenizer for single-file checkpoints, which carry no tokenizer.
     """
 
@@ -223,10 +227,10 @@ def _folder_files(folder: Path) -> list[Path]:
 
 def resolve_model(spec: ModelSpec) -> ResolvedModel:
     """Check a spec against the files, without touching any device; raises ModelError with one line on failure."""
-    if spec.model == "tiny":
-        from engines.testmodel import ensure_tiny_model
+    if spec.model in TINY_MODELS:
+        from engines.tiny import tiny_model_folder
 
-        path = ensure_tiny_model().model_dir
+        path = tiny_model_folder(spec.model)
     else:
         path = _locate(spec.model, "model")
     refuse_pickle(path, "model")
@@ -248,10 +252,10 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
 
     vae_path, vae_is_tiny = None, False
     if spec.vae is not None:
-        if spec.vae == "tiny":
-            from engines.testmodel import ensure_tiny_model
+        if spec.vae in TINY_MODELS:
+            from engines.tiny import tiny_vae_folder
 
-            vae_path = ensure_tiny_model().taesd_dir
+            vae_path = tiny_vae_folder(spec.vae)
         else:
             vae_path = _locate(spec.vae, "VAE")
         refuse_pickle(vae_path, "VAE")
@@ -292,7 +296,7 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
 
 
 def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, Any, Any, NoiseScheduleConfig]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     def options(component: str) -> dict[str, Any]:
@@ -300,7 +304,8 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, Any, Any, 
 
     diffusers_options = {"torch_dtype": dtype, "low_cpu_mem_usage": False}
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", **diffusers_options, **options("unet"))
-    vae = AutoencoderKL.from_pretrained(folder / "vae", **diffusers_options, **options("vae"))
+    vae_class = AutoencoderTiny if _check_vae_config(folder / "vae") else AutoencoderKL  # a folder may ship a TAESD
+    vae = vae_class.from_pretrained(folder / "vae", **diffusers_options, **options("vae"))
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **options("text_encoder"))
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
     return unet, vae, text_encoder, tokenizer, _noise_schedule(folder)

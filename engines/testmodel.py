@@ -4,6 +4,7 @@ No weights can be downloaded where vcam is developed and tested, yet every code 
 engines, the stream-batch core, the demo, benchmarks) must run against something shaped like SD 1.5. This
 module writes such a model from a seed: same seed -> byte-identical safetensors, so tests and engine caches
 are reproducible. The output is noise-like, but finite and non-degenerate, which is all the plumbing needs.
+This is `--model tiny-random`; `--model tiny` is the trained model of the same family (`engines.tiny`).
 """
 from __future__ import annotations
 
@@ -11,35 +12,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 TINY_MODEL_VERSION = "tiny-v2"  # bump when the architecture or the tokenizer below changes
+SHIPPED_TOKENIZER = Path(__file__).resolve().parent / "configs" / "tiny" / "tokenizer"  # CLIP BPE, 914 tokens
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 MAX_TOKENS = 77
-MERGE_LIMIT = 400
-
-# Words typical of style prompts; the tokenizer's merges are learned from them so real prompts become
-# short token sequences instead of one token per letter.
-_PROMPT_WORDS = """
-a an the of in on at with and by for from to as is portrait photo photograph painting drawing sketch
-watercolor oil acrylic ink pencil charcoal pastel anime manga cartoon comic pixel art style styled
-cyberpunk steampunk fantasy science fiction futuristic vintage retro noir neon glowing light lighting
-dramatic cinematic soft warm cold dark bright colorful vibrant pastel golden hour sunset sunrise night
-city street forest mountain ocean sea beach river lake sky clouds snow rain fog space stars galaxy
-person man woman face eyes hair smile cat dog bird flower flowers tree trees garden house room window
-detailed highly high quality masterpiece best sharp focus blurry bokeh depth field realistic photorealistic
-render rendering unreal engine studio ghibli van gogh monet picasso impressionist expressionist abstract
-surreal minimalist baroque renaissance gothic medieval japanese chinese ukiyo woodblock print mosaic
-stained glass marble statue sculpture clay plastic toy lego paper origami cardboard knitted wool
-red orange yellow green blue purple pink black white gray grey silver gold bronze copper
-low bad worst ugly deformed extra fingers hands text watermark signature cropped frame
-trending artstation concept illustration digital graphic novel poster wallpaper vaporwave synthwave
-""".split()
 
 
 @dataclass(frozen=True)
@@ -50,82 +32,16 @@ class TinyModelPaths:
     taesd_dir: Path
 
 
-def _byte_to_unicode() -> dict[int, str]:
-    """The byte -> printable character table of byte-level BPE (what the tokenizer's ByteLevel step emits).
-
-    Printable Latin-1 bytes map to themselves; the rest are shifted past U+0100 so no byte maps to whitespace
-    or a control character.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    shift = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + shift)
-            shift += 1
-    return table
-
-
-def _learn_merges(words: list[str], limit: int) -> list[tuple[str, str]]:
-    """Plain byte-pair-encoding training: repeatedly merge the most frequent adjacent pair (ties by name)."""
-    words_as_symbols = Counter(tuple(word[:-1]) + (word[-1] + "</w>",) for word in words)
-    merges: list[tuple[str, str]] = []
-    while len(merges) < limit:
-        pair_counts: Counter[tuple[str, str]] = Counter()
-        for symbols, count in words_as_symbols.items():
-            for pair in zip(symbols, symbols[1:]):
-                pair_counts[pair] += count
-        if not pair_counts:
-            break
-        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
-        merges.append(best)
-        merged: Counter[tuple[str, ...]] = Counter()
-        for symbols, count in words_as_symbols.items():
-            out: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] += count
-        words_as_symbols = merged
-    return merges
-
-
-def _tokenizer_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP-layout vocabulary: every byte symbol, the same with `</w>`, the merged symbols, then bos / eos."""
-    byte_symbols = list(_byte_to_unicode().values())
-    tokens = byte_symbols + [s + "</w>" for s in byte_symbols]
-    merges = _learn_merges(sorted(set(_PROMPT_WORDS)), MERGE_LIMIT)
-    tokens += ["".join(pair) for pair in merges]
-    tokens += [BOS_TOKEN, EOS_TOKEN]
-    vocab: dict[str, int] = {}
-    for token in tokens:
-        vocab.setdefault(token, len(vocab))
-    return vocab, merges
-
-
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _write_tokenizer(directory: Path) -> dict[str, int]:
-    vocab, merges = _tokenizer_vocab_and_merges()
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_json(directory / "vocab.json", vocab)
-    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
-    _write_json(directory / "special_tokens_map.json", special)
-    _write_json(
-        directory / "tokenizer_config.json",
-        {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "do_lower_case": True},
-    )
-    return vocab
+    """Copy the shipped CLIP tokenizer (a byte-level BPE with merges learned from style-prompt words, so real
+    prompts become short subword sequences) and return its vocabulary."""
+    shutil.copytree(SHIPPED_TOKENIZER, directory, dirs_exist_ok=True)
+    return json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
 
 
 def _seeded(seed: int, component: int) -> None:
@@ -293,7 +209,7 @@ def default_cache_root() -> Path:
 
 
 def ensure_tiny_model(cache_root: Path | None = None) -> TinyModelPaths:
-    """Build the tiny model once into the user cache and reuse it afterwards; this is what `--model tiny` loads.
+    """Build the random model once into the user cache and reuse it afterwards; `--model tiny-random` loads it.
 
     It is written to a temporary sibling folder and renamed into place, so a crash or a concurrent build never
     leaves a half-written model where a later run would trust it.

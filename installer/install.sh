@@ -51,6 +51,6 @@ echo "vcam: installed; run it with $venv/bin/vcam run   (or activate: . $venv/bi
 
 if [ "$demo" = 1 ]; then
   "$venv/bin/vcam" doctor || true
-  "$venv/bin/vcam" run --model tiny --source synthetic --sink vcam-demo.mp4 --frames 60
-  echo "vcam: the demo wrote vcam-demo.mp4 (60 stylised frames of the synthetic source, offline tiny model)"
+  # The offline tiny model restyles the sample photo: vcam-demo.mp4 (input | output) and vcam-demo.png (4 styles).
+  "$venv/bin/vcam" demo --out .
 fi

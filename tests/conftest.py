@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny random-weight model (built once per session) and an engine running it on the CPU.
+"""Shared fixtures: the tiny random-weight model (built once per session), engines running it and the trained tiny
+model on the CPU.
 
 Random weights produce denormal floats, which make CPU math ~20x slower, hence flush-to-zero at import; the
 machines running the suite have 2 cores, shared, hence the thread cap.
@@ -48,6 +49,15 @@ def tiny_taesd_engine(tiny_model_dir: TinyModelPaths):
     spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
     shapes = EngineShapes(width=256, height=256, frame_batch=1, unet_batch=2)
     return create_engine("torch", spec, shapes, device="cpu", threads=2)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_engine():
+    """The trained tiny model (the shipped weights, `--model tiny`) on the CPU in fp32 at 256x256, built once per
+    session: for tests that look at the picture (structure kept, prompt followed). Treat it as read-only."""
+    from bench.tiny_figures import tiny_engine
+
+    return tiny_engine("tiny", size=256, threads=2)
 
 
 @pytest.fixture

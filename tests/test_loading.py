@@ -75,14 +75,27 @@ def put_in_hf_cache(cache: Path, repo_id: str, model_dir: Path) -> Path:
     return snapshot
 
 
-def test_tiny_name_builds_the_seed_zero_model_and_loads_it_like_any_folder(
+def test_tiny_random_name_builds_the_seed_zero_model_and_loads_it_like_any_folder(
         tiny_model_dir: TinyModelPaths, isolated_home: Path) -> None:
-    resolved = resolve_model(ModelSpec(model="tiny"))
+    resolved = resolve_model(ModelSpec(model="tiny-random"))
     assert resolved.kind == "folder"
     assert resolved.path.is_relative_to(isolated_home)  # built into the (isolated) user cache
     assert resolved.content_hash == resolve_model(ModelSpec(model=str(tiny_model_dir.model_dir))).content_hash
-    with_taesd = resolve_model(ModelSpec(model="tiny", vae="tiny"))
+    with_taesd = resolve_model(ModelSpec(model="tiny-random", vae="tiny-random"))
     assert with_taesd.vae_is_tiny and with_taesd.vae_path.is_relative_to(isolated_home)
+
+
+def test_tiny_name_is_the_shipped_trained_folder_whose_vae_is_a_taesd(isolated_home: Path) -> None:
+    from engines.tiny import TRAINED_TINY_MODEL
+
+    resolved = resolve_model(ModelSpec(model="tiny"))
+    assert (resolved.kind, resolved.path) == ("folder", TRAINED_TINY_MODEL)  # shipped: nothing built or cached
+    assert not (isolated_home / ".cache" / "vcam").exists()
+    components = load_components(ModelSpec(model="tiny"), "cpu", torch.float32)
+    assert type(components.vae).__name__ == "AutoencoderTiny"  # read from the folder's vae/config.json
+    assert all(p.dtype == torch.float32 for p in components.unet.parameters())  # fp16 files, loaded as asked
+    own_vae = resolve_model(ModelSpec(model="tiny", vae="tiny"))
+    assert own_vae.vae_is_tiny and own_vae.vae_path == TRAINED_TINY_MODEL / "vae"
 
 
 def test_model_id_in_hf_cache_loads_offline_and_matches_the_folder(

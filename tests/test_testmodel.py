@@ -100,3 +100,15 @@ def test_ensure_tiny_model_builds_once_and_reuses_the_cache(tmp_path: Path) -> N
     assert second == first
     assert (second.model_dir / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in tmp_path.iterdir()) == [TINY_MODEL_VERSION]  # no staging folder left behind
+
+
+def test_written_tokenizer_is_exactly_the_shipped_tokenizer(tmp_path: Path) -> None:
+    """The random model's tokenizer is the one shipped in engines/configs/tiny/tokenizer, byte for byte (it was
+    trained by hand-written BPE code until the output was shown identical; issue 9)."""
+    from engines.testmodel import _write_tokenizer
+
+    shipped = Path(__file__).resolve().parent.parent / "engines" / "configs" / "tiny" / "tokenizer"
+    _write_tokenizer(tmp_path)
+    names = sorted(p.name for p in shipped.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir())
+    assert all((tmp_path / name).read_bytes() == (shipped / name).read_bytes() for name in names)

@@ -1,4 +1,4 @@
-"""The `vcam` command: run, bench, presets, doctor.
+"""The `vcam` command: run, bench, demo, presets, doctor.
 
 Every error a user can cause (a bad option, a missing model, a camera that will not open, a broken preset) is an
 exception class with a one-line message that names the fix; `main` prints it as `vcam: error: ...` and exits 2,
@@ -13,7 +13,7 @@ import sys
 from vcam.options import NOTICES, add_stream_options
 
 # `vcam run` with no arguments: a real model if it is on this machine (else the service falls back to `tiny`),
-# camera 0 (else the synthetic source), the virtual camera (else a window, else MJPEG).
+# camera 0 (else the sample photo), the virtual camera (else a window, else MJPEG).
 DEFAULT_RUN_PRESET = "sd-turbo-1step"
 
 
@@ -22,13 +22,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from core.config import ConfigError
     from engines.base import EngineUnavailableError, ModelError
     from vcam.commands import CommandError
+    from vcam.demo import DemoError
     from vcam.presets import PresetError
     from vcam.settings import SettingsError
     from vcam.sinks import SinkError
     from vcam.sources import SourceError
 
     return (ConfigError, ModelError, EngineUnavailableError, PresetError, SettingsError, SinkError, SourceError,
-            CommandError)
+            CommandError, DemoError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = bench.add_argument_group("report")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    demo = sub.add_parser("demo", help="restyle the sample photo: vcam-demo.mp4 (input | output) and vcam-demo.png")
+    add_stream_options(demo)
+    demo.add_argument("--out", default=".", help="folder for vcam-demo.mp4 and vcam-demo.png (default: here)")
 
     sub.add_parser("presets", help="list the shipped and user presets")
     sub.add_parser("doctor", help="check what this machine offers: devices, engines, camera, virtual camera")
@@ -139,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_doctor()
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "demo":
+            from vcam.demo import demo_command
+
+            return demo_command(args)
         return _cmd_run(args)
     except KeyboardInterrupt:
         return 130

@@ -63,8 +63,8 @@ class FilterSection:
 class CameraSection:
     """Where frames come from; width/height/fps 0 mean "whatever the device offers"."""
 
-    source: str = setting("camera:0", "camera:0 | camera:/dev/video2 | a video or image file | synthetic | "
-                          "synthetic:static", cli="--source", metavar="SOURCE")
+    source: str = setting("camera:0", "camera:0 | camera:/dev/video2 | a video or image file | sample[:NAME] | "
+                          "sample:static | synthetic | synthetic:static", cli="--source", metavar="SOURCE")
     width: int = setting(0, "camera width asked of the device (0: its default)", low=0, high=7680)
     height: int = setting(0, "camera height asked of the device (0: its default)", low=0, high=4320)
     fps: int = setting(0, "camera frame rate asked of the device (0: its default)", low=0, high=240)

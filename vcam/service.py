@@ -121,9 +121,9 @@ class Service:
         except SourceError as error:
             if self.settings.source_given:
                 raise
-            self.notice(f"{error} -- using the synthetic source instead")
-            source = open_source("synthetic", replace(self.settings.source_config, live=True))
-            spec = "synthetic"
+            self.notice(f"{error} -- using the sample photo (a moving real photograph) instead")
+            source = open_source("sample", replace(self.settings.source_config, live=True))
+            spec = "sample"
         self.notice(f"source: {spec}")
         return source
 

@@ -1,6 +1,7 @@
 """Where frames come from: a camera, a video or image file, or a generated pattern, chosen by a spec string.
 
-Specs: `camera:0`, `camera:/dev/video2`, `synthetic`, `synthetic:static`, or a path to a video / image file.
+Specs: `camera:0`, `camera:/dev/video2`, `sample[:NAME]`, `sample:static` (a real photo moved like a hand-held
+webcam, see `vcam.sample_source`), `synthetic`, `synthetic:static`, or a path to a video / image file.
 Every source hands out (H, W, 3) uint8 RGB frames. A `live` source behaves like a camera (real time; the
 pipeline keeps only the newest frame); a non-live one is read as fast as it is consumed and nothing is dropped.
 
@@ -30,7 +31,8 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", 
 DEFAULT_CAMERA_FPS = 30.0
 CAMERA_LOST_NOTICE = ("camera lost - reconnecting...",)
 FILE_LOST_NOTICE = ("video file missing - retrying...",)
-SPEC_FORMS = "camera:0, camera:/dev/video2, synthetic, synthetic:static, or a video/image file path"
+SPEC_FORMS = ("camera:0, camera:/dev/video2, sample, sample:NAME, sample:static, synthetic, synthetic:static, "
+              "or a video/image file path")
 
 
 log = logging.getLogger("vcam")
@@ -441,40 +443,18 @@ class ImageSource:
         self._done.set()
 
 
-class SyntheticSource:
-    """A generated pattern: colour gradients drifting sideways and a disc moving on a Lissajous path.
+class GeneratedSource:
+    """A source whose frame is a pure function of its index (`frame(index)`, given by the subclass): read in order
+    from 0, paced at `fps` when live, as fast as consumed otherwise."""
 
-    Deterministic by frame index (same frames on every machine, so benchmarks and tests are repeatable) and
-    cheap: the gradients are computed once and only shifted per frame.
-    """
-
-    def __init__(self, width: int, height: int, moving: bool = True, live: bool = False,
-                 fps: float | None = None) -> None:
-        if width <= 0 or height <= 0:
-            raise SourceError(f"synthetic size must be positive, got {width}x{height}")
-        self.width, self.height = width, height
-        self.moving = moving
+    def __init__(self, live: bool, fps: float | None) -> None:
         self.live = live
         self._closed = threading.Event()
         self._pacer = FramePacer(fps or DEFAULT_CAMERA_FPS, interrupt=self._closed) if live else None
-        xs = np.arange(width, dtype=np.float32) / max(1, width - 1)
-        ys = np.arange(height, dtype=np.float32) / max(1, height - 1)
-        self._red = np.broadcast_to((xs * 255).astype(np.uint8)[None, :], (height, width))
-        self._green = np.broadcast_to((ys * 255).astype(np.uint8)[:, None], (height, width))
-        self._blue_row = (127.5 + 127.5 * np.sin(2 * np.pi * xs * 2)).astype(np.uint8)
         self._index = 0
 
     def frame(self, index: int) -> np.ndarray:
-        t = index if self.moving else 0
-        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
-        out[..., 0] = self._red
-        out[..., 1] = self._green
-        out[..., 2] = np.roll(self._blue_row, t * max(1, self.width // 120))[None, :]
-        centre = (round(self.width * (0.5 + 0.3 * math.sin(t * 2 * math.pi / 90))),
-                  round(self.height * (0.5 + 0.3 * math.sin(t * 2 * math.pi / 70 + 1.0))))
-        radius = max(2, min(self.width, self.height) // 8)
-        cv2.circle(out, centre, radius, (250, 240, 220), thickness=-1, lineType=cv2.LINE_AA)
-        return out
+        raise NotImplementedError
 
     def read(self) -> np.ndarray | None:
         if self._pacer is not None:
@@ -487,6 +467,39 @@ class SyntheticSource:
 
     def close(self) -> None:
         self._closed.set()
+
+
+class SyntheticSource(GeneratedSource):
+    """A generated pattern: colour gradients drifting sideways and a disc moving on a Lissajous path.
+
+    Deterministic by frame index (same frames on every machine, so benchmarks and tests are repeatable) and
+    cheap: the gradients are computed once and only shifted per frame.
+    """
+
+    def __init__(self, width: int, height: int, moving: bool = True, live: bool = False,
+                 fps: float | None = None) -> None:
+        if width <= 0 or height <= 0:
+            raise SourceError(f"synthetic size must be positive, got {width}x{height}")
+        super().__init__(live, fps)
+        self.width, self.height = width, height
+        self.moving = moving
+        xs = np.arange(width, dtype=np.float32) / max(1, width - 1)
+        ys = np.arange(height, dtype=np.float32) / max(1, height - 1)
+        self._red = np.broadcast_to((xs * 255).astype(np.uint8)[None, :], (height, width))
+        self._green = np.broadcast_to((ys * 255).astype(np.uint8)[:, None], (height, width))
+        self._blue_row = (127.5 + 127.5 * np.sin(2 * np.pi * xs * 2)).astype(np.uint8)
+
+    def frame(self, index: int) -> np.ndarray:
+        t = index if self.moving else 0
+        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        out[..., 0] = self._red
+        out[..., 1] = self._green
+        out[..., 2] = np.roll(self._blue_row, t * max(1, self.width // 120))[None, :]
+        centre = (round(self.width * (0.5 + 0.3 * math.sin(t * 2 * math.pi / 90))),
+                  round(self.height * (0.5 + 0.3 * math.sin(t * 2 * math.pi / 70 + 1.0))))
+        radius = max(2, min(self.width, self.height) // 8)
+        cv2.circle(out, centre, radius, (250, 240, 220), thickness=-1, lineType=cv2.LINE_AA)
+        return out
 
 
 def _open_synthetic(arg: str, config: SourceConfig) -> FrameSource:
@@ -505,8 +518,15 @@ def _open_file(path: Path, config: SourceConfig) -> FrameSource:
     return VideoFileSource(path, loop=config.loop, live=live, fallback_fps=config.fps)
 
 
+def _open_sample(arg: str, config: SourceConfig) -> FrameSource:
+    from vcam.sample_source import open_sample  # imported when asked for: scikit-image is slow to import
+
+    return open_sample(arg, config)
+
+
 SOURCE_KINDS: dict[str, Callable[[str, SourceConfig], FrameSource]] = {
     "camera": _open_camera,
+    "sample": _open_sample,
     "synthetic": _open_synthetic,
 }
 

@@ -1,0 +1,300 @@
+"""Train the `tiny` model on the CPU: a TAESD-shaped autoencoder, then a small UNet + CLIP text encoder.
+
+    python bench/train_tiny.py                       # ~12-15 min on 2 idle cores; writes engines/tiny/weights
+    python bench/train_tiny.py --checkpoint ck.pt    # resumes from ck.pt if it exists (same seed, same result)
+
+Three phases, each resumable from the checkpoint (saved every `--save-every` steps, written atomically):
+1. Autoencoder (diffusers AutoencoderTiny, 4 latent channels, scale factor 8) on random 128x128 views of the
+   training photos and of their styled versions (the decoder must be able to draw a sketch and neon, not only
+   photos). Loss: L1 + MSE on pixels. The decoder sees the latents normalised per channel by running statistics
+   (mean 0 / std 1, the scale SD's noise schedule assumes: with the ~0.25 std an unconstrained encoder gave,
+   t = 339 already drowned the picture), folded into the encoder at the end; half the batch is decoded with a
+   little noise added, because at run time the decoder gets the UNet's x0-prediction, never an exact encoding.
+2. A bank of latents: `--bank` random 128x128 views, each encoded as photo and as every style (frozen encoder).
+3. UNet2DConditionModel (epsilon prediction, SD `scaled_linear` betas, 1000 steps) + the CLIP text encoder,
+   jointly, on two terms per batch (half the rows each):
+   (a) the standard DDPM epsilon loss on *styled* latents with the style's prompt, t uniform in 0..999, so the
+       model is a proper denoiser of styled pictures and many-step samplers (DDIM, DPM-Solver++) converge on it;
+   (b) an img2img "translation" term: x_t is made from the *photo's* latent, and the target is the epsilon that
+       makes the x0-prediction equal the *styled* latent, eps* = (x_t - sqrt(abar_t) z_style) / sqrt(1 - abar_t).
+       It is weighted as an x0 loss ||x0_pred - z_style||^2 (the LCM step the stream uses returns ~x0_pred at
+       the preset timesteps, c_skip ~ 0 there), with t drawn from the range img2img presets use (LCM grid
+       indices 12..49, t = 19..759). This is what makes a 1-4 step img2img restyle a camera frame.
+   Why both: (b) alone teaches only "photo in, style out" and leaves the model undefined on its own styled
+   outputs (the 2nd..4th stream steps re-noise a styled x0) and on pure noise; (a) alone is a denoiser of
+   styled pictures that at small t just returns the (unstyled) photo. Together, the x0 prediction is "the
+   styled version of the underlying picture", whether that picture is a photo or already styled.
+   The identity prompt ("photograph") and the empty prompt map a photo to itself (the empty prompt is also
+   the negative prompt of RCFG, so guidance pushes away from the unstyled photo).
+Seeded per step (numpy and torch generators built from (seed, phase, step)), so a resumed run equals an
+uninterrupted one. At the end the weights are written as an fp16 diffusers folder and `bench/tiny_figures.py`
+prints the quality figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.schedule import alphas_cumprod  # noqa: E402
+from engines.base import NoiseScheduleConfig  # noqa: E402
+from engines.tiny.photos import TRAINING_PHOTOS, load_photo, random_view  # noqa: E402
+from engines.tiny.styles import TRAINING_PROMPTS  # noqa: E402
+
+CONFIGS = ROOT / "engines" / "configs" / "tiny"
+WEIGHTS = ROOT / "engines" / "tiny" / "weights"
+PROMPTS = list(TRAINING_PROMPTS)  # index k <-> prompt text; styles first, then "photograph", then ""
+# Training view sides in pixels. The networks are convolutional, so any size runs, but a view must be larger than
+# the autoencoder's receptive field: trained on 64x64 views (every latent near the zero padding), it reconstructed
+# 64x64 crops at 24 dB and whole 256x256 pictures at 12 dB.
+AE_SIZE, UNET_SIZE = 128, 128
+PRESET_T_RANGE = (19, 759)  # LCM grid indices 49..12: where img2img presets put their slots
+
+
+def build_autoencoder():
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny(
+        encoder_block_out_channels=(24, 24, 24, 24), decoder_block_out_channels=(24, 24, 24, 24),
+        num_encoder_blocks=(1, 2, 2, 2), num_decoder_blocks=(2, 2, 2, 1), latent_channels=4)
+
+
+def build_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64, 128), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16)
+
+
+def build_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig.from_pretrained(CONFIGS / "text_encoder"))
+
+
+def step_rng(seed: int, phase: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Independent generators per (phase, step): the data a step sees never depends on when the run resumed."""
+    return np.random.default_rng([seed, phase, step]), torch.Generator().manual_seed(seed * 1_000_003 + phase * 100_003 + step)
+
+
+def styled_views(photos: list[np.ndarray], size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, 1 + len(PROMPTS) - 2, size, size, 3): each random view as the photo, then every style."""
+    styles = [f for name, f in TRAINING_PROMPTS.items() if name not in ("", "photograph")]
+    out = []
+    for _ in range(count):
+        view = random_view(photos[rng.integers(len(photos))], size, rng)
+        out.append([view] + [f(view) for f in styles])
+    return np.asarray(out, dtype=np.float32)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) in [0, 1] -> (..., 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).movedim(-1, -3) * 2.0 - 1.0
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically, adding the training time spent since the last save (so resumed runs add up)."""
+    now = time.time()
+    state["seconds"] = state.get("seconds", 0.0) + now - state.pop("_since", now)
+    state["_since"] = now
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_autoencoder(ae, photos, args, state, path) -> None:
+    optimizer = torch.optim.AdamW(ae.parameters(), lr=args.ae_lr, weight_decay=0.0)
+    if "ae_optimizer" in state:
+        optimizer.load_state_dict(state["ae_optimizer"])
+    schedule = lambda step: min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.ae_steps))  # noqa: E731
+    bar = tqdm(range(state.get("ae_step", 0), args.ae_steps), desc="autoencoder", initial=state.get("ae_step", 0),
+               total=args.ae_steps)
+    for step in bar:
+        rng, gen = step_rng(args.seed, 1, step)
+        views = styled_views(photos, AE_SIZE, args.ae_batch // 2, rng)  # photo + styles per view
+        pick = rng.integers(views.shape[1], size=(views.shape[0], 2))
+        batch = to_tensor(np.concatenate([views[np.arange(len(views)), pick[:, 0]],
+                                          views[np.arange(len(views)), pick[:, 1]]]))  # (B, 3, 128, 128)
+        for group in optimizer.param_groups:
+            group["lr"] = args.ae_lr * schedule(step)
+        raw = ae.encode(batch).latents  # (B, 4, 16, 16)
+        mean, std = raw.detach().mean(dim=(0, 2, 3)), raw.detach().std(dim=(0, 2, 3))  # (4,)
+        if "ae_mean" not in state:
+            state["ae_mean"], state["ae_std"] = mean, std
+        state["ae_mean"] = 0.95 * state["ae_mean"] + 0.05 * mean
+        state["ae_std"] = 0.95 * state["ae_std"] + 0.05 * std
+        latents = (raw - state["ae_mean"].view(1, -1, 1, 1)) / state["ae_std"].view(1, -1, 1, 1)
+        half = len(latents) // 2  # the second half is decoded with noise added to its latents
+        noise = torch.randn(latents[half:].shape, generator=gen)
+        decoded = ae.decode(torch.cat([latents[:half], latents[half:] + 0.1 * noise])).sample  # (B, 3, 128, 128)
+        pixel = (decoded - batch).abs().mean() + ((decoded - batch) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        pixel.backward()
+        optimizer.step()
+        state["ae_loss"] = float(pixel)
+        bar.set_postfix(pixel=f"{float(pixel):.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.ae_steps:
+            state.update(ae_step=step + 1, ae=ae.state_dict(), ae_optimizer=optimizer.state_dict())
+            save_checkpoint(path, state)
+
+
+@torch.no_grad()
+def fold_latent_normalisation(ae, state) -> None:
+    """Fold (raw - mean) / std into the encoder's last convolution (a linear map, so exactly), once: from then on
+    the encoder itself returns latents of mean 0 / std 1 per channel, the scale SD's noise schedule is made for."""
+    if state.get("ae_folded"):
+        return
+    conv = [m for m in ae.encoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    mean, std = state["ae_mean"], state["ae_std"]
+    conv.weight.div_(std.view(-1, 1, 1, 1))
+    conv.bias.copy_((conv.bias - mean) / std)
+    state.update(ae=ae.state_dict(), ae_folded=True)
+
+
+@torch.no_grad()
+def build_bank(ae, photos, args) -> torch.Tensor:
+    """(bank, 6, 4, 16, 16) latents: photo then the five styles of each 128x128 view."""
+    rng, _ = step_rng(args.seed, 2, 0)
+    chunks = []
+    for start in tqdm(range(0, args.bank, 32), desc="latent bank"):
+        views = styled_views(photos, UNET_SIZE, min(32, args.bank - start), rng)  # (n, 6, 128, 128, 3)
+        n, k = views.shape[:2]
+        latents = ae.encode(to_tensor(views.reshape(n * k, UNET_SIZE, UNET_SIZE, 3))).latents
+        chunks.append(latents.reshape(n, k, *latents.shape[1:]))
+    return torch.cat(chunks)
+
+
+def prompt_tokens(tokenizer) -> torch.Tensor:
+    return tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.0)
+    if "unet_optimizer" in state:
+        optimizer.load_state_dict(state["unet_optimizer"])
+    abar = torch.from_numpy(alphas_cumprod(NoiseScheduleConfig())).float()  # (1000,)
+    styles = len(PROMPTS) - 2  # bank column s + 1 is style s; column 0 the photo
+    bar = tqdm(range(state.get("unet_step", 0), args.unet_steps), desc="unet", initial=state.get("unet_step", 0),
+               total=args.unet_steps)
+    for step in bar:
+        rng, gen = step_rng(args.seed, 3, step)
+        half = args.unet_batch // 2
+        rows = torch.from_numpy(rng.integers(len(bank), size=2 * half))
+        # prompt index per row: a style (0..4), the identity prompt (5) or the empty prompt (6)
+        prompt = torch.from_numpy(rng.choice(len(PROMPTS), size=2 * half, p=[0.16] * styles + [0.12, 0.08]))
+        column = torch.where(prompt < styles, prompt + 1, torch.zeros_like(prompt))
+        target = bank[rows, column]  # (2h, 4, 16, 16): the styled (or identity) latent
+        source = torch.cat([target[:half], bank[rows[half:], 0]])  # (a) styled itself; (b) the photo
+        if rng.random() < 0.5:  # flips: the convolutional UNet sees both orientations of every view
+            target, source = target.flip(-1), source.flip(-1)
+        t = torch.cat([torch.randint(0, 1000, (half,), generator=gen),
+                       torch.randint(PRESET_T_RANGE[0], PRESET_T_RANGE[1] + 1, (half,), generator=gen)])
+        a, b = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
+        noise = torch.randn(source.shape, generator=gen)
+        x_t = a * source + b * noise
+        for group in optimizer.param_groups:
+            group["lr"] = args.unet_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.unet_steps))
+        embeddings = text_encoder(tokens).last_hidden_state[prompt]  # (2h, 77, 128)
+        eps = unet(x_t, t, encoder_hidden_states=embeddings).sample
+        loss_eps = ((eps[:half] - noise[:half]) ** 2).mean()
+        x0 = (x_t[half:] - b[half:] * eps[half:]) / a[half:]
+        loss_x0 = ((x0 - target[half:]) ** 2).mean()
+        loss = loss_eps + args.translation_weight * loss_x0
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        state.update(eps_loss=float(loss_eps), x0_loss=float(loss_x0))
+        bar.set_postfix(eps=f"{float(loss_eps):.4f}", x0=f"{float(loss_x0):.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.unet_steps:
+            state.update(unet_step=step + 1, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
+                         unet_optimizer=optimizer.state_dict())
+            save_checkpoint(path, state)
+
+
+def write_model(out: Path, ae, unet, text_encoder) -> None:
+    """The weights as an ordinary fp16 diffusers folder (staged, then moved into place)."""
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    for name, module in (("vae", ae), ("unet", unet), ("text_encoder", text_encoder)):
+        module.to(torch.float16).save_pretrained(staging / name, safe_serialization=True)
+        module.to(torch.float32)
+    shutil.copytree(CONFIGS / "tokenizer", staging / "tokenizer")
+    shutil.copytree(CONFIGS / "scheduler", staging / "scheduler")
+    index = json.loads((CONFIGS / "model_index.json").read_text())
+    index["vae"] = ["diffusers", "AutoencoderTiny"]
+    (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--checkpoint", type=Path, default=Path("tiny-train.ckpt"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ae-steps", type=int, default=1500)
+    parser.add_argument("--ae-batch", type=int, default=4)
+    parser.add_argument("--ae-lr", type=float, default=1e-3)
+    parser.add_argument("--bank", type=int, default=1024)
+    parser.add_argument("--unet-steps", type=int, default=1200)
+    parser.add_argument("--unet-batch", type=int, default=32)
+    parser.add_argument("--unet-lr", type=float, default=1e-3)
+    parser.add_argument("--translation-weight", type=float, default=1.0)
+    parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--no-figures", action="store_true", help="skip the quality figures at the end")
+    args = parser.parse_args(argv)
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(args.threads)
+    state: dict = torch.load(args.checkpoint, weights_only=False) if args.checkpoint.is_file() else {}
+    if state and state.get("seed") != args.seed:
+        parser.error(f"{args.checkpoint} was made with seed {state.get('seed')}; pass that seed or a new --checkpoint")
+    state["seed"] = args.seed
+    state["_since"] = time.time()  # training time counts from here (loading photos and models included)
+    torch.manual_seed(args.seed)  # initial weights
+    ae, unet, text_encoder = build_autoencoder(), build_unet(), build_text_encoder()
+    for name, module in (("ae", ae), ("unet", unet), ("text_encoder", text_encoder)):
+        if name in state:  # note: "ae" is saved folded once the bank exists (fold_latent_normalisation)
+            module.load_state_dict(state[name])
+    photos = [load_photo(name) for name in TRAINING_PHOTOS]
+    train_autoencoder(ae.train(), photos, args, state, args.checkpoint)
+    ae.eval().requires_grad_(False)
+    fold_latent_normalisation(ae, state)
+    if "bank" not in state:
+        state["bank"] = build_bank(ae, photos, args)
+        save_checkpoint(args.checkpoint, state)
+    from transformers import CLIPTokenizer
+
+    tokens = prompt_tokens(CLIPTokenizer.from_pretrained(CONFIGS / "tokenizer"))
+    train_unet(unet.train(), text_encoder.train(), tokens, state["bank"], args, state, args.checkpoint)
+    save_checkpoint(args.checkpoint, state)
+    elapsed = state["seconds"]
+    write_model(args.out, ae.eval(), unet.eval(), text_encoder.eval())
+    print(f"trained in {elapsed / 60:.1f} min (this run and the runs it resumed); wrote {args.out}")
+    print(f"final losses: autoencoder pixel {state['ae_loss']:.4f}, unet eps {state['eps_loss']:.4f}, "
+          f"unet translation x0 {state['x0_loss']:.4f}")
+    if not args.no_figures:
+        from bench.tiny_figures import print_figures
+
+        print_figures(args.out, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
