@@ -1,6 +1,7 @@
 """Train the `tiny` model on the CPU: a TAESD-shaped autoencoder, then a small UNet + CLIP text encoder.
 
-    python bench/train_tiny.py                       # ~12-15 min on 2 idle cores; writes engines/tiny/weights
+    python bench/train_tiny.py                       # writes engines/tiny/weights
+    python bench/train_tiny.py --threads 1           # on a busy machine (31 min there at load ~20; see README)
     python bench/train_tiny.py --checkpoint ck.pt    # resumes from ck.pt if it exists (same seed, same result)
 
 Three phases, each resumable from the checkpoint (saved every `--save-every` steps, written atomically):
@@ -88,7 +89,8 @@ def build_text_encoder():
 
 def step_rng(seed: int, phase: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
     """Independent generators per (phase, step): the data a step sees never depends on when the run resumed."""
-    return np.random.default_rng([seed, phase, step]), torch.Generator().manual_seed(seed * 1_000_003 + phase * 100_003 + step)
+    torch_seed = seed * 1_000_003 + phase * 100_003 + step
+    return np.random.default_rng([seed, phase, step]), torch.Generator().manual_seed(torch_seed)
 
 
 def styled_views(photos: list[np.ndarray], size: int, count: int, rng: np.random.Generator) -> np.ndarray:
