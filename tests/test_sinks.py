@@ -500,13 +500,13 @@ def test_mjpeg_viewers_that_reset_mid_stream_leave_stderr_clean(capfd):
     try:
         for request in [b"GET /stream.mjpg HTTP/1.0\r\n\r\n", b"GET /frame.jpg HTTP/1.0\r\n\r\n",
                         b"GET /stream.mjpg HT"] * 4:
-            viewer = socket.create_connection(("127.0.0.1", sink.port), timeout=5)
+            viewer = socket.create_connection(("127.0.0.1", sink.port), timeout=30)
             viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             viewer.sendall(request)
             if request.endswith(b"\r\n\r\n"):
                 assert viewer.recv(64).startswith(b"HTTP/1.0 200"), "the viewer was being served"
             reset_connection(viewer)
-        with urllib.request.urlopen(sink.url, timeout=5) as response:
+        with urllib.request.urlopen(sink.url, timeout=30) as response:
             read_multipart_frames(response, 3)  # the server still serves the next viewer
     finally:
         publisher.stop()
