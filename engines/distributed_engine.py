@@ -41,12 +41,12 @@ from engines.base import EngineShapes, EngineUnavailableError, ModelError
 from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings, ParallelMode
 from engines.stage_transport import LinkCounters, WorkerLostError, flush_sends, recv_tensors, send_tensors
-from engines.stage_worker import (CONFIG_KEY, OP_ASYNC, OP_EXACT, OP_PIPELINE, OP_STATS, OP_STOP, StageRunner,
-                                  error_key, make_group, ready_key)
+from engines.stage_worker import (CONFIG_KEY, GO_KEY, OP_ASYNC, OP_EXACT, OP_PIPELINE, OP_STATS, OP_STOP,
+                                  STARTUP_WAIT_S, StageRunner, error_key, make_group, ready_key)
 from engines.stages import StageState, UNetUnits, balanced_cuts, measure_unit_costs, stage_costs
 from engines.torch_engine import TorchEngine
 
-STARTUP_TIMEOUT_S = 600.0  # loading a real model on a slow disk; a worker that fails says so at once
+STARTUP_TIMEOUT_S = STARTUP_WAIT_S  # loading a real model on a slow disk; a worker that fails says so at once
 STOP_TIMEOUT_S = 5.0
 # How long a transfer may wait. Workers wait for rank 0's next call through every pause, skipped frame or slow
 # VAE call, so this must not be short: a dead peer is seen at once anyway (its socket closes).
@@ -144,7 +144,7 @@ class DistributedEngine:
             env = {**os.environ, **QUIET_CHILD_ENV}
             for rank in range(1, self.world):
                 command = [sys.executable, "-m", "engines.stage_worker", "--connect", f"127.0.0.1:{store.port}",
-                           "--rank", str(rank)]
+                           "--rank", str(rank), "--parent-pid", str(os.getpid())]
                 self._processes[rank] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
             # Workers must not outlive this engine, nor this process (they would only report a closed socket).
             weakref.finalize(self, _kill_processes, list(self._processes.values()))
@@ -157,6 +157,7 @@ class DistributedEngine:
         except BaseException:
             self._kill_workers()
             raise
+        store.set(GO_KEY, "1")
         return store
 
     def _wait_ready(self, store: Any) -> None:

@@ -48,6 +48,22 @@ def error_key(rank: int) -> str:
     return f"vcam/error/{rank}"
 
 
+STARTUP_WAIT_S = 600.0
+GO_KEY = "vcam/go"  # set by rank 0 once every worker is ready: only then is the process group formed
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker started by vcam ends when vcam does, whatever it is doing (loading, forming the group)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vcam-parent-watch", daemon=True).start()
+
+
 def make_group(store: Any, rank: int, world: int, backend: str, timeout_s: float) -> Any:
     """A process group of our own (no global default group), over gloo or NCCL."""
     import torch.distributed as dist
@@ -148,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, required=True, help="this worker's rank (1 .. N-1)")
     parser.add_argument("--device", help="device of this worker (default: the one rank 0 assigned)")
     parser.add_argument("--model", help="the model's path on this machine, if it differs from rank 0's")
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by vcam for the workers it starts
     args = parser.parse_args(argv)
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
     host, port = args.connect.rsplit(":", 1)
     store = dist.TCPStore(host, int(port), is_master=False, timeout=datetime.timedelta(seconds=60))
     config = json.loads(store.get(CONFIG_KEY))
@@ -165,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         store.set(error_key(rank), f"{type(error).__name__}: {error}".splitlines()[0])
         return 1
     store.set(ready_key(rank), str(os.getpid()))
+    # Raises when rank 0 is gone before the group is formed (the store lives in rank 0); other workers may still be
+    # loading (on other machines, started minutes later), hence the long wait.
+    store.wait([GO_KEY], datetime.timedelta(seconds=STARTUP_WAIT_S))
     comm_device = device if config["backend"] == "nccl" else torch.device("cpu")
     group = make_group(store, rank, world, config["backend"], float(config["timeout_s"]))
     code = 0

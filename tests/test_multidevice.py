@@ -242,13 +242,14 @@ def worker_pids(parent: int) -> list[int]:
     return [pid for pid in children if b"engines.stage_worker" in open(f"/proc/{pid}/cmdline", "rb").read()]
 
 
+@pytest.mark.timeout(1500)  # two processes start torch and time every unit: >500 s at load average 24 on 2 cores
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the worker's pid from /proc")
 def test_the_service_says_a_worker_died_in_one_line_and_stops_cleanly(tiny_user_cache):
     from tests.test_service_signals import start_vcam, wait_for_line
 
     process = start_vcam({"DISPLAY": ""}, "--no-tray", "--devices", "cpu:2")
     try:
-        wait_for_line(process, "first stylised frame", timeout=500)
+        wait_for_line(process, "first stylised frame", timeout=1200)
         (worker,) = worker_pids(process.pid)
         os.kill(worker, signal.SIGKILL)
         rest = process.communicate(timeout=60)[1]
