@@ -79,7 +79,6 @@ def test_demo_contact_sheet_shows_the_input_and_each_style_labelled(demo_dir: Pa
         assert mean_abs(panels[index], still) > 5.0, "every style panel is restyled"
 
 
-@pytest.mark.xfail(strict=True, reason="tiny has random weights until the trained tiny model is merged (issue 7)")
 @pytest.mark.timeout(1800)
 def test_the_four_styles_on_the_contact_sheet_differ_clearly(demo_dir: Path) -> None:
     styles = sheet_panels(demo_dir / "vcam-demo.png", SIZE)[1:]
