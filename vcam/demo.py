@@ -19,9 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.config import StreamConfig
 from vcam.framing import fit_frame
+from vcam.options import given_values, option_name
 from vcam.overlay import draw_status
 from vcam.processor import frames_to_tensor, tensor_to_frames
+from vcam.sections import GROUPS_BY_KEY, FilterSection, OutputSection, user_fields
 from vcam.settings import RunSettings, resolve_settings
 from vcam.sinks import SinkConfig, SinkError, VideoFileSink
 from vcam.sources import SourceConfig, open_source
@@ -145,20 +148,33 @@ def write_sheet(path: Path, panels: list[np.ndarray], labels: list[str]) -> None
         raise DemoError(f"cannot write {path}; is the folder writable?")
 
 
-# Options `vcam demo` shares with `run` but has no use for: it writes its own two files from every frame.
-IGNORED_OPTIONS = ("sink", "output_size", "output_fps", "fit", "mirror", "ssf_threshold", "ssf_max_skip", "no_ssf",
-                   "prompt", "txt2img")
+# Settings `vcam demo` shares with `run` but has no use for: it writes its own two files from every frame.
+IGNORED_FIELDS = (("output", OutputSection, None), ("filter", FilterSection, None),
+                  ("stream", StreamConfig, ("prompt", "mode")))
+
+
+def _ignored_options(args: argparse.Namespace) -> list[str]:
+    """The options the user gave that the demo ignores, spelled as on the command line."""
+    ignored = []
+    for key, cls, only in IGNORED_FIELDS:
+        group = GROUPS_BY_KEY[key]
+        fields = {f.name: f for f, _ in user_fields(cls, where="cli")}
+        ignored += [option_name(group, fields[name]) for name in given_values(args, group, cls)
+                    if only is None or name in only]
+    if args.output_size is not None:
+        ignored.append("--output-size")
+    return ignored
 
 
 def demo_command(args: argparse.Namespace) -> int:
     """`vcam demo`: the tiny preset's settings (or the options given), the sample source, files into --out."""
-    ignored = [f"--{name.replace('_', '-')}" for name in IGNORED_OPTIONS if getattr(args, name, None) is not None]
+    ignored = _ignored_options(args)
     if ignored:
         print(f"vcam: {', '.join(ignored)} has no effect on the demo (it writes {VIDEO_NAME} and {SHEET_NAME})",
               file=sys.stderr)
     settings = resolve_settings(args, default_preset="tiny")
     result = run_demo(settings, Path(args.out).expanduser(), frames=args.frames or DEMO_FRAMES,
-                      source=args.source or DEMO_SOURCE)
+                      source=getattr(args, "camera.source", None) or DEMO_SOURCE)
     print(f"vcam: the demo wrote {result.video} ({result.frames} frames, input | output) and {result.sheet} "
           f"(the input and {len(result.styles)} styles)")
     return 0
