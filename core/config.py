@@ -6,6 +6,8 @@ from typing import Literal
 
 GuidanceMode = Literal["none", "full", "self", "initialize"]
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "self", "initialize")
+SchedulerName = Literal["lcm", "ddim", "dpmsolver++"]
+SCHEDULERS: tuple[str, ...] = ("lcm", "ddim", "dpmsolver++")
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,16 @@ class StreamConfig:
     mode: Literal["img2img", "txt2img"] = "img2img"
     prompt: str = "a watercolor painting"
     negative_prompt: str = ""
+    # The solver. `lcm` is the one-step consistency update on the t_index_list grid (distilled models); `ddim` and
+    # `dpmsolver++` integrate the probability-flow ODE over `num_inference_steps` steps of their own schedule
+    # (any epsilon / v model), of which img2img runs the last int(num_inference_steps * strength) as diffusers'
+    # StableDiffusionImg2ImgPipeline does, and txt2img all. `ddim` is order 1 of the same multistep code.
+    scheduler: SchedulerName = "lcm"
+    num_inference_steps: int = 10  # ddim / dpmsolver++ only: length of the solver's timestep schedule
+    strength: float = 1.0  # ddim / dpmsolver++ img2img only: the fraction of that schedule run
+    solver_order: int = 2  # dpmsolver++ only: 1, 2 or 3 (2 is "2M", 3 is "3M")
+    use_karras_sigmas: bool = False  # ddim / dpmsolver++: Karras et al. (2022) sigma spacing instead of trailing
+    lower_order_final: bool = True  # dpmsolver++: order <= 2 at the second-to-last step when fewer than 15 steps
 
     def __post_init__(self) -> None:
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
@@ -66,11 +78,39 @@ class StreamConfig:
             raise ConfigError(f"guidance must be one of {', '.join(GUIDANCE_MODES)}, got {self.guidance!r}")
         if self.mode not in ("img2img", "txt2img"):
             raise ConfigError(f"mode must be img2img or txt2img, got {self.mode!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler != "lcm":
+            self._check_solver()
+
+    def _check_solver(self) -> None:
+        if not 1 <= self.num_inference_steps <= 1000:
+            raise ConfigError(f"--steps must be in 1..1000 for {self.scheduler}, got {self.num_inference_steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"--strength must be in (0, 1], got {self.strength}")
+        if self.mode == "img2img" and int(self.num_inference_steps * self.strength) < 1:
+            raise ConfigError(f"strength {self.strength} runs no step of {self.num_inference_steps}; "
+                              "raise --strength or --steps")
+        if self.solver_order not in (1, 2, 3):
+            raise ConfigError(f"--solver-order must be 1, 2 or 3, got {self.solver_order}")
+        if self.guidance_active and self.guidance in ("self", "initialize"):
+            raise ConfigError(f"--cfg {self.guidance} works only with --scheduler lcm; "
+                              f"use --cfg full (or none) with {self.scheduler}")
 
     @property
     def steps(self) -> int:
-        """T: denoising steps, i.e. slots of the stream batch."""
-        return len(self.t_index_list)
+        """T: denoising steps, i.e. slots of the stream batch (for ddim / dpmsolver++ img2img: the tail of
+        num_inference_steps that strength selects, int(steps * strength), as diffusers' img2img)."""
+        if self.scheduler == "lcm":
+            return len(self.t_index_list)
+        if self.mode == "txt2img":
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+    @property
+    def effective_solver_order(self) -> int:
+        """The multistep order asked for: 1 for ddim (DDIM is first-order DPM-Solver++), solver_order otherwise."""
+        return 1 if self.scheduler == "ddim" else self.solver_order
 
     @property
     def guidance_active(self) -> bool:
