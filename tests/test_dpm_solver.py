@@ -87,9 +87,9 @@ def tiny_unet(tiny_engine):
 
 
 def solver_config(steps: int, slots: int, order: int = 2, frames: int = 1, **changes) -> StreamConfig:
-    return StreamConfig(width=64, height=64, scheduler="dpmsolver++", num_inference_steps=steps,
-                        strength=slots / steps, solver_order=order, frame_buffer_size=frames, guidance="none",
-                        seed=3, **changes)
+    settings = dict(width=64, height=64, scheduler="dpmsolver++", num_inference_steps=steps, strength=slots / steps,
+                    solver_order=order, frame_buffer_size=frames, guidance="none", seed=3)
+    return StreamConfig(**{**settings, **changes})
 
 
 @pytest.mark.parametrize("frames", [1, 2])

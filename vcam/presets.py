@@ -71,8 +71,23 @@ class StreamSection:
     seed: int = field(default=2, metadata=_range(0, 2**32 - 1))
     frame_buffer: int = field(default=1, metadata=_range(1, 16))
     negative_prompt: str = ""
+    # ddim / dpmsolver++ (named as StreamConfig's fields; `strength` above is shared with the lcm grid)
+    scheduler: Literal["lcm", "ddim", "dpmsolver++"] = "lcm"
+    num_inference_steps: int = field(default=StreamConfig.num_inference_steps, metadata=_range(1, 1000))
+    solver_order: int = field(default=StreamConfig.solver_order, metadata=_range(1, 3))
+    use_karras_sigmas: bool = False
+    lower_order_final: bool = True
+
+    def solver_settings(self) -> dict[str, Any]:
+        """The StreamConfig fields of the ddim / dpmsolver++ solvers (defaults for lcm)."""
+        return dict(scheduler=self.scheduler, num_inference_steps=self.num_inference_steps,
+                    strength=self.strength if self.scheduler != "lcm" and self.strength is not None else 1.0,
+                    solver_order=self.solver_order, use_karras_sigmas=self.use_karras_sigmas,
+                    lower_order_final=self.lower_order_final)
 
     def resolved_t_index_list(self) -> tuple[int, ...]:
+        if self.scheduler != "lcm":
+            return self.t_index_list or StreamConfig.t_index_list  # unused by the solvers
         if self.t_index_list is not None:
             return self.t_index_list
         if self.strength is not None:
@@ -189,6 +204,7 @@ class Preset:
             seed=stream.seed,
             prompt=prompt if prompt is not None else self.prompts[0].text,
             negative_prompt=stream.negative_prompt,
+            **stream.solver_settings(),
         )
 
 
@@ -393,7 +409,8 @@ def _check_stream(stream: StreamSection, fail: _Fail) -> None:
         raise fail("stream.steps", "steps needs strength too (e.g. strength = 0.5), or use t_index_list")
     try:
         StreamConfig(width=stream.width, height=stream.height, t_index_list=stream.resolved_t_index_list(),
-                     frame_buffer_size=stream.frame_buffer, guidance=stream.guidance)
+                     frame_buffer_size=stream.frame_buffer, guidance=stream.guidance,
+                     guidance_scale=stream.guidance_scale, **stream.solver_settings())
     except ConfigError as error:
         raise fail("stream", str(error)) from None
 
