@@ -10,7 +10,7 @@ from core.prompts import PromptCache, PromptSwitcher
 from core.schedule import Schedule
 from core.stream import DiffusionStream
 from core.stream_batch import StreamBatch
-from tests.engine_doubles import RecordingEngine
+from tests.engine_doubles import ConvNoisePredictor, RecordingEngine
 from tests.test_dpm_solver import LATENT, NOISE, diffusers_sequential, frames_of_latents, solver_config
 
 pytestmark = pytest.mark.timeout(600)
@@ -26,15 +26,23 @@ def prompt_pair(tiny_engine):
     return cond, uncond
 
 
-@pytest.mark.parametrize(("scheduler", "order"), [("dpmsolver++", 2), ("dpmsolver++", 3), ("ddim", 1)])
-def test_full_cfg_stream_equals_diffusers_with_classifier_free_guidance(tiny_engine, prompt_pair, scheduler, order):
+@pytest.mark.parametrize(("scheduler", "order", "unet"), [("dpmsolver++", 2, "real"), ("dpmsolver++", 3, "conv"),
+                                                          ("ddim", 1, "conv")])
+def test_full_cfg_stream_equals_diffusers_with_classifier_free_guidance(tiny_engine, prompt_pair, scheduler, order,
+                                                                        unet):
     config = solver_config(4, 3, order, frames=2, scheduler=scheduler, guidance="full", guidance_scale=SCALE)
     cond, uncond = prompt_pair
-    recording = RecordingEngine(tiny_engine)
+    predict_noise = tiny_engine.predict_noise if unet == "real" else ConvNoisePredictor()  # conv: the cheap stand-in
+    calls: list[int] = []
+
+    def counted(latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        calls.append(latents.shape[0])
+        return predict_noise(latents, timesteps, embeddings)
+
     schedule = Schedule.build(config, NOISE, "cpu", torch.float32)
     guidance: ResidualGuidance | None = None
     batch = StreamBatch(schedule, LATENT, config.seed, lambda x_t, noise0: guidance.predict(x_t, noise0))
-    guidance = ResidualGuidance("full", SCALE, 1.0, schedule, batch.noise, recording.predict_noise)
+    guidance = ResidualGuidance("full", SCALE, 1.0, schedule, batch.noise, counted)
     guidance.set_embeddings(cond, uncond)
     inputs = frames_of_latents(4, 2)
     outputs = [batch.step(latents) for latents in inputs]
@@ -42,15 +50,14 @@ def test_full_cfg_stream_equals_diffusers_with_classifier_free_guidance(tiny_eng
     def cfg_noise(x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor) -> torch.Tensor:
         """Closed form of full CFG: eps = e_u + g (e_c - e_u), as StableDiffusionImg2ImgPipeline computes it."""
         rows = x.shape[0]
-        both = tiny_engine.predict_noise(torch.cat([x, x]), t.repeat(2), torch.cat([uncond.expand(rows, -1, -1),
-                                                                                    cond_rows]))
+        both = predict_noise(torch.cat([x, x]), t.repeat(2), torch.cat([uncond.expand(rows, -1, -1), cond_rows]))
         eps_u, eps_c = both.chunk(2)
         return eps_u + SCALE * (eps_c - eps_u)
 
     for k in range(2):
         expected = diffusers_sequential(config, (cfg_noise, cond), inputs[k], batch.noise[:2])
         assert (outputs[k + 2] - expected).abs().max() <= 1e-4
-    assert [call.latents.shape[0] for call in recording.unet_calls] == [2 * 3 * 2] * 4 == [config.unet_batch] * 4
+    assert calls == [2 * 3 * 2] * 4 == [config.unet_batch] * 4  # one UNet call of 2*T*F rows per group
 
 
 def make_stream(engine, **changes) -> DiffusionStream:
