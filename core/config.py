@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 GuidanceMode = Literal["none", "full", "self", "initialize"]
 GUIDANCE_MODES: tuple[str, ...] = ("none", "full", "self", "initialize")
+SchedulerName = Literal["lcm", "ddim", "dpmsolver++"]
+SCHEDULERS: tuple[str, ...] = ("lcm", "ddim", "dpmsolver++")
 
 
 class ConfigError(ValueError):
@@ -28,6 +30,20 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are shared between instances; use a tuple or a mapping proxy")
     return field(default=default, metadata=metadata)
+
+
+def stream_steps(scheduler: str, strength: float | None, steps: int | None, default_steps: int) -> dict[str, Any]:
+    """The StreamConfig fields the img2img `strength` + `steps` knob sets, by scheduler.
+
+    lcm: `t_index_list` on the consistency grid (`steps` slots; see `t_index_list_from_strength`). ddim /
+    dpmsolver++: `num_inference_steps` = steps and `strength`, of which img2img runs the last int(steps *
+    strength), as diffusers' StableDiffusionImg2ImgPipeline does. Missing values: strength 0.5, `default_steps`.
+    """
+    strength = 0.5 if strength is None else strength
+    steps = default_steps if steps is None else steps
+    if scheduler == "lcm":
+        return {"t_index_list": t_index_list_from_strength(strength, steps)}
+    return {"num_inference_steps": steps, "strength": strength}
 
 
 def t_index_list_from_strength(strength: float, steps: int, grid_steps: int = 50) -> tuple[int, ...]:
@@ -75,6 +91,20 @@ class StreamConfig:
     prompt: str = setting("a watercolor painting", "prompt text (put first, before the preset's prompts)",
                           preset=False)
     negative_prompt: str = setting("", "negative prompt used by RCFG full / initialize")
+    # The solver. `lcm` is the one-step consistency update on the t_index_list grid (distilled models); `ddim` and
+    # `dpmsolver++` integrate the probability-flow ODE over `num_inference_steps` steps of their own schedule
+    # (any epsilon / v model), of which img2img runs the last int(num_inference_steps * strength) as diffusers'
+    # StableDiffusionImg2ImgPipeline does, and txt2img all. `ddim` is order 1 of the same multistep code.
+    # Users set num_inference_steps and strength with --steps / --strength (see `stream_steps`).
+    scheduler: SchedulerName = setting(
+        "lcm", "lcm: one-step consistency (distilled models: sd-turbo, LCM); ddim | dpmsolver++: any SD model")
+    num_inference_steps: int = field(default=10, metadata={"internal": True})
+    strength: float = field(default=1.0, metadata={"internal": True})
+    solver_order: int = setting(2, "dpmsolver++ order: 1, 2 (2M) or 3 (3M)", low=1, high=3)
+    use_karras_sigmas: bool = setting(False, "ddim / dpmsolver++: Karras et al. (2022) sigma spacing",
+                                      cli="--karras")
+    lower_order_final: bool = setting(True, "dpmsolver++: first order at the last step when fewer than 15 steps "
+                                      "(as diffusers)")
 
     def __post_init__(self) -> None:
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
@@ -91,11 +121,39 @@ class StreamConfig:
             raise ConfigError(f"guidance must be one of {', '.join(GUIDANCE_MODES)}, got {self.guidance!r}")
         if self.mode not in ("img2img", "txt2img"):
             raise ConfigError(f"mode must be img2img or txt2img, got {self.mode!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler != "lcm":
+            self._check_solver()
+
+    def _check_solver(self) -> None:
+        if not 1 <= self.num_inference_steps <= 1000:
+            raise ConfigError(f"--steps must be in 1..1000 for {self.scheduler}, got {self.num_inference_steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"--strength must be in (0, 1], got {self.strength}")
+        if self.mode == "img2img" and int(self.num_inference_steps * self.strength) < 1:
+            raise ConfigError(f"strength {self.strength} runs no step of {self.num_inference_steps}; "
+                              "raise --strength or --steps")
+        if self.solver_order not in (1, 2, 3):
+            raise ConfigError(f"--solver-order must be 1, 2 or 3, got {self.solver_order}")
+        if self.guidance_active and self.guidance in ("self", "initialize"):
+            raise ConfigError(f"--guidance {self.guidance} works only with --scheduler lcm; "
+                              f"use --guidance full (or none) with {self.scheduler}")
 
     @property
     def steps(self) -> int:
-        """T: denoising steps, i.e. slots of the stream batch."""
-        return len(self.t_index_list)
+        """T: denoising steps, i.e. slots of the stream batch (for ddim / dpmsolver++ img2img: the tail of
+        num_inference_steps that strength selects, int(steps * strength), as diffusers' img2img)."""
+        if self.scheduler == "lcm":
+            return len(self.t_index_list)
+        if self.mode == "txt2img":
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+    @property
+    def effective_solver_order(self) -> int:
+        """The multistep order asked for: 1 for ddim (DDIM is first-order DPM-Solver++), solver_order otherwise."""
+        return 1 if self.scheduler == "ddim" else self.solver_order
 
     @property
     def guidance_active(self) -> bool:

@@ -17,6 +17,9 @@ row as x = alpha x0 + beta S, the consistency step gives
 and re-noising for the next slot, x' = alpha' denoised + beta' n' (n' = its fixed noise), gives
     S' = n' + (alpha' / beta') R.
 A guidance scale <= 1 changes nothing, so every mode then runs as `none` (no extra UNet rows).
+
+With ddim / dpmsolver++ (core.solvers) only `none` and `full` apply: nothing is re-noised between slots, so there
+is no fixed noise n' for the stock noise to restart from, and `StreamConfig` refuses `self` / `initialize` there.
 """
 from __future__ import annotations
 

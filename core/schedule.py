@@ -1,6 +1,7 @@
 """`Schedule`: the per-slot coefficients of the stream batch, computed once per stream.
 
-The stream batch runs T slots at once, slot i at timestep `t_index_list[i]` of the consistency (LCM) grid. Every
+The stream batch runs T slots at once, slot i at timestep `t_index_list[i]` of the consistency (LCM) grid (for
+ddim / dpmsolver++: slot i at step N - T + i of the solver's N-step schedule, see core.solvers). Every
 coefficient a UNet step needs is a fixed function of the slot, so it is computed here once, repeated F times (one
 row per frame of the slot) and shaped (T*F, 1, 1, 1) to broadcast over latents (T*F, C, h, w). The step itself is
 then a few lines of arithmetic over these tensors (`consistency_step`), in the spirit of k-diffusion.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from core.config import StreamConfig
+from core.solvers import SolverRows, solver_schedule
 from engines.base import NoiseScheduleConfig
 
 SIGMA_DATA = 0.5  # LCM boundary condition constant
@@ -65,24 +67,35 @@ class Schedule:
     row_timesteps: torch.Tensor  # (T*F,) long: what the UNet receives for one stream-batch call
     alpha_sqrt: torch.Tensor  # (T*F, 1, 1, 1)
     beta_sqrt: torch.Tensor  # (T*F, 1, 1, 1)
-    c_skip: torch.Tensor  # (T*F, 1, 1, 1)
-    c_out: torch.Tensor  # (T*F, 1, 1, 1)
+    c_skip: torch.Tensor  # (T*F, 1, 1, 1); 0 for ddim / dpmsolver++
+    c_out: torch.Tensor  # (T*F, 1, 1, 1); 1 for ddim / dpmsolver++ (denoised = the data prediction x0)
+    solver: SolverRows | None = None  # ddim / dpmsolver++ multistep coefficients; None for lcm
 
     @classmethod
     def build(
         cls, config: StreamConfig, noise: NoiseScheduleConfig, device: torch.device | str, dtype: torch.dtype
     ) -> "Schedule":
         """Compute every coefficient in float64 once, then cast to the engine's device and dtype."""
-        grid = lcm_timesteps(config.grid_steps, noise.num_train_timesteps)
-        slot_t = grid[list(config.t_index_list)]  # (T,)
-        abar = alphas_cumprod(noise)[slot_t]
-        c_skip, c_out = consistency_scalings(slot_t)
         frames = config.frame_buffer_size
 
         def rows(values: np.ndarray) -> torch.Tensor:
             per_row = np.repeat(values, frames)  # (T*F,) slot-major: all F frames of slot 0 first
             return torch.from_numpy(per_row).to(device=device, dtype=dtype).reshape(-1, 1, 1, 1)
 
+        solver = None
+        if config.scheduler == "lcm":
+            grid = lcm_timesteps(config.grid_steps, noise.num_train_timesteps)
+            slot_t = grid[list(config.t_index_list)]  # (T,)
+            abar = alphas_cumprod(noise)[slot_t]
+            c_skip, c_out = consistency_scalings(slot_t)
+        else:
+            all_t, sigmas = solver_schedule(alphas_cumprod(noise), config.num_inference_steps, config.use_karras_sigmas)
+            first = config.num_inference_steps - config.steps  # img2img runs the schedule's tail
+            slot_t = all_t[first:]  # (T,)
+            abar = 1.0 / (sigmas[first:-1] ** 2 + 1.0)  # alpha_t^2 at the (possibly Karras) slot sigmas
+            c_skip, c_out = np.zeros(len(slot_t)), np.ones(len(slot_t))
+            order = config.effective_solver_order
+            solver = SolverRows.build(sigmas, first, order, config.lower_order_final, rows)
         timesteps = torch.from_numpy(slot_t).to(device=device, dtype=torch.long)
         return cls(
             steps=config.steps,
@@ -94,6 +107,7 @@ class Schedule:
             beta_sqrt=rows(np.sqrt(1.0 - abar)),
             c_skip=rows(c_skip),
             c_out=rows(c_out),
+            solver=solver,
         )
 
     def slot_rows(self, first_slot: int, end_slot: int | None = None) -> slice:
@@ -116,7 +130,12 @@ def epsilon_from_output(
     raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
 
 
+def data_prediction(eps: torch.Tensor, x_t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """x0 = (x_t - beta eps) / alpha for every row: the "denoised" of DPM-Solver++ (data-prediction form)."""
+    return (x_t - schedule.beta_sqrt * eps) / schedule.alpha_sqrt  # (T*F, C, h, w)
+
+
 def consistency_step(eps: torch.Tensor, x_t: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """One LCM step for every row: x0 = (x_t - beta * eps) / alpha; denoised = c_out * x0 + c_skip * x_t."""
-    x0 = (x_t - schedule.beta_sqrt * eps) / schedule.alpha_sqrt  # (T*F, C, h, w)
+    x0 = data_prediction(eps, x_t, schedule)
     return schedule.c_out * x0 + schedule.c_skip * x_t

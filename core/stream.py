@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from core.similarity import SimilarityFilter
 
 # Settings that change the shape or the noise of the stream batch: changing one restarts the buffer.
-REBUILD_BATCH_FIELDS = ("width", "height", "t_index_list", "grid_steps", "frame_buffer_size", "seed", "mode")
+REBUILD_BATCH_FIELDS = (
+    "width", "height", "t_index_list", "grid_steps", "frame_buffer_size", "seed", "mode",
+    "scheduler", "num_inference_steps", "strength", "solver_order", "use_karras_sigmas", "lower_order_final",
+)
 # Settings of the guidance only: changing one keeps the buffered frames and rebuilds the guidance.
 REBUILD_GUIDANCE_FIELDS = ("guidance", "guidance_scale", "delta")
 

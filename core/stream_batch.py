@@ -11,6 +11,13 @@ The buffer is primed on the first call (and after `reset`):
 - img2img: every slot holds a copy of the first frame noised to that slot's timestep, so call j < T-1 returns
   the first frame denoised with j + 1 steps (from slot T-1-j on): a usable image from the first call.
 - txt2img: every slot holds a zero latent re-noised to its timestep (that is, beta_s * its fixed noise).
+
+ddim / dpmsolver++ (core.solvers) integrate an ODE, so nothing is re-noised: slot s's latent x moves to slot s+1
+as the solver's step left it, with its multistep history (the data predictions x0 of the same frame at the
+previous slots) beside it, and the group leaving slot T-1 is at sigma 0. Only the new frame is noised (with slot
+0's fixed noise), once, as diffusers' img2img does, so frame k equals a sequential diffusers run on that noise.
+Primed slots carry the first frame (img2img) or zeros (txt2img) as their history, so the first T-1 outputs are
+approximate, and exact from call T-1 on.
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ from typing import Callable
 
 import torch
 
-from core.schedule import Schedule, consistency_step
+from core.schedule import Schedule, consistency_step, data_prediction
+from core.solvers import dpm_solver_pp_update
 
 # (x_t (T*F, C, h, w), noise in slot 0 (F, C, h, w)) -> guided epsilon (T*F, C, h, w)
 EpsilonPredictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -49,11 +57,13 @@ class StreamBatch:
         self._fresh = torch.Generator(device="cpu").manual_seed(seed + 1)
         self._predict_epsilon = predict_epsilon
         self.buffer: torch.Tensor | None = None  # ((T-1)*F, C, h, w); None until primed
+        self.history: list[torch.Tensor] = []  # ddim / dpmsolver++: m1 (, m2) of the buffered rows, ((T-1)*F, ...)
         self.calls = 0
 
     def reset(self) -> None:
         """Forget the buffered frames; the next call primes the buffer again."""
         self.buffer = None
+        self.history = []
         self.calls = 0
 
     def step(self, new_latents: torch.Tensor | None) -> torch.Tensor:
@@ -74,11 +84,26 @@ class StreamBatch:
             self.buffer = self._primed_buffer(new_latents)
         x_t = torch.cat([x_new, self.buffer])  # (T*F, C, h, w)
         eps = self._predict_epsilon(x_t, noise0)
+        self.calls += 1
+        if s.solver is not None:
+            return self._solver_step(x_t, eps)
         denoised = consistency_step(eps, x_t, s)  # (T*F, C, h, w)
         older, newer = s.slot_rows(0, s.steps - 1), s.slot_rows(1)
         self.buffer = s.alpha_sqrt[newer] * denoised[older] + s.beta_sqrt[newer] * self.noise[newer]
-        self.calls += 1
         return denoised[s.slot_rows(s.steps - 1)]
+
+    def _solver_step(self, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """ddim / dpmsolver++: every row moves one solver step; latents and histories shift one slot on."""
+        s = self.schedule
+        assert s.solver is not None
+        denoised = data_prediction(eps, x_t, s)  # (T*F, C, h, w): m0 of every row
+        slot0 = torch.zeros_like(denoised[: s.frames])  # slot 0 runs first order: it has no history
+        old_denoised = [torch.cat([slot0, m]) for m in self.history]  # m1 (, m2), (T*F, C, h, w) each
+        x_next = dpm_solver_pp_update(x_t, denoised, old_denoised, s.solver)  # (T*F, C, h, w)
+        older = s.slot_rows(0, s.steps - 1)
+        self.buffer = x_next[older]
+        self.history = [m[older] for m in [denoised, *old_denoised][: s.solver.history]]
+        return x_next[s.slot_rows(s.steps - 1)]
 
     def _primed_buffer(self, first_latents: torch.Tensor | None) -> torch.Tensor:
         s = self.schedule
@@ -87,6 +112,8 @@ class StreamBatch:
             clean = torch.zeros_like(self.noise[rows])
         else:
             clean = first_latents.repeat(s.steps - 1, 1, 1, 1)  # ((T-1)*F, C, h, w)
+        if s.solver is not None:
+            self.history = [clean] * s.solver.history
         return s.alpha_sqrt[rows] * clean + s.beta_sqrt[rows] * self.noise[rows]
 
     def _fresh_noise(self) -> torch.Tensor:

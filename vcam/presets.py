@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping
 
 import platformdirs
 
-from core.config import ConfigError, StreamConfig, t_index_list_from_strength
+from core.config import ConfigError, StreamConfig, stream_steps
 from engines.parallel_settings import DeviceSettings
 from vcam.controls.hotkeys import parse_hotkey
 from vcam.sections import (GROUPS, CameraSection, Fail, FilterSection, HotkeysSection, ModelSection, ObsSection,
@@ -261,15 +261,20 @@ def _section_values(classes: tuple[type, ...], table: Any, dotted: str, fail: Fa
 
 def _build_stream(values: dict[str, Any], slots: SlotChoice, prompts: tuple[PromptSpec, ...],
                   fail: Fail) -> StreamConfig:
-    """The file's [stream] as the core's StreamConfig: strength + steps become t_index_list, the first prompt the
-    starting prompt; the core's own rules (multiples of 8, increasing indices) are reported as preset errors."""
+    """The file's [stream] as the core's StreamConfig: strength + steps set the steps (`core.config.stream_steps`),
+    the first prompt is the starting prompt; the core's own rules (multiples of 8, increasing indices, solver
+    settings) are reported as preset errors."""
     if "t_index_list" in values and (slots.strength is not None or slots.steps is not None):
         raise fail("stream.t_index_list", "set either t_index_list or strength + steps, not both")
-    if slots.steps is not None and slots.strength is None:
+    scheduler = values.get("scheduler", StreamConfig.scheduler)
+    if scheduler == "lcm" and slots.steps is not None and slots.strength is None:
         raise fail("stream.steps", "steps needs strength too (e.g. strength = 0.5), or use t_index_list")
     try:
-        if slots.strength is not None:
-            values = {**values, "t_index_list": t_index_list_from_strength(slots.strength, slots.steps or 2)}
+        if scheduler != "lcm":
+            default = StreamConfig.num_inference_steps
+            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps, default)}
+        elif slots.strength is not None:
+            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps, 2)}
         return StreamConfig(**values, prompt=prompts[0].text)
     except ConfigError as error:
         raise fail("stream", str(error)) from None

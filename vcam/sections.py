@@ -47,7 +47,8 @@ class SlotChoice:
 
     strength: float | None = setting(None, "img2img strength in (0, 1]; with --steps, instead of --t-index-list",
                                      low=0.01, high=1.0)
-    steps: int | None = setting(None, "number of denoising steps, with --strength", low=1, high=50)
+    steps: int | None = setting(None, "denoising steps (lcm: slots, with --strength; ddim / dpmsolver++: the "
+                                "schedule's length, of which img2img runs strength x steps)", low=1, high=1000)
 
 
 @dataclass(frozen=True)

@@ -560,10 +560,11 @@ class Service:
 
 def with_tiny_model(settings: RunSettings) -> RunSettings:
     """The fallback when the preset's model is not on this machine: the tiny model with the tiny preset's stream
-    settings (its resolution and steps suit it), keeping the camera, the output, the prompts and the controls."""
+    settings (its resolution and steps suit it), keeping the camera, the output, the prompts and the controls.
+    A ddim / dpmsolver++ preset falls back to `tiny-dpm`, so the fallback runs the same kind of solver."""
     from vcam.presets import load_preset
 
-    tiny = load_preset("tiny")
+    tiny = load_preset("tiny" if settings.stream.scheduler == "lcm" else "tiny-dpm")
     stream = replace(
         tiny.stream_config(prompt=settings.stream.prompt),
         negative_prompt=settings.stream.negative_prompt,

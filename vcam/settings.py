@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from core.config import StreamConfig, t_index_list_from_strength
+from core.config import StreamConfig, stream_steps
 from core.similarity import SimilarityFilterConfig
 from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings
@@ -124,16 +124,22 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
 
 
 def _merged_stream(args: argparse.Namespace, preset: Preset) -> StreamConfig:
-    """The preset's StreamConfig with the stream flags; --strength/--steps pick t_index_list (combined with the
-    preset's own strength/steps), and cannot be mixed with --t-index-list."""
+    """The preset's StreamConfig with the stream flags; --strength/--steps set the steps (lcm: t_index_list,
+    combined with the preset's own strength/steps; ddim / dpmsolver++: the schedule length and strength, see
+    `core.config.stream_steps`), and cannot be mixed with --t-index-list."""
     slot_args = given_values(args, GROUPS_BY_KEY["stream"], SlotChoice)
     stream_args = given_values(args, GROUPS_BY_KEY["stream"], StreamConfig)
     slots = _merged(args, "stream", SlotChoice, SlotChoice())
+    scheduler = stream_args.get("scheduler", preset.stream.scheduler)
     extra: dict[str, Any] = {}
     if "t_index_list" in stream_args and slot_args:
         raise SettingsError("give either --t-index-list or --strength with --steps, not both")
-    if slot_args:
-        strength = slots.strength if slots.strength is not None else (preset.slots.strength or 0.5)
-        steps = slots.steps if slots.steps is not None else (preset.slots.steps or preset.stream.steps)
-        extra["t_index_list"] = t_index_list_from_strength(strength, steps)
+    if slot_args or scheduler != preset.stream.scheduler:
+        strength = slots.strength if slots.strength is not None else preset.slots.strength
+        steps = slots.steps if slots.steps is not None else preset.slots.steps
+        if scheduler == "lcm":
+            default_steps = preset.stream.steps if preset.stream.scheduler == "lcm" else 2
+        else:
+            default_steps = preset.stream.num_inference_steps
+        extra.update(stream_steps(scheduler, strength, steps, default_steps))
     return _merged(args, "stream", StreamConfig, preset.stream, extra)

@@ -1,0 +1,48 @@
+"""Specs of the shipped DPM-Solver++ presets: they load, name StreamConfig's fields, and fall back offline."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from vcam.cli import build_parser
+from vcam.presets import load_preset
+from vcam.service import with_tiny_model
+from vcam.settings import resolve_settings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("name", ["tiny-dpm", "sd15-dpm"])
+def test_dpm_presets_load_with_four_to_six_prompts_and_a_working_guidance(name):
+    preset = load_preset(name)
+    config = preset.stream_config()
+    assert 4 <= len(preset.prompts) <= 6
+    assert (config.scheduler, config.solver_order, config.guidance) == ("dpmsolver++", 2, "full")
+    assert config.unet_batch == 2 * config.steps * config.frame_buffer_size  # static engine shape, known ahead
+
+
+def test_sd15_dpm_preset_is_ten_steps_at_strength_point_six_with_cfg_seven():
+    config = load_preset("sd15-dpm").stream_config()
+    assert (config.num_inference_steps, config.strength, config.guidance_scale) == (10, 0.6, 7.0)
+    assert config.steps == 6 and (config.width, config.height) == (512, 512)
+
+
+def test_tiny_dpm_preset_runs_four_slots_of_an_eight_step_schedule():
+    config = load_preset("tiny-dpm").stream_config()
+    assert (config.num_inference_steps, config.steps, config.width) == (8, 4, 256)
+
+
+def test_a_dpm_preset_whose_model_is_missing_falls_back_to_tiny_dpm():
+    preset = load_preset("sd15-dpm")
+    settings = resolve_settings(build_parser().parse_args(["run", "--preset", "sd15-dpm"]))
+    settings = replace(settings, stream=preset.stream_config())  # the preset's solver (CLI wiring pending)
+    fallback = with_tiny_model(settings)
+    assert fallback.model.model == "tiny"
+    assert fallback.stream == replace(load_preset("tiny-dpm").stream_config(prompt=preset.prompts[0].text),
+                                      negative_prompt=preset.stream.negative_prompt)
+
+
+def test_an_lcm_preset_still_falls_back_to_tiny():
+    settings = resolve_settings(build_parser().parse_args(["run", "--preset", "sd-turbo-1step"]))
+    assert with_tiny_model(settings).stream.t_index_list == load_preset("tiny").stream_config().t_index_list
