@@ -48,3 +48,22 @@ def test_the_rule_is_checked_on_real_files() -> None:
     """Guard against a layout change that would make the specs above vacuous."""
     assert len(package_files("core")) >= 5 and len(package_files("engines")) >= 5
     assert "engines.base" in imported_modules(ROOT / "core" / "stream.py")
+
+
+def test_architecture_md_names_every_module_and_only_modules_that_exist() -> None:
+    """ARCHITECTURE.md is the map of the rooms: a new module must be put on it, a removed one taken off."""
+    import re
+
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for package in ("core", "engines", "vcam"):
+        for path in package_files(package):
+            if path.name == "__init__.py" or "obs" in path.parent.name or path.parent.name == "tiny":
+                continue
+            assert f"`{path.stem}`" in text, f"ARCHITECTURE.md does not name {path.relative_to(ROOT)}"
+    row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
+    for package in ("core", "engines", "vcam"):
+        named = re.findall(r"`([a-z_]+)`", row[f"`{package}/`"].split("|")[3])
+        for name in named:
+            candidates = [ROOT / package / f"{name}.py", ROOT / package / name, ROOT / package / "controls" / f"{name}.py",
+                          ROOT / package / "tiny" / f"{name}.py", ROOT / package / "tiny" / name]
+            assert any(c.exists() for c in candidates), f"ARCHITECTURE.md names {package}/{name}, which does not exist"
