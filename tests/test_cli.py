@@ -89,3 +89,21 @@ def test_presets_lists_the_shipped_presets(home: Path) -> None:
     assert result.returncode == 0, result.stderr
     for name in ("tiny", "sd-turbo-1step", "sd-turbo-2step", "lcm-lora-sd15"):
         assert name in result.stdout
+
+
+@pytest.mark.parametrize("args", [("run", "--guidance", "bogus"), ("run", "--t-index-list", ""),
+                                  ("bench", "--width", "abc"), ("nonsense",)])
+def test_an_option_mistake_is_one_line_naming_the_option_and_exit_2(args: tuple[str, ...], home: Path) -> None:
+    result = run_vcam(*args, env_home=home, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vcam: error: "), result.stderr
+    assert "--help" in lines[0] and "usage:" not in result.stderr
+
+
+def test_version_prints_the_installed_version(home: Path) -> None:
+    from importlib.metadata import version
+
+    result = run_vcam("--version", env_home=home, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"vcam {version('vcam')}"

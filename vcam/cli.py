@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from vcam.options import NOTICES, add_stream_options
 
@@ -32,8 +33,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             CommandError, DemoError)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An option mistake is one line naming the fix, like every other mistake, not the whole usage text (argparse's
+    default). Subcommand parsers inherit the class (argparse makes them with `type(parser)`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"vcam: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def installed_version() -> str:
+    """The installed package's version (what pip installed), or "unknown" when run from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vcam")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vcam", description="Real-time diffusion virtual camera.")
+    parser = OneLineParser(prog="vcam", description="Real-time diffusion virtual camera.")
+    parser.add_argument("--version", action="version", version=f"vcam {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="restyle the camera and publish it as a virtual camera")
