@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -84,9 +85,27 @@ def soak(minutes: float, mjpeg_port: int | None = None) -> dict:
         client = SimpleUDPClient("127.0.0.1", osc_port)
         samples: list[tuple[float, dict[str, int]]] = []
         start = time.monotonic()
+        stderr_lines: list[str] = []
+        first_frame: list[float] = []  # seconds from start to "first stylised frame", once seen
+
+        def read_stderr() -> None:
+            for line in process.stderr:
+                stderr_lines.append(line)
+                if not first_frame and "first stylised frame" in line:
+                    first_frame.append(time.monotonic() - start)
+
+        reader = threading.Thread(target=read_stderr, name="soak-stderr", daemon=True)
+        reader.start()
+
+        def measuring_until() -> float:
+            """The warm-up ends `warmup` s after the start and 5 s after the first stylised frame, whichever is
+            later (a model still loading is not a leak); the run then measures for 60 % of `seconds`."""
+            begins = max(warmup, first_frame[0] + 5.0) if first_frame else float("inf")
+            return min(max(seconds, begins + 0.6 * seconds), 3 * seconds + 60.0)
+
         sent = 0
         try:
-            while time.monotonic() - start < seconds:
+            while time.monotonic() - start < measuring_until():
                 time.sleep(1.0)
                 if process.poll() is not None:
                     break
@@ -103,7 +122,9 @@ def soak(minutes: float, mjpeg_port: int | None = None) -> dict:
         finally:
             if process.poll() is None:
                 process.kill()
-        stderr = process.stderr.read() if process.stderr else ""
+        reader.join(timeout=10)
+        stderr = "".join(stderr_lines)
+    warmup = max(warmup, first_frame[0] + 5.0) if first_frame else warmup
     after_warmup = [s for t, s in samples if t >= warmup] or [samples[-1][1]]
     base, end = after_warmup[0], after_warmup[-1]
     return {

@@ -85,7 +85,7 @@ def _freeu_enabled(block: Any) -> bool:
 class UNetUnits:
     """The UNet's forward as a list of named units over `StageState` (see the module docstring).
 
-    The standard SD blocks (`LAYERED_BLOCKS`) are cut finer, one unit per resnet(+attention) layer and one per
+    The standard SD blocks (`LAYERED_BLOCKS`) are cut finer, one unit per resnet and one per attention and one per
     down/up sampler, repeating those blocks' own forward; a high-resolution up block alone can cost 40% of the
     UNet, so block granularity could not balance three stages. Any other block is one unit, run as a whole.
     """
@@ -140,16 +140,28 @@ class UNetUnits:
             return
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for index, (resnet, attention) in enumerate(zip(block.resnets, attentions)):
-            self._add(f"{name}.{index}", self._down_layer(resnet, attention))
+            if attention is None:
+                self._add(f"{name}.{index}", self._down_layer(resnet, keep=True))
+            else:  # resnet and attention apart: at full resolution either can outweigh a whole stage's share
+                self._add(f"{name}.{index}", self._down_layer(resnet, keep=False))
+                self._add(f"{name}.{index}.attn", self._attention(attention, keep=True))
         if block.downsamplers is not None:
             self._add(f"{name}.down", self._downsample(block.downsamplers))
 
-    def _down_layer(self, resnet: Any, attention: Any) -> Unit:
+    @staticmethod
+    def _down_layer(resnet: Any, keep: bool) -> Unit:
+        """A down block's resnet; `keep` makes its output a skip connection (no attention follows it)."""
         def layer(state: StageState) -> StageState:
             sample = resnet(state.sample, state.emb)
-            if attention is not None:
-                sample = self._attend(attention, sample, state.context)
-            return StageState(sample, state.residuals + (sample,), state.emb, state.context)
+            return StageState(sample, state.residuals + ((sample,) if keep else ()), state.emb, state.context)
+
+        return layer
+
+    def _attention(self, attention: Any, keep: bool) -> Unit:
+        """A transformer after a resnet; `keep` makes its output a skip connection (down blocks)."""
+        def layer(state: StageState) -> StageState:
+            sample = self._attend(attention, state.sample, state.context)
+            return StageState(sample, state.residuals + ((sample,) if keep else ()), state.emb, state.context)
 
         return layer
 
@@ -198,15 +210,17 @@ class UNetUnits:
             return
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for index, (resnet, attention) in enumerate(zip(block.resnets, attentions)):
-            self._add(f"{name}.{index}", self._up_layer(resnet, attention))
+            self._add(f"{name}.{index}", self._up_layer(resnet))
+            if attention is not None:
+                self._add(f"{name}.{index}.attn", self._attention(attention, keep=False))
         if block.upsamplers is not None:
             self._add(f"{name}.up", self._upsample(block.upsamplers, is_final))
 
-    def _up_layer(self, resnet: Any, attention: Any) -> Unit:
+    @staticmethod
+    def _up_layer(resnet: Any) -> Unit:
+        """An up block's resnet: it consumes the newest pending skip connection."""
         def layer(state: StageState) -> StageState:
             sample = resnet(torch.cat([state.sample, state.residuals[-1]], dim=1), state.emb)
-            if attention is not None:
-                sample = self._attend(attention, sample, state.context)
             return StageState(sample, state.residuals[:-1], state.emb, state.context)
 
         return layer

@@ -12,6 +12,7 @@ import pytest
 
 from tests.xvfb import XvfbServer, xvfb  # noqa: F401  (fixture)
 from vcam.commands import CommandQueue, QueuedCommand, SetPaused, SetSimilarityFilter, SwitchPrompt
+from vcam.presets import load_preset
 from vcam.controls.hotkeys import HotkeyControl, HotkeyError, bindings_from_preset, parse_hotkey
 from vcam.presets import load_preset
 
@@ -49,8 +50,9 @@ def next_command(queue: CommandQueue) -> QueuedCommand:
 
 
 def test_preset_bindings_cover_prompts_navigation_pause_and_filter(tiny_bindings: dict) -> None:
-    assert tiny_bindings["<ctrl>+<alt>+1"] == SwitchPrompt(name="watercolor")
-    assert tiny_bindings["<ctrl>+<alt>+2"] == SwitchPrompt(name="neon")
+    first, second = (prompt.name for prompt in load_preset("tiny").prompts[:2])
+    assert tiny_bindings["<ctrl>+<alt>+1"] == SwitchPrompt(name=first)
+    assert tiny_bindings["<ctrl>+<alt>+2"] == SwitchPrompt(name=second)
     assert tiny_bindings["<ctrl>+<alt>+<right>"] == SwitchPrompt(step=1)
     assert tiny_bindings["<ctrl>+<alt>+<left>"] == SwitchPrompt(step=-1)
     assert tiny_bindings["<ctrl>+<alt>+p"] == SetPaused(paused=None)
@@ -61,7 +63,7 @@ def test_ctrl_alt_2_switches_to_the_second_prompt(listening: tuple) -> None:
     queue, server = listening
     press(server, "ctrl+alt+2")
     item = next_command(queue)
-    assert item == QueuedCommand(SwitchPrompt(name="neon"), "hotkey")
+    assert item == QueuedCommand(SwitchPrompt(name=load_preset("tiny").prompts[1].name), "hotkey")
 
 
 def test_ctrl_alt_arrows_step_through_prompts_and_p_toggles_pause(listening: tuple) -> None:

@@ -57,7 +57,10 @@ class XvfbServer:
         return env
 
     def start_tray_host(self, timeout: float = 10.0) -> None:
-        """Run trayer, a freedesktop system-tray host, and wait until it owns the tray selection."""
+        """Run trayer, a freedesktop system-tray host, and wait until it owns the tray selection. One host per
+        display: a second trayer would sit on top of the first, so clicks meant for an icon would hit the wrong one."""
+        if self._tray_selection_owned():
+            return
         if shutil.which("trayer") is None:
             raise RuntimeError("trayer is not installed (apt-get install trayer)")
         helper = subprocess.Popen(
