@@ -105,7 +105,8 @@ class Service:
         except ModelError as error:
             if not self.settings.model_from_preset:
                 raise
-            self.notice(f"{error} -- using the offline 'tiny' model instead")
+            self.notice(f"{error} -- using the offline '{fallback_preset_name(self.settings)}' preset's model and "
+                        "stream settings instead")
             self.settings = with_tiny_model(self.settings)
 
     def _open_source(self):
@@ -558,18 +559,21 @@ class Service:
             self.notice(f"preview window not available: {error}")
 
 
+def fallback_preset_name(settings: RunSettings) -> str:
+    """The offline preset a run falls back to when its model is missing: the same kind of solver."""
+    return "tiny" if settings.stream.scheduler == "lcm" else "tiny-dpm"
+
+
 def with_tiny_model(settings: RunSettings) -> RunSettings:
     """The fallback when the preset's model is not on this machine: the tiny model with the tiny preset's stream
     settings (its resolution and steps suit it), keeping the camera, the output, the prompts and the controls.
     A ddim / dpmsolver++ preset falls back to `tiny-dpm`, so the fallback runs the same kind of solver."""
     from vcam.presets import load_preset
 
-    tiny = load_preset("tiny" if settings.stream.scheduler == "lcm" else "tiny-dpm")
-    stream = replace(
-        tiny.stream_config(prompt=settings.stream.prompt),
-        negative_prompt=settings.stream.negative_prompt,
-        mode=settings.stream.mode,
-    )
+    tiny = load_preset(fallback_preset_name(settings))
+    # The negative prompt is the fallback preset's: a preset's negative prompt is written for its own model, and
+    # the tiny model's unconditional prompt is the empty one (another one blows its CFG output out).
+    stream = replace(tiny.stream_config(prompt=settings.stream.prompt), mode=settings.stream.mode)
     from engines.loading import ModelSpec
 
     return replace(settings, model=ModelSpec(model="tiny", vae="tiny"), engine=tiny.model.engine, stream=stream)
