@@ -59,6 +59,16 @@ def test_bench_json_reports_every_field(home: Path) -> None:
     assert report["efficiency"] == pytest.approx(report["fps"] / report["model_only_fps"], rel=1e-2)
     assert report["unet_calls"] + report["skipped"] >= 12
     assert 0 < report["peak_rss_mb"] < 4000
+    assert report["scheduler"] == "lcm" and report["t_index_list"] and report["num_inference_steps"] is None
+
+
+def test_bench_says_which_solver_ran_and_its_schedule(home: Path) -> None:
+    result = run_vcam("bench", "--model", "tiny", "--scheduler", "dpmsolver++", "--steps", "4", "--frames", "4",
+                      "--width", "128", "--height", "128", "--json", "--no-progress", env_home=home)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["scheduler"] == "dpmsolver++" and report["num_inference_steps"] == 4
+    assert report["steps"] == 2 and report["t_index_list"] is None  # strength 0.5 of 4 steps: 2 slots
 
 
 @pytest.mark.parametrize(

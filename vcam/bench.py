@@ -172,7 +172,10 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
             "width": cfg.width,
             "height": cfg.height,
             "steps": cfg.steps,
-            "t_index_list": list(cfg.t_index_list),
+            "scheduler": cfg.scheduler,
+            # lcm picks its slots on the consistency grid; ddim / dpmsolver++ run the tail of their own schedule
+            "t_index_list": list(cfg.t_index_list) if cfg.scheduler == "lcm" else None,
+            "num_inference_steps": cfg.num_inference_steps if cfg.scheduler != "lcm" else None,
             "cfg": cfg.guidance,
             "frame_buffer": cfg.frame_buffer_size,
             "unet_batch": cfg.unet_batch,
