@@ -45,8 +45,8 @@ class ModelSection:
 class SlotChoice:
     """img2img strength + step count: a shorthand that picks `t_index_list` the way a sequential img2img would."""
 
-    strength: float | None = setting(None, "img2img strength in (0, 1]; with --steps, instead of --t-index-list",
-                                     low=0.01, high=1.0)
+    strength: float | None = setting(None, "img2img strength from 0.01 to 1 (0.5 when only --steps is given); with "
+                                     "--steps, instead of --t-index-list", low=0.01, high=1.0)
     steps: int | None = setting(None, "denoising steps (lcm: slots, with --strength; ddim / dpmsolver++: the "
                                 "schedule's length, of which img2img runs strength x steps)", low=1, high=1000)
 
