@@ -84,17 +84,6 @@ def test_a_person_sized_cutout_slides_in_from_the_right_and_leaves():
     assert sum(1 for share in changed if share > 0.15) >= 2 * fps, "it stays in view for seconds, not a flash"
 
 
-def test_sample_with_an_fps_is_live_and_paced():
-    source = open_source("sample", SourceConfig(width=64, height=48, fps=50))
-    assert source.live is True
-    source.read()
-    start = time.perf_counter()
-    read_n(source, 5)
-    assert time.perf_counter() - start >= 5 / 50 * 0.9
-    source.close()
-    assert source.read() is None, "closed: no more frames"
-
-
 @pytest.mark.parametrize("name", SAMPLE_NAMES)
 def test_every_listed_photo_opens_at_the_configured_size(name):
     frame = open_source(f"sample:{name}", SourceConfig(width=64, height=48)).read()

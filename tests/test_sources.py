@@ -112,13 +112,16 @@ def test_synthetic_static_never_changes():
     assert all(np.array_equal(frames[0], f) for f in frames[1:])
 
 
-def test_synthetic_with_fps_is_live_and_paced():
-    source = open_source("synthetic", SourceConfig(width=64, height=64, fps=50))
+@pytest.mark.parametrize("spec", ["synthetic", "sample"])
+def test_generated_source_with_fps_is_live_and_paced(spec: str):
+    source = open_source(spec, SourceConfig(width=64, height=64, fps=50))
     assert source.live is True
     source.read()
     start = time.perf_counter()
     read_n(source, 5)
     assert time.perf_counter() - start >= 5 / 50 * 0.9
+    source.close()
+    assert source.read() is None, "closed: no more frames"
 
 
 @pytest.mark.parametrize("spec,message", [
