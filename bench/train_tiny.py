@@ -1,7 +1,7 @@
 """Train the `tiny` model on the CPU: a TAESD-shaped autoencoder, then a small UNet + CLIP text encoder.
 
     python bench/train_tiny.py                       # writes engines/tiny/weights
-    python bench/train_tiny.py --threads 1           # on a busy machine (31 min there at load ~20; see README)
+    python bench/train_tiny.py --processes 1        # one process (two one-thread processes are the default)
     python bench/train_tiny.py --checkpoint ck.pt    # resumes from ck.pt if it exists (same seed, same result)
 
 Three phases, each resumable from the checkpoint (saved every `--save-every` steps, written atomically):
@@ -9,9 +9,11 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
    training photos and of their styled versions (the decoder must be able to draw a sketch and neon, not only
    photos). Loss: L1 + MSE on pixels. The decoder sees the latents normalised per channel by running statistics
    (mean 0 / std 1, the scale SD's noise schedule assumes: with the ~0.25 std an unconstrained encoder gave,
-   t = 339 already drowned the picture), folded into the encoder at the end; half the batch is decoded with a
-   little noise added, because at run time the decoder gets the UNet's x0-prediction, never an exact encoding.
-2. A bank of latents: `--bank` random 128x128 views, each encoded as photo and as every style (frozen encoder).
+   t = 339 already drowned the picture), folded into the encoder at the end; a term keeps the raw latents near
+   that scale; most rows are decoded from noised and blurred latents, because at run time the decoder gets the
+   UNet's x0-prediction, never an exact encoding. The weights that ship are an exponential moving average.
+2. A bank of latents: `--bank` random 256x256 views (the preset's size), each encoded as photo and as every style
+   (frozen encoder).
 3. UNet2DConditionModel (epsilon prediction, SD `scaled_linear` betas, 1000 steps) + the CLIP text encoder,
    jointly, on two terms per batch (half the rows each):
    (a) the standard DDPM epsilon loss on *styled* latents with the style's prompt, t uniform in 0..999, so the
@@ -59,7 +61,9 @@ PROMPTS = list(TRAINING_PROMPTS)  # index k <-> prompt text; styles first, then 
 # Training view sides in pixels. The networks are convolutional, so any size runs, but a view must be larger than
 # the autoencoder's receptive field: trained on 64x64 views (every latent near the zero padding), it reconstructed
 # 64x64 crops at 24 dB and whole 256x256 pictures at 12 dB.
-AE_SIZE, UNET_SIZE = 128, 128
+# The UNet trains at the tiny preset's size (256x256 pixels, 32x32 latents): trained on 16x16 latents only, it drew
+# seams and blotches at 32x32, where the middle of the picture is farther from the zero padding than anything it saw.
+AE_SIZE, UNET_SIZE = 128, 256
 PRESET_T_RANGE = (19, 759)  # LCM grid indices 49..12: where img2img presets put their slots
 
 
@@ -260,15 +264,25 @@ def fold_latent_normalisation(ae, photos, args, state) -> None:
 
 @torch.no_grad()
 def build_bank(ae, photos, args) -> torch.Tensor:
-    """(bank, 6, 4, 16, 16) latents: photo then the five styles of each 128x128 view."""
+    """(bank, 6, 4, 32, 32) latents: photo then the five styles of each 256x256 view. Every process draws every
+    view (the same generator, so the same views); each encodes its share of the chunks, and the shares are joined."""
+    rank, world = process_rank()
     rng, _ = step_rng(args.seed, 2, 0)
-    chunks = []
-    for start in tqdm(range(0, args.bank, 32), desc="latent bank"):
-        views = styled_views(photos, UNET_SIZE, min(32, args.bank - start), rng)  # (n, 6, 128, 128, 3)
+    chunks = {}
+    for index, start in enumerate(tqdm(range(0, args.bank, 32), desc="latent bank", disable=rank != 0)):
+        views = styled_views(photos, UNET_SIZE, min(32, args.bank - start), rng)  # (n, 6, 256, 256, 3)
+        if index % world != rank:
+            continue
         n, k = views.shape[:2]
         latents = ae.encode(to_tensor(views.reshape(n * k, UNET_SIZE, UNET_SIZE, 3))).latents
-        chunks.append(latents.reshape(n, k, *latents.shape[1:]))
-    return torch.cat(chunks)
+        chunks[index] = latents.reshape(n, k, *latents.shape[1:])
+    if world > 1:
+        import torch.distributed as dist
+
+        shares = [None] * world
+        dist.all_gather_object(shares, chunks)
+        chunks = {index: chunk for share in shares for index, chunk in share.items()}
+    return torch.cat([chunks[index] for index in sorted(chunks)])
 
 
 def prompt_tokens(tokenizer) -> torch.Tensor:
@@ -295,7 +309,7 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
         # prompt index per row: a style (0..4), the identity prompt (5) or the empty prompt (6)
         prompt = torch.from_numpy(rng.choice(len(PROMPTS), size=2 * half, p=[0.16] * styles + [0.12, 0.08]))
         column = torch.where(prompt < styles, prompt + 1, torch.zeros_like(prompt))
-        target = bank[rows, column]  # (2h, 4, 16, 16): the styled (or identity) latent
+        target = bank[rows, column]  # (2h, 4, 32, 32): the styled (or identity) latent
         source = torch.cat([target[:half], bank[rows[half:], 0]])  # (a) styled itself; (b) the photo
         if rng.random() < 0.5:  # flips: the convolutional UNet sees both orientations of every view
             target, source = target.flip(-1), source.flip(-1)
@@ -358,9 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-blur", type=float, default=0.5, help="largest share of a 3x3 blur mixed into latents")
     parser.add_argument("--moments-weight", type=float, default=0.1,
                         help="weight of the term keeping the raw latents at mean 0 / std 1 per channel")
-    parser.add_argument("--bank", type=int, default=1024)
+    parser.add_argument("--bank", type=int, default=512)
     parser.add_argument("--unet-steps", type=int, default=1200)
-    parser.add_argument("--unet-batch", type=int, default=32)
+    parser.add_argument("--unet-batch", type=int, default=8)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--translation-weight", type=float, default=1.0)
     parser.add_argument("--ema", type=float, default=0.995, help="decay of the weight average that ships")
