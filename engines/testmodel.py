@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -208,22 +209,18 @@ def default_cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("vcam")) / "models"
 
 
-def ensure_tiny_model(cache_root: Path | None = None) -> TinyModelPaths:
-    """Build the random model once into the user cache and reuse it afterwards; `--model tiny-random` loads it.
+def build_once(target: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(staging)` and rename the staging folder to `target`, unless `target` already exists.
 
     It is written to a temporary sibling folder and renamed into place, so a crash or a concurrent build never
     leaves a half-written model where a later run would trust it.
     """
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
-    target = root / TINY_MODEL_VERSION
-    paths = TinyModelPaths(model_dir=target / "model", taesd_dir=target / "taesd")
     if target.is_dir():
-        return paths
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_VERSION}-", dir=root))
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        write_test_model(staging / "model")
-        write_test_taesd(staging / "taesd")
+        write(staging)
         try:
             os.rename(staging, target)
         except OSError:
@@ -231,4 +228,17 @@ def ensure_tiny_model(cache_root: Path | None = None) -> TinyModelPaths:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def ensure_tiny_model(cache_root: Path | None = None) -> TinyModelPaths:
+    """Build the random model once into the user cache and reuse it afterwards; `--model tiny-random` loads it."""
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    target = root / TINY_MODEL_VERSION
+    paths = TinyModelPaths(model_dir=target / "model", taesd_dir=target / "taesd")
+
+    def write(staging: Path) -> None:
+        write_test_model(staging / "model")
+        write_test_taesd(staging / "taesd")
+
+    build_once(target, write)
     return paths

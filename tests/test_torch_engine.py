@@ -123,3 +123,28 @@ def test_requesting_an_absent_gpu_names_the_fix() -> None:
 def test_unknown_device_lists_the_choices() -> None:
     with pytest.raises(EngineUnavailableError, match="auto, cuda, mps, cpu"):
         resolve_device("tpu")
+
+
+def _file_mappings() -> list[tuple[int, int, str]]:
+    """(start, end, path) of every file this process has memory-mapped (Linux: /proc/self/maps)."""
+    mappings = []
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].strip().startswith("/"):
+                start, end = (int(address, 16) for address in fields[0].split("-"))
+                mappings.append((start, end, fields[5].strip()))
+    return mappings
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_cpu_weights_are_copied_off_the_safetensors_file(tiny_engine) -> None:
+    # The tiny model's fp32 files are what diffusers / transformers would leave memory-mapped (no dtype cast copies
+    # them); weights read through the file's page-cache mapping made a UNet call slower (issue 14).
+    mappings = [m for m in _file_mappings() if m[2].endswith(".safetensors")]
+    modules = {"unet": tiny_engine._unet, "vae": tiny_engine._vae, "text_encoder": tiny_engine._text_encoder}
+    for name, module in modules.items():
+        tensors = [*module.parameters(), *module.buffers()]
+        assert tensors, name
+        file_backed = [t for t in tensors if any(start <= t.data_ptr() < end for start, end, _ in mappings)]
+        assert not file_backed, f"{len(file_backed)} of {len(tensors)} {name} tensors are views of the weight file"

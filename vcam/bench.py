@@ -125,7 +125,9 @@ def _sync(engine: Engine) -> None:
         torch.cuda.synchronize(engine.device)
 
 
-def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
+def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = True) -> BenchResult:
+    """Run the pipeline for `settings.frames` frames; `model_only=False` skips timing the model alone (then
+    `model_only_fps` and `efficiency` are None), which at real model sizes takes as long as the run itself."""
     frames = settings.frames or 100
     build_start = time.perf_counter()
     engine = RecordingEngine(create_engine_for(settings))
@@ -135,7 +137,8 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
     # The limit is timed before and after the run (half the frames each) and averaged: machine speed drifts by
     # several percent over a minute, and two timings that bracket the run cancel a steady drift. (Taking the faster
     # of two noisy timings instead would bias the efficiency low by about half the noise.)
-    model_only_before = measure_model_only_fps(engine, stream.config.frame_buffer_size, max(1, frames // 2))
+    model_only_before = (measure_model_only_fps(engine, stream.config.frame_buffer_size, max(1, frames // 2))
+                         if model_only else None)
 
     source, sink = open_bench_io(settings)
     processor = DiffusionProcessor(stream, fit=settings.sink_config.fit)
@@ -143,14 +146,14 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
     unet_calls_before = stream.unet_calls
     stages_before = engine.inner.stats() if hasattr(engine.inner, "stats") else None
     bar = tqdm(total=frames, desc="vcam bench", unit="frame", file=sys.stderr, disable=not progress, leave=False)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     pipeline.start()
     try:
         while not pipeline.wait(timeout=0.25):
             bar.n = pipeline.stats().written
             bar.refresh()
     finally:
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         pipeline.stop()
         bar.close()
     if pipeline.error is not None:
@@ -161,8 +164,10 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
     stage_fields = {} if stages_before is None else {
         "devices": settings.devices.device_list(), "parallel": engine.inner.parallel,
         "stages": engine.inner.stats().per_call_since(stages_before)}
-    model_only_after = measure_model_only_fps(engine, stream.config.frame_buffer_size, max(1, frames // 2))
-    model_only_fps = (model_only_before + model_only_after) / 2
+    model_only_fps = None
+    if model_only:
+        model_only_after = measure_model_only_fps(engine, stream.config.frame_buffer_size, max(1, frames // 2))
+        model_only_fps = (model_only_before + model_only_after) / 2
     cfg = stream.config
     return BenchResult(
         {
@@ -182,8 +187,10 @@ def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
             "frames": stats.written,
             "seconds": round(seconds, 3),
             "fps": round(fps, 3),
-            "model_only_fps": round(model_only_fps, 3),
+            "model_only_fps": round(model_only_fps, 3) if model_only_fps else None,
             "efficiency": round(fps / model_only_fps, 4) if model_only_fps else None,
+            # CPU time of the whole process (every thread) during the run: the power proxy on a CPU
+            "cpu_seconds": round(cpu_seconds, 3),
             "unet_calls": stream.unet_calls - unet_calls_before,
             "skipped": stats.skipped,
             "dropped": stats.dropped,

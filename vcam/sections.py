@@ -26,9 +26,10 @@ class ModelSection:
     """Which weights to load and how to run them (resolved offline by `engines`)."""
 
     model: str = setting("tiny", "'tiny', a diffusers folder, a .safetensors file, or a model id in the local HF "
-                         "cache", metavar="NAME")
-    vae: str = setting("", "a TAESD (tiny VAE) folder or id used instead of the model's VAE; 'none' keeps the "
-                       "model's VAE", metavar="NAME")
+                         "cache; sd15-shape / sd21-shape: random-weight real-size models for benchmarks",
+                         metavar="NAME")
+    vae: str = setting("", "a TAESD (tiny VAE) folder or id used instead of the model's VAE (taesd-shape: a "
+                       "random-weight one); 'none' keeps the model's VAE", metavar="NAME")
     lora: tuple[str, ...] = setting((), "a LoRA .safetensors fused into the weights at load time (repeatable)",
                                     metavar="FILE")
     lora_scale: float = setting(1.0, "weight of the fused LoRA", low=0.0, high=4.0)
