@@ -252,14 +252,15 @@ class DistributedEngine:
     # --- schedules -----------------------------------------------------------------------------------------
     def _broadcast_control(self, op: int, count: int = 1, exchange: bool = False,
                            embedded: StageState | None = None, extra: Sequence[torch.Tensor] = ()) -> None:
-        """[op, count, exchange, embeddings follow] to every worker, with `embedded`'s time and text embeddings
-        when they differ from what the workers hold, then `extra`."""
+        """[op, count, exchange, embeddings follow] to every worker, then `extra`, then `embedded`'s time and text
+        embeddings when they differ from what the workers hold (last: the int64 tensors stay 8-byte aligned in the
+        message's buffer whatever the embeddings' sizes)."""
         embeddings: list[torch.Tensor] = []
         if embedded is not None and embeddings_changed(self._held, embedded.emb, embedded.context):
             embeddings, self._held = [embedded.emb, embedded.context], (embedded.emb, embedded.context)
         control = torch.tensor([op, count, int(exchange), int(bool(embeddings))], dtype=torch.int64)
         for rank in range(1, self.world):
-            send_tensors(self._group, [control, *embeddings, *extra], rank, self._comm_device, self._runner.link)
+            send_tensors(self._group, [control, *extra, *embeddings], rank, self._comm_device, self._runner.link)
 
     def _receive(self, src: int) -> list[torch.Tensor]:
         start = time.perf_counter()

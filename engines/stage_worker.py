@@ -6,8 +6,8 @@ Started by `DistributedEngine` itself (one per extra device), or by hand on anot
 
 It reads the run's settings (model, dtype, stage boundaries) from rank 0's TCPStore, loads the model, keeps only
 its own units, says it is ready, then serves calls until rank 0 says stop or goes away. Per call, rank 0 first
-sends a control message [op, micro-batches, exchange, embeddings follow] naming the schedule, with the time and
-text embeddings of the whole batch only when they changed (a worker keeps the last ones: they are the same for
+sends a control message [op, micro-batches, exchange, embeddings follow] naming the schedule (then the row map of
+an AsyncDiff call), with the time and text embeddings of the whole batch last and only when they changed (a worker keeps the last ones: they are the same for
 every call of one prompt and one batch layout), then the stage states flow rank 0 -> 1 -> ... -> N-1 -> 0:
 
 - PIPELINE (exact): the UNet batch comes as M micro-batches (rows are independent within a call); the stage
@@ -136,7 +136,7 @@ def serve(group: Any, rank: int, world: int, runner: StageRunner, device: torch.
         control, *extra = receive(0)
         op, microbatches, exchange, embeddings_follow = (int(v) for v in control.tolist())
         if embeddings_follow:
-            runner.emb, runner.context, *extra = extra
+            *extra, runner.emb, runner.context = extra
         if op == OP_STOP:
             return
         if op == OP_STATS:
