@@ -20,7 +20,7 @@ from core.guidance import ResidualGuidance
 from core.prompts import FrameEmbeddings, PromptSwitcher
 from core.schedule import Schedule
 from core.stream_batch import StreamBatch
-from engines.base import Engine
+from engines.base import Engine, StatefulEngine
 
 if TYPE_CHECKING:
     from core.similarity import SimilarityFilter
@@ -65,6 +65,7 @@ class DiffusionStream:
         self.latent_shape = (engine.latent_channels, config.height // factor, config.width // factor)
         self.batch = StreamBatch(self.schedule, self.latent_shape, config.seed, self._predict_epsilon)
         self._build_guidance()
+        self._engine_forgets()
 
     def _build_guidance(self) -> None:
         c = self.config
@@ -138,6 +139,12 @@ class DiffusionStream:
         self.batch.reset()
         self.guidance.reset()
         self._last_output = None
+        self._engine_forgets()
+
+    def _engine_forgets(self) -> None:
+        """A new or reset batch: an engine that reads its earlier calls (AsyncDiff) must not mix them in."""
+        if isinstance(self.engine, StatefulEngine):
+            self.engine.forget_previous_calls()
 
     # --- helpers -------------------------------------------------------------------------------------------
     def _may_skip(self, images: torch.Tensor, version: int) -> bool:

@@ -79,3 +79,15 @@ class Engine(Protocol):
         The output is epsilon or v according to `noise_schedule.prediction_type`.
         """
         ...
+
+
+@runtime_checkable
+class StatefulEngine(Protocol):
+    """An engine whose output depends on its earlier calls, not only on this call's inputs (AsyncDiff feeds each
+    stage what the stage before it computed on earlier calls). The stream calls `forget_previous_calls` whenever
+    its calls stop following one another (a reset after a cut in the source, a rebuilt batch), so that the engine
+    does not mix the old frames into the new ones."""
+
+    def forget_previous_calls(self) -> None:
+        """Treat the next call as the first one."""
+        ...

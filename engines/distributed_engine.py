@@ -17,7 +17,12 @@ How the work is shared (`DeviceSettings.parallel`):
   device, and no extra latency. Batches of 2*T*F rows (full RCFG) fill the pipe best.
 - asyncdiff (approximate). Every stage works on call n at once, each on what the stage before it produced one
   call earlier for the same frame one slot back (`engines.asyncdiff`); time per call ~ the slowest stage plus
-  one transfer. The first `warmup` calls after a start or a change of the batch layout run exactly, in sequence.
+  one transfer. The first `warmup` calls after a start, a change of the batch layout, a prompt switch or a
+  restart of the stream's batch (`forget_previous_calls`) run exactly, in sequence. With `stride` S the stages
+  before the last run and pass their output on every S-th call only (the paper's stride, see engines.asyncdiff).
+
+The time and text embeddings of the batch travel only when they change (they are the same for every call of one
+prompt and one layout): the workers keep them, and the stage states carry the activations alone.
 
 A worker that dies makes the next (or current) call raise `WorkerLostError` at once (gloo sees the closed socket)
 with one line naming the rank; from then on this engine runs the whole UNet on rank 0 (one device, exact).
@@ -36,11 +41,11 @@ from typing import Any, Sequence
 
 import torch
 
-from engines.asyncdiff import predecessor_rows
+from engines.asyncdiff import AsyncClock, embeddings_changed, predecessor_rows
 from engines.base import EngineShapes, EngineUnavailableError, ModelError
 from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings, ParallelMode
-from engines.stage_transport import LinkCounters, WorkerLostError, flush_sends, recv_tensors, send_tensors
+from engines.stage_transport import WorkerLostError, flush_sends, recv_tensors, send_tensors
 from engines.stage_worker import (CONFIG_KEY, GO_KEY, OP_ASYNC, OP_EXACT, OP_PIPELINE, OP_STATS, OP_STOP,
                                   STARTUP_WAIT_S, StageRunner, error_key, make_group, ready_key)
 from engines.stages import StageState, UNetUnits, balanced_cuts, measure_unit_costs, stage_costs
@@ -107,9 +112,8 @@ class DistributedEngine:
         self._runner = StageRunner(self.units, self.boundaries[0], self.boundaries[1])
         self._comm_device = self.device if settings.backend() == "nccl" else torch.device("cpu")
         self._mode: ParallelMode = settings.parallel
-        self._warmup = settings.warmup
-        self._layout: tuple[int, ...] | None = None  # per-row timesteps of the last call (AsyncDiff)
-        self._exact_left = 0
+        self._clock = AsyncClock(settings.warmup, settings.stride)
+        self._held: tuple[torch.Tensor, torch.Tensor] | None = None  # the (emb, context) the workers hold
         self._lost: str | None = None
         self._processes: dict[int, subprocess.Popen] = {}
         self._store = self._start_workers(spec, threads, timeout_s)
@@ -234,17 +238,29 @@ class DistributedEngine:
         """The schedule the next call uses: "pipeline" or "asyncdiff"."""
         return self._mode
 
-    def set_parallel(self, mode: ParallelMode, warmup: int | None = None) -> None:
+    def set_parallel(self, mode: ParallelMode, warmup: int | None = None, stride: int | None = None) -> None:
         """Switch the schedule between calls; AsyncDiff restarts its warm-up."""
         self._mode = mode
-        self._warmup = self._warmup if warmup is None else warmup
-        self._layout = None
+        self._clock = AsyncClock(self._clock.warmup if warmup is None else warmup,
+                                 self._clock.stride if stride is None else stride)
+
+    def forget_previous_calls(self) -> None:
+        """The stream restarted its batch (a reset after a cut, a rebuilt batch): AsyncDiff's stale stage inputs
+        no longer describe the frames in it, so the next calls run exactly until the warm-up is over again."""
+        self._clock.restart()
 
     # --- schedules -----------------------------------------------------------------------------------------
-    def _broadcast_control(self, op: int, count: int = 1, extra: Sequence[torch.Tensor] = ()) -> None:
-        control = torch.tensor([op, count], dtype=torch.int64)
+    def _broadcast_control(self, op: int, count: int = 1, exchange: bool = False,
+                           embedded: StageState | None = None, extra: Sequence[torch.Tensor] = ()) -> None:
+        """[op, count, exchange, embeddings follow] to every worker, then `extra`, then `embedded`'s time and text
+        embeddings when they differ from what the workers hold (last: the int64 tensors stay 8-byte aligned in the
+        message's buffer whatever the embeddings' sizes)."""
+        embeddings: list[torch.Tensor] = []
+        if embedded is not None and embeddings_changed(self._held, embedded.emb, embedded.context):
+            embeddings, self._held = [embedded.emb, embedded.context], (embedded.emb, embedded.context)
+        control = torch.tensor([op, count, int(exchange), int(bool(embeddings))], dtype=torch.int64)
         for rank in range(1, self.world):
-            send_tensors(self._group, [control, *extra], rank, self._comm_device, self._runner.link)
+            send_tensors(self._group, [control, *extra, *embeddings], rank, self._comm_device, self._runner.link)
 
     def _receive(self, src: int) -> list[torch.Tensor]:
         start = time.perf_counter()
@@ -252,33 +268,48 @@ class DistributedEngine:
         self._runner.link.seconds += time.perf_counter() - start
         return tensors
 
+    def _embed(self, inputs: StageState) -> StageState:
+        """The embed unit (time and text embeddings, conv_in), timed as stage 0's compute."""
+        start = time.perf_counter()
+        embedded = self.units.run(inputs, 0, 1)
+        self._runner.compute_seconds += time.perf_counter() - start
+        return embedded
+
+    def _run_stage_zero(self, embedded: StageState) -> StageState:
+        """Stage 0 after its embed unit."""
+        start = time.perf_counter()
+        out = self.units.run(embedded, 1, self.boundaries[1])
+        self._runner.compute_seconds += time.perf_counter() - start
+        return out
+
     def _pipeline_call(self, inputs: StageState) -> torch.Tensor:
         rows = inputs.sample.shape[0]
-        self._broadcast_control(OP_PIPELINE, rows)
-        for row in range(rows):
-            part = StageState.inputs(inputs.sample[row:row + 1], inputs.emb[row:row + 1], inputs.context[row:row + 1])
-            send_tensors(self._group, self._runner.run(part).tensors(), 1, self._comm_device, self._runner.link)
+        # one row at a time, as the micro-batches run: the same numbers as the rows run one by one
+        embedded = [self._embed(StageState.inputs(inputs.sample[r:r + 1], inputs.emb[r:r + 1],
+                                                  inputs.context[r:r + 1])) for r in range(rows)]
+        whole = StageState(inputs.sample, (), torch.cat([e.emb for e in embedded]),
+                           torch.cat([e.context for e in embedded]))
+        self._broadcast_control(OP_PIPELINE, rows, embedded=whole)
+        for part in embedded:
+            send_tensors(self._group, self._run_stage_zero(part).activations(), 1, self._comm_device,
+                         self._runner.link)
         output = torch.cat([self._receive(self.world - 1)[0] for _ in range(rows)])
         flush_sends(self._runner.link)
         self._runner.calls += 1
         return output
 
     def _asyncdiff_call(self, inputs: StageState) -> torch.Tensor:
-        layout = tuple(int(t) for t in inputs.emb.tolist())
-        if layout != self._layout:  # a start, or the stream's shape / schedule changed: exact again for a while
-            self._layout, self._exact_left = layout, max(1, self._warmup)
-        if self._exact_left > 0:
-            self._exact_left -= 1
-            self._broadcast_control(OP_EXACT)
-            out = self._runner.run(inputs)
+        embedded = self._embed(inputs)
+        kind = self._clock.next_call(embeddings_changed(self._held, embedded.emb, embedded.context))
+        if kind == "exact":
+            self._broadcast_control(OP_EXACT, embedded=embedded)
+            send_tensors(self._group, self._run_stage_zero(embedded).activations(), 1, self._comm_device,
+                         self._runner.link)
         else:
-            embedded = self.units.run(inputs, 0, 1)
-            source_rows = predecessor_rows(inputs.emb)
-            self._broadcast_control(OP_ASYNC, 1, [source_rows, embedded.emb, embedded.context])
-            start = time.perf_counter()
-            out = self.units.run(embedded, 1, self.boundaries[1])
-            self._runner.compute_seconds += time.perf_counter() - start
-        send_tensors(self._group, out.tensors(), 1, self._comm_device, self._runner.link)
+            self._broadcast_control(OP_ASYNC, 1, kind == "exchange", embedded, [predecessor_rows(inputs.emb)])
+            if kind == "exchange":
+                send_tensors(self._group, self._run_stage_zero(embedded).activations(), 1, self._comm_device,
+                             self._runner.link)
         output = self._receive(self.world - 1)[0]
         flush_sends(self._runner.link)
         self._runner.calls += 1

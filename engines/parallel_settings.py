@@ -23,7 +23,9 @@ class DeviceSettings:
     devices: "" (one device, the usual engine), "cpu:N" (N CPU processes), "N" (N GPUs if there are, else N CPU
     processes), or a list "cuda:0,cuda:1". parallel: "pipeline" (exact: micro-batches flow through the stages)
     or "asyncdiff" (approximate, every stage at once on one-call-old inputs). warmup: AsyncDiff's exact calls after
-    a start or a change of the batch layout. hosts: "ADDR[:PORT]" to listen on for workers started by hand on
+    a start, a prompt switch, a new batch layout or a restart of the stream's batch. stride: AsyncDiff's stride S
+    (arXiv 2406.06911, section 3.4): the stages before the last run and pass their output on every S-th call, the
+    last stage every call (see engines.asyncdiff). hosts: "ADDR[:PORT]" to listen on for workers started by hand on
     other machines (`python -m engines.stage_worker --connect ADDR:PORT --rank K`) instead of starting them here.
     """
 
@@ -33,8 +35,10 @@ class DeviceSettings:
                                                "stages over them", "metavar": "DEVICES"})
     parallel: ParallelMode = field(default="pipeline", metadata={
         "help": "pipeline (exact) or asyncdiff (lower latency, approximate)"})
-    warmup: int = field(default=2, metadata={"help": "AsyncDiff: exact calls after a start", "range": (0, 1000),
-                                             "cli": "--asyncdiff-warmup"})
+    warmup: int = field(default=2, metadata={"help": "AsyncDiff: exact calls after a start, a prompt switch or a cut",
+                                             "range": (0, 1000), "cli": "--asyncdiff-warmup"})
+    stride: int = field(default=1, metadata={"help": "AsyncDiff's stride: the stages before the last run and pass "
+                                             "their output on every N-th call", "range": (1, 16), "cli": "--asyncdiff-stride"})
     hosts: str = field(default="", metadata={"help": "ADDR[:PORT] to wait on for stage workers started on other "
                                              "machines", "metavar": "ADDR"})
 
@@ -43,7 +47,9 @@ class DeviceSettings:
             raise EngineUnavailableError(
                 f"--parallel must be one of {', '.join(PARALLEL_CHOICES)}, got {self.parallel!r}")
         if self.warmup < 0:
-            raise EngineUnavailableError(f"--warmup must be 0 or more calls, got {self.warmup}")
+            raise EngineUnavailableError(f"--asyncdiff-warmup must be 0 or more calls, got {self.warmup}")
+        if self.stride < 1:
+            raise EngineUnavailableError(f"--asyncdiff-stride must be 1 or more calls, got {self.stride}")
         self.device_list()  # a malformed --devices is refused when the settings are made, not at the first frame
 
     @property

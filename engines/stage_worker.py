@@ -6,17 +6,20 @@ Started by `DistributedEngine` itself (one per extra device), or by hand on anot
 
 It reads the run's settings (model, dtype, stage boundaries) from rank 0's TCPStore, loads the model, keeps only
 its own units, says it is ready, then serves calls until rank 0 says stop or goes away. Per call, rank 0 first
-sends a control message naming the schedule (`Op`), then the stage states flow rank 0 -> 1 -> ... -> N-1 -> 0:
+sends a control message [op, micro-batches, exchange, embeddings follow] naming the schedule (then the row map of
+an AsyncDiff call), with the time and text embeddings of the whole batch last and only when they changed (a worker keeps the last ones: they are the same for
+every call of one prompt and one batch layout), then the stage states flow rank 0 -> 1 -> ... -> N-1 -> 0:
 
 - PIPELINE (exact): the UNet batch comes as M micro-batches (rows are independent within a call); the stage
   takes each from the stage before it, runs it and passes it on, so stage k works on micro-batch m while stage
   k+1 works on m-1.
 - EXACT: the whole batch, in sequence (AsyncDiff's warm-up calls).
-- ASYNC (AsyncDiff): the stage runs at once on what the stage before it produced one call earlier, rows shifted
-  by `engines.asyncdiff.predecessor_rows` and with this call's time and text embeddings (sent by rank 0), then
-  takes the stage before it's output of this call for the next call.
+- ASYNC (AsyncDiff): the stage runs at once on what the stage before it produced at the last exchange, rows
+  following their frames back (`engines.asyncdiff.rows_back`), with this call's embeddings; at an exchange it
+  then takes the stage before it's output of this call for the next calls. Between exchanges (stride > 1) only
+  the last stage runs.
 
-Only the hidden state and the pending skip connections (plus the embeddings) cross a cut; the last stage sends
+Only the hidden state and the pending skip connections (the embeddings when they change) cross a cut; the last stage sends
 back the UNet output only. Any failure ends the process, so a rank waiting on it gets an error, never a hang.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 import torch
 
+from engines.asyncdiff import rows_back, stale_state
 from engines.stage_transport import LinkCounters, flush_sends, recv_tensors, send_tensors
 from engines.stages import StageState, UNetUnits
 
@@ -79,14 +83,18 @@ def make_group(store: Any, rank: int, world: int, backend: str, timeout_s: float
 
 @dataclass
 class StageRunner:
-    """The units first..end-1 of one rank, and the state AsyncDiff needs between calls."""
+    """The units first..end-1 of one rank, and what it keeps between calls: the batch's time and text embeddings
+    (re-sent only when they change) and AsyncDiff's stale input."""
 
     units: UNetUnits
     first: int
     end: int
     compute_seconds: float = 0.0
     calls: int = 0
-    pending: StageState | None = None  # the previous stage's output of the last call (AsyncDiff's stale input)
+    emb: torch.Tensor | None = None  # (B, E) time embeddings of the batch's rows
+    context: torch.Tensor | None = None  # (B, tokens, D) text embeddings of the batch's rows
+    pending: StageState | None = None  # the previous stage's output at the last exchange (AsyncDiff's stale input)
+    pending_age: int = 0  # calls since `pending` was made
     link: LinkCounters = field(default_factory=LinkCounters)
 
     def run(self, state: StageState) -> StageState:
@@ -95,14 +103,17 @@ class StageRunner:
         self.compute_seconds += time.perf_counter() - start
         return out
 
-    def run_stale(self, source_rows: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> StageState:
-        """AsyncDiff: this stage on the previous call's input, each row taken from its predecessor row."""
-        if self.pending is None:
+    def received(self, activations: list[torch.Tensor], rows: slice = slice(None)) -> StageState:
+        """A stage state from its transported activations [sample, *residuals] and the held embeddings' `rows`."""
+        if self.emb is None or self.context is None:
+            raise RuntimeError("a stage state arrived before any embeddings")
+        return StageState(activations[0], tuple(activations[1:]), self.emb[rows], self.context[rows])
+
+    def run_stale(self, one_call: torch.Tensor) -> StageState:
+        """AsyncDiff: this stage on its input of the last exchange, each row following its frame back."""
+        if self.pending is None or self.emb is None or self.context is None:
             raise RuntimeError("an asynchronous call needs one exact call before it")
-        rows = source_rows.to(self.pending.sample.device)
-        stale = StageState(self.pending.sample.index_select(0, rows),
-                           tuple(r.index_select(0, rows) for r in self.pending.residuals), emb, context)
-        return self.run(stale)
+        return self.run(stale_state(self.pending, rows_back(one_call, self.pending_age), self.emb, self.context))
 
 
 def serve(group: Any, rank: int, world: int, runner: StageRunner, device: torch.device,
@@ -113,7 +124,7 @@ def serve(group: Any, rank: int, world: int, runner: StageRunner, device: torch.
     last = rank == world - 1
 
     def forward(state: StageState) -> None:
-        send_tensors(group, [state.sample] if last else state.tensors(), following, device, runner.link)
+        send_tensors(group, [state.sample] if last else state.activations(), following, device, runner.link)
 
     def receive(src: int) -> list[torch.Tensor]:
         start = time.perf_counter()
@@ -123,24 +134,29 @@ def serve(group: Any, rank: int, world: int, runner: StageRunner, device: torch.
 
     while True:
         control, *extra = receive(0)
-        op, microbatches = (int(v) for v in control.tolist())
+        op, microbatches, exchange, embeddings_follow = (int(v) for v in control.tolist())
+        if embeddings_follow:
+            *extra, runner.emb, runner.context = extra
         if op == OP_STOP:
             return
         if op == OP_STATS:
             stats = [runner.compute_seconds, runner.link.seconds, float(runner.link.bytes_sent), float(runner.calls)]
             send_tensors(group, [torch.tensor(stats, dtype=torch.float64)], 0, device, runner.link)
         elif op == OP_PIPELINE:
-            for _ in range(microbatches):
-                forward(runner.run(StageState.from_tensors(receive(previous))))
+            for row in range(microbatches):
+                forward(runner.run(runner.received(receive(previous), slice(row, row + 1))))
             runner.calls += 1
         elif op == OP_EXACT:
-            runner.pending = StageState.from_tensors(receive(previous))
+            runner.pending, runner.pending_age = runner.received(receive(previous)), 0
             forward(runner.run(runner.pending))
             runner.calls += 1
         elif op == OP_ASYNC:
-            source_rows, emb, context = extra
-            forward(runner.run_stale(source_rows, emb, context))
-            runner.pending = StageState.from_tensors(receive(previous))
+            (one_call,) = extra
+            runner.pending_age += 1
+            if exchange or last:
+                forward(runner.run_stale(one_call))
+            if exchange:
+                runner.pending, runner.pending_age = runner.received(receive(previous)), 0
             runner.calls += 1
         flush_sends(runner.link)
 

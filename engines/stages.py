@@ -50,6 +50,11 @@ class StageState:
         """Flat list for transport: [sample, emb, context, *residuals]."""
         return [self.sample, self.emb, self.context, *self.residuals]
 
+    def activations(self) -> list[torch.Tensor]:
+        """What a cut transports on every call: [sample, *residuals]. The embeddings are the same for every call of
+        one prompt and one batch layout, so they travel only when they change (see engines.stage_worker)."""
+        return [self.sample, *self.residuals]
+
     @classmethod
     def from_tensors(cls, tensors: Sequence[torch.Tensor]) -> "StageState":
         """Inverse of `tensors`."""

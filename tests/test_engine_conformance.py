@@ -3,12 +3,13 @@ cached engines, a warm cache that is reused and a damaged one that is rebuilt.
 
 All engines run the tiny model (TAESD as its VAE) at 64x64, F=1, UNet batch 2 (2 steps, RCFG self), so exports
 and compiles stay small. torch-compile compiles the TAESD encoder / decoder only: compiling the UNet takes
-minutes on 2 cores (the UNet's compiled path is the same `nn.Module.compile` call).
+minutes on 2 cores (the UNet's compiled path is the same `nn.Module.compile` call). torch-stages is the UNet cut
+into stages over two CPU processes (`--devices cpu:2`, the exact pipeline schedule).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from engines.loading import ModelSpec
 
 SHAPES = EngineShapes(width=64, height=64, frame_batch=1, unet_batch=2)
 FP32_TOLERANCE = 1e-3
-ACCELERATED = ("onnxruntime", "torch-compile")
+ACCELERATED = ("onnxruntime", "torch-compile", "torch-stages")
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,16 @@ def build(kind: str, spec: ModelSpec, cache_root: Path, export=None) -> Engine:
         from engines.loading import load_components
 
         return CompiledTorchEngine(load_components(spec, "cpu", torch.float32), SHAPES, parts=("vae",))
+    if kind == "torch-stages":
+        from engines.distributed_engine import build_distributed_engine
+        from engines.parallel_settings import DeviceSettings
+
+        return build_distributed_engine(spec, SHAPES, DeviceSettings(devices="cpu:2", parallel="pipeline"), 2)
     raise AssertionError(kind)
 
 
 @pytest.fixture(scope="module")
-def engine_of(spec: ModelSpec, cache_root: Path) -> Callable[[str], Engine]:
+def engine_of(spec: ModelSpec, cache_root: Path) -> Iterator[Callable[[str], Engine]]:
     """Engines by kind, each built once for the whole module (compiles and exports are the slow part)."""
     built: dict[str, Engine] = {}
 
@@ -66,7 +72,10 @@ def engine_of(spec: ModelSpec, cache_root: Path) -> Callable[[str], Engine]:
             built[kind] = build(kind, spec, cache_root)
         return built[kind]
 
-    return get
+    yield get
+    for engine in built.values():
+        if hasattr(engine, "close"):
+            engine.close()  # torch-stages: its worker process
 
 
 @pytest.fixture(params=("torch", *ACCELERATED))

@@ -15,7 +15,7 @@ import torch
 from core.config import StreamConfig
 from core.prompts import PromptCache, PromptSwitcher
 from core.stream import DiffusionStream
-from engines.asyncdiff import predecessor_rows
+from engines.asyncdiff import OneProcessAsyncDiff, predecessor_rows, rows_back
 from engines.base import EngineShapes
 from engines.distributed_engine import DistributedEngine, build_distributed_engine
 from engines.loading import ModelSpec
@@ -45,13 +45,11 @@ def engines(tiny_model_dir):
 
 
 class OneProcess:
-    """The distributed engine's own UNet units, run in this process: "rows" runs the batch one row at a time
-    (the pipeline's micro-batches); "asyncdiff" renders AsyncDiff's schedule in plain sequence."""
+    """The distributed engine's own UNet units, run in this process: one row at a time (the pipeline's
+    micro-batches), or the whole batch at once (`by_rows=False`: AsyncDiff's exact calls)."""
 
-    def __init__(self, engine: DistributedEngine, schedule: str, warmup: int = 2) -> None:
-        self.engine, self.schedule, self.warmup = engine, schedule, warmup
-        self.units, self.cuts = engine.units, engine.boundaries
-        self.layout, self.exact_left, self.previous = None, 0, []
+    def __init__(self, engine: DistributedEngine, by_rows: bool = True) -> None:
+        self.engine, self.units, self.by_rows = engine, engine.units, by_rows
         for name in ("device", "dtype", "noise_schedule", "latent_channels", "vae_scale_factor"):
             setattr(self, name, getattr(engine, name))
 
@@ -65,30 +63,16 @@ class OneProcess:
         return self.engine.decode_latents(latents)
 
     def predict_noise(self, latents, timesteps, embeddings):
-        if self.schedule == "rows":
-            return torch.cat([self.units.run(StageState.inputs(latents[r:r + 1], timesteps[r:r + 1],
-                                                                embeddings[r:r + 1])).sample
-                              for r in range(latents.shape[0])])
-        inputs = StageState.inputs(latents, timesteps, embeddings)
-        if timesteps.tolist() != self.layout:
-            self.layout, self.exact_left = timesteps.tolist(), max(1, self.warmup)
-        stages = list(zip(self.cuts[:-1], self.cuts[1:]))
-        if self.exact_left:
-            self.exact_left -= 1
-            self.previous, state = [], inputs
-            for first, end in stages:
-                state = self.units.run(state, first, end)
-                self.previous.append(state)
-            return state.sample
-        embedded = self.units.run(inputs, 0, 1)
-        rows = predecessor_rows(timesteps)
-        outputs = [self.units.run(embedded, 1, stages[0][1])]
-        for (first, end), before in zip(stages[1:], self.previous):
-            stale = StageState(before.sample[rows], tuple(r[rows] for r in before.residuals), embedded.emb,
-                               embedded.context)
-            outputs.append(self.units.run(stale, first, end))
-        self.previous = outputs
-        return outputs[-1].sample
+        if not self.by_rows:
+            return self.units.run(StageState.inputs(latents, timesteps, embeddings)).sample
+        return torch.cat([self.units.run(StageState.inputs(latents[r:r + 1], timesteps[r:r + 1],
+                                                            embeddings[r:r + 1])).sample
+                          for r in range(latents.shape[0])])
+
+
+def simulated(engine: DistributedEngine, warmup: int = 2, stride: int = 1) -> OneProcessAsyncDiff:
+    """AsyncDiff's schedule in this process, stage after stage, on the same units and cuts."""
+    return OneProcessAsyncDiff(engine, engine.units, engine.boundaries, warmup, stride)
 
 
 def make_stream(engine, guidance: str, steps: tuple[int, ...] = (20, 35, 45)) -> DiffusionStream:
@@ -121,7 +105,7 @@ def test_pipeline_parallel_stream_equals_one_process_exactly(engines, processes,
     engine = engines[processes]
     engine.set_parallel("pipeline")
     distributed = run_stream(engine, guidance)
-    one_process = run_stream(OneProcess(engine, "rows"), guidance)
+    one_process = run_stream(OneProcess(engine), guidance)
     for got, expected in zip(distributed, one_process):
         assert torch.equal(got, expected)
 
@@ -142,9 +126,9 @@ def test_asyncdiff_equals_a_one_process_simulation_of_the_same_schedule(engines,
     engine = engines[processes]
     engine.set_parallel("asyncdiff", warmup=2)
     distributed = run_stream(engine, guidance)
-    simulated = run_stream(OneProcess(engine, "asyncdiff", warmup=2), guidance)
-    exact = run_stream(OneProcess(engine, "rows"), guidance)
-    for got, expected in zip(distributed, simulated):
+    one_process = run_stream(simulated(engine, warmup=2), guidance)
+    exact = run_stream(OneProcess(engine), guidance)
+    for got, expected in zip(distributed, one_process):
         assert torch.equal(got, expected)
     assert not torch.allclose(distributed[-1], exact[-1], atol=1e-3), "after the warm-up AsyncDiff is approximate"
 
@@ -154,9 +138,95 @@ def test_asyncdiff_with_warmup_covering_every_call_equals_the_exact_output(engin
     engine = engines[processes]
     engine.set_parallel("asyncdiff", warmup=100)
     distributed = run_stream(engine, "self")
-    exact = run_stream(OneProcess(engine, "asyncdiff", warmup=100), "self")  # every call exact, whole batch
+    exact = run_stream(OneProcess(engine, by_rows=False), "self")
     for got, expected in zip(distributed, exact):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_asyncdiff_with_a_stride_equals_the_one_process_schedule_and_differs_from_stride_one(engines, processes):
+    engine = engines[processes]
+    engine.set_parallel("asyncdiff", warmup=1, stride=2)
+    distributed = run_stream(engine, "full", frames=7)
+    one_process = run_stream(simulated(engine, warmup=1, stride=2), "full", frames=7)
+    stride_one = run_stream(simulated(engine, warmup=1, stride=1), "full", frames=7)
+    for got, expected in zip(distributed, one_process):
+        assert torch.equal(got, expected)
+    assert not torch.equal(distributed[-1], stride_one[-1])
+
+
+def test_with_stride_two_the_middle_stage_runs_on_every_second_call_only(engines):
+    engine = engines[3]
+    engine.set_parallel("asyncdiff", warmup=1, stride=2)
+    stream = make_stream(engine, "self")
+    frames = moving_frames(5)
+    stream.process(frames[0])  # exact (the warm-up)
+    computed = []
+    for frame in frames[1:]:  # exchange, last stage only, exchange, last stage only
+        before = engine.stats()
+        stream.process(frame)
+        after = engine.stats()
+        computed.append([a > b for a, b in zip(after.compute_seconds, before.compute_seconds)])
+    assert computed == [[True, True, True], [True, False, True], [True, True, True], [True, False, True]]
+    # (rank 0 always computes: its embed unit, which gives the time and text embeddings, runs on every call)
+
+
+def unet_call_inputs(seed: int, rows: int = 4):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, 4, 8, 8, generator=generator), torch.randn(rows, 77, 128, generator=generator)
+
+
+def test_a_prompt_switch_or_a_forgotten_history_restarts_the_asyncdiff_warmup(engines):
+    engine = engines[2]
+    engine.set_parallel("asyncdiff", warmup=2)
+    timesteps = torch.tensor([999, 759, 499, 259])
+    _, first_prompt = unet_call_inputs(1)
+    _, second_prompt = unet_call_inputs(2)
+    whole = OneProcess(engine, by_rows=False)
+    exact = []
+    for call, embeddings in enumerate([first_prompt] * 4 + [second_prompt] * 4 + ["forget"] + [second_prompt] * 3):
+        if isinstance(embeddings, str):
+            engine.forget_previous_calls()  # what the stream does after a reset (see the next spec)
+            continue
+        latents, _ = unet_call_inputs(100 + call)
+        got = engine.predict_noise(latents, timesteps, embeddings)
+        exact.append(torch.equal(got, whole.predict_noise(latents, timesteps, embeddings)))
+    # two exact calls at the start, after the switch, and after the history was forgotten
+    assert exact == [True, True, False, False, True, True, False, False, True, True, False]
+
+
+def test_a_reset_stream_on_asyncdiff_starts_over_as_a_new_stream_would(engines):
+    engine = engines[2]
+    engine.set_parallel("asyncdiff", warmup=1)
+    frames = moving_frames(9)
+    stream = make_stream(engine, "self")
+    for frame in frames[:6]:
+        stream.process(frame)
+    stream.reset()  # a cut in the source
+    after_reset = [stream.process(frame) for frame in frames[6:]]
+    fresh = make_stream(engine, "self")  # a new stream rebuilds its batch, which restarts the warm-up too
+    for got, expected in zip(after_reset, [fresh.process(frame) for frame in frames[6:]]):
+        assert torch.equal(got, expected)
+
+
+def test_embeddings_travel_only_when_they_change(engines):
+    engine = engines[3]
+    engine.set_parallel("pipeline")
+    timesteps = torch.tensor([999, 759, 499, 259])
+    latents, first_prompt = unet_call_inputs(3)
+    _, second_prompt = unet_call_inputs(4)
+    embedded = engine.units.run(StageState.inputs(latents, timesteps, first_prompt), 0, 1)
+    embeddings_bytes = (embedded.emb.numel() + embedded.context.numel()) * 4 * (engine.world - 1)  # fp32
+    sent = []
+    for embeddings in [first_prompt] * 3 + [second_prompt] * 3:
+        before = engine.stats()
+        engine.predict_noise(latents, timesteps, embeddings)
+        after = engine.stats()
+        sent.append([a - b for a, b in zip(after.bytes_sent, before.bytes_sent)])
+    rank0 = [per_rank[0] for per_rank in sent]
+    steady = rank0[1]
+    assert rank0 == [steady + embeddings_bytes, steady, steady, steady + embeddings_bytes, steady, steady]
+    assert all(per_rank[1:] == sent[0][1:] for per_rank in sent), "workers never send embeddings"
 
 
 def test_a_stream_batch_row_follows_the_same_frame_one_slot_back():
@@ -168,6 +238,15 @@ def test_a_stream_batch_row_follows_the_same_frame_one_slot_back():
     assert predecessor_rows(torch.tensor([999, 259, 999, 259])).tolist() == [0, 0, 2, 2]
     # initialize: [uncond slot 0 | cond T*F]: slot 1 follows the cond row of slot 0
     assert predecessor_rows(torch.tensor([999, 999, 259])).tolist() == [0, 1, 1]
+
+
+def test_a_row_follows_its_frame_back_several_calls_and_a_newer_frame_reads_the_newest_then():
+    one_call = predecessor_rows(torch.tensor([999, 759, 499, 259]))  # T=4: slot s reads slot s-1
+    assert rows_back(one_call, 1).tolist() == [0, 0, 1, 2]
+    assert rows_back(one_call, 2).tolist() == [0, 0, 0, 1]  # slots 0 and 1 entered since: slot 0 of that call
+    assert rows_back(one_call, 0).tolist() == [0, 1, 2, 3]
+    full = predecessor_rows(torch.tensor([999, 499, 259, 999, 499, 259]))  # uncond and cond stay apart
+    assert rows_back(full, 2).tolist() == [0, 0, 0, 3, 3, 3]
 
 
 def test_a_message_carries_tensors_of_every_dtype_and_shape_in_one_buffer():
@@ -185,15 +264,18 @@ def test_device_options_reach_the_run_settings_and_bad_ones_are_one_line():
     from vcam.cli import build_parser
     from vcam.settings import resolve_settings
 
-    args = build_parser().parse_args(["bench", "--devices", "cpu:3", "--parallel", "asyncdiff", "--asyncdiff-warmup", "4"])
+    args = build_parser().parse_args(["bench", "--devices", "cpu:3", "--parallel", "asyncdiff", "--asyncdiff-warmup", "4",
+                                      "--asyncdiff-stride", "2"])
     devices = resolve_settings(args).devices
-    assert devices == DeviceSettings(devices="cpu:3", parallel="asyncdiff", warmup=4)
+    assert devices == DeviceSettings(devices="cpu:3", parallel="asyncdiff", warmup=4, stride=2)
     assert devices.device_list() == ["cpu", "cpu", "cpu"] and devices.backend() == "gloo" and devices.several
     assert not resolve_settings(build_parser().parse_args(["bench"])).devices.several
     for bad, fix in (("cpu:x", "whole number"), ("tpu:0,tpu:1", "cpu:N, N, or a list"), ("cpu:0", "whole number")):
         with pytest.raises(EngineUnavailableError, match=fix) as raised:
             DeviceSettings(devices=bad)
         assert "\n" not in str(raised.value)
+    with pytest.raises(EngineUnavailableError, match="--asyncdiff-stride must be 1 or more"):
+        DeviceSettings(devices="cpu:2", stride=0)
     if not torch.cuda.is_available():
         with pytest.raises(EngineUnavailableError, match="use --devices cpu:2"):
             DeviceSettings(devices="cuda:0,cuda:1")
@@ -284,7 +366,7 @@ def test_a_worker_started_by_hand_joins_through_hosts(tiny_model_dir):
         generator = torch.Generator().manual_seed(4)
         latents, embeddings = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 77, 128, generator=generator)
         timesteps = torch.tensor([999, 259])
-        expected = OneProcess(engine, "rows").predict_noise(latents, timesteps, embeddings)
+        expected = OneProcess(engine).predict_noise(latents, timesteps, embeddings)
         assert torch.equal(engine.predict_noise(latents, timesteps, embeddings), expected)
         engine.close()
         assert worker.wait(timeout=60) == 0  # told to stop, it ends by itself
