@@ -12,10 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(1200)  # a 36 s soak; starting torch and the model takes minutes on a loaded machine
 def test_service_survives_a_command_every_second_without_leaks(tiny_user_cache) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "0.6", "--json"],
-                            capture_output=True, text=True, timeout=200, cwd=ROOT)
+                            capture_output=True, text=True, timeout=1100, cwd=ROOT)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["alive_until_quit"] and report["exit_code"] == 0, result.stderr
     assert report["commands_sent"] >= 30
