@@ -116,7 +116,7 @@ def soak(minutes: float, mjpeg_port: int | None = None) -> dict:
             alive = process.poll() is None
             client.send_message("/vcam/quit", [])
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=60)  # release, up to 3 s for the model call, teardown: slow when loaded
             except subprocess.TimeoutExpired:
                 process.kill()
         finally:

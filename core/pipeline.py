@@ -137,6 +137,7 @@ class FramePipeline:
         self.released_after: float | None = None  # seconds from stop() until the source and sink were closed
         self._processor = processor
         self._next_processor: FrameProcessor | None = None
+        self._call_started_at: float | None = None  # monotonic start of the processor call in flight
         self._swap_lock = threading.Lock()
         self._skipped_before_swaps = 0  # skips counted by processors swapped out (or in again) earlier
         self._skipped_at_swap_in = _skipped(processor)
@@ -211,6 +212,12 @@ class FramePipeline:
         self._join_until(deadline)
         self._finished.set()
         return not any(thread.is_alive() for thread in self._threads)
+
+    def seconds_into_call(self) -> float | None:
+        """How long the processor call in flight has run, in seconds; None between calls. (A stop reports it: a
+        call into the model cannot be interrupted, see `join`.)"""
+        started = self._call_started_at
+        return None if started is None else time.monotonic() - started
 
     def join(self, timeout: float | None = None) -> bool:
         """After `stop()`: wait up to `timeout` seconds (None: no limit) for every stage thread to end; True if all
@@ -344,8 +351,11 @@ class FramePipeline:
         real = len(frames)
         images = [frame.image for frame in frames]
         images += [images[-1]] * (processor.frames_per_call - real)
-        started = time.monotonic()
-        outputs = processor.process(images)
+        started = self._call_started_at = time.monotonic()
+        try:
+            outputs = processor.process(images)
+        finally:
+            self._call_started_at = None
         self._inference_time.add(time.monotonic() - started)
         if self.config.max_frames is not None:
             real = min(real, self.config.max_frames - self._processed)

@@ -212,7 +212,7 @@ class ObsInstance:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def screenshot_media_url(
-        self, url: str, source_name: str = "vcam-stream", timeout: float = 20.0, width: int = 320, height: int = 180
+        self, url: str, source_name: str = "vcam-stream", timeout: float = 60.0, width: int = 320, height: int = 180
     ):
         """Show `url` in a Media Source (ffmpeg_source) on the current scene; return its first non-blank frame.
 
@@ -224,6 +224,7 @@ class ObsInstance:
 
         with self.client() as client:
             scene = client.get_current_program_scene().current_program_scene_name
+            wait_until_input_gone(client, source_name)  # a removed source keeps its name until OBS releases it
             client.create_input(
                 scene, source_name, "ffmpeg_source",
                 {"input": url, "is_local_file": False, "restart_on_activate": True, "close_when_inactive": False},
@@ -246,6 +247,17 @@ class ObsInstance:
                 raise TimeoutError(f"OBS showed no frame of {url} within {timeout:.0f} s: {last}")
             finally:
                 client.remove_input(source_name)
+                wait_until_input_gone(client, source_name)
+
+
+def wait_until_input_gone(client, name: str, timeout: float = 60.0) -> None:
+    """OBS removes an input asynchronously (later still on a loaded machine): until it has, creating another
+    input of the same name fails with code 601."""
+    deadline = time.monotonic() + timeout
+    while any(i["inputName"] == name for i in client.get_input_list().inputs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"OBS still has an input named {name!r} {timeout:.0f} s after its removal")
+        time.sleep(0.1)
 
 
 def start_obs(home: Path, scripts: tuple[ObsScript, ...] = (), script_osc_port: int | None = None) -> ObsInstance:

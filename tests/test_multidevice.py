@@ -23,7 +23,7 @@ from engines.parallel_settings import DeviceSettings
 from engines.stage_transport import WorkerLostError
 from engines.stages import StageState
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1800)  # the engines start 2 + 3 processes: >600 s at load average 28 on 2 cores
 
 SIZE = 64
 PROMPT, NEGATIVE = "a watercolor painting", "blurry"

@@ -36,13 +36,13 @@ def obs_config(obs: ObsInstance, **overrides) -> ObsConfig:
     return ObsConfig(**settings)
 
 
-def next_item(queue: CommandQueue, timeout: float = 5.0) -> QueuedCommand:
+def next_item(queue: CommandQueue, timeout: float = 60.0) -> QueuedCommand:
     item = queue.get(timeout=timeout)
     assert item is not None, f"no command arrived within {timeout} s"
     return item
 
 
-def wait_until(condition, timeout: float = 10.0) -> bool:
+def wait_until(condition, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

@@ -37,8 +37,8 @@ def receiver(queue: CommandQueue, status: StatusLines) -> Iterator[OscControl]:
 
 
 def received(queue: CommandQueue):
-    item = queue.get(timeout=5.0)
-    assert item is not None, "vcam received nothing within 5 s"
+    item = queue.get(timeout=60.0)  # generous: returns as soon as the command arrives
+    assert item is not None, "vcam received nothing within 60 s"
     return item.command
 
 
@@ -137,7 +137,7 @@ def test_obs_loads_the_script_and_lists_its_hotkeys(obs_instance) -> None:
 def test_an_obs_hotkey_of_the_script_sends_its_command_to_vcam(obs_instance, vcam_osc, queue, hotkey, expected) -> None:
     with obs_instance.client() as client:
         client.send("TriggerHotkeyByName", {"hotkeyName": hotkey})
-    item = queue.get(timeout=5.0)
+    item = queue.get(timeout=60.0)
     assert item is not None and item.command == expected and item.origin == "osc"
 
 
@@ -146,5 +146,5 @@ def test_a_real_key_press_bound_in_obs_switches_the_vcam_prompt(obs_instance, vc
     """The whole path a user takes: X key press -> OBS global hotkey -> the script -> OSC -> vcam's queue."""
     hotkey, keys = SCRIPT_KEY_BINDING
     obs_instance.press_keys(keys)
-    item = queue.get(timeout=5.0)
+    item = queue.get(timeout=60.0)
     assert item is not None and item.command == SwitchPrompt(name=hotkey.rsplit(".", 1)[1])

@@ -462,6 +462,24 @@ def test_join_after_stop_waits_for_the_processor_call_in_flight_and_no_further_c
     assert len(hangs.log) == 1
 
 
+
+def test_seconds_into_call_counts_up_inside_a_processor_call_and_is_none_between_calls():
+    hangs, source, sink = Hangs(), ListSource(3), RecordingSink()
+    pipeline = FramePipeline(source, hangs, sink, PipelineConfig())
+    assert pipeline.seconds_into_call() is None
+    pipeline.start()
+    assert hangs.started.wait(30.0)
+    first = pipeline.seconds_into_call()
+    assert first is not None and first >= 0.0
+    deadline = time.monotonic() + 30.0
+    while pipeline.seconds_into_call() <= first:  # the same call, still running
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    hangs.release.set()
+    assert pipeline.wait(timeout=30.0)  # the three frames went through: no call in flight any more
+    assert pipeline.seconds_into_call() is None
+    pipeline.stop()
+
 # -- the pipeline: statistics ----------------------------------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ def start_service(preset: Path, options: ServiceOptions) -> tuple[Service, threa
     service = Service(resolve_settings(args), options, sink=NullRecordingSink())
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded machine loads the model slowly
     while not service.ready_event.is_set():
         assert time.monotonic() < deadline and thread.is_alive(), service.messages
         time.sleep(0.05)
@@ -51,11 +51,11 @@ def start_service(preset: Path, options: ServiceOptions) -> tuple[Service, threa
 
 def stop_service(service: Service, thread: threading.Thread) -> None:
     service.queue.put(cmd.Quit(), "test")
-    thread.join(timeout=5)
+    thread.join(timeout=120)  # generous: after the release the model's call in flight gets up to 3 s more
     assert not thread.is_alive()
 
 
-def until(condition, action=None, timeout: float = 30.0) -> None:
+def until(condition, action=None, timeout: float = 120.0) -> None:
     """Wait for `condition`, repeating `action` every half second (a control may still be connecting)."""
     deadline = time.monotonic() + timeout
     next_action = 0.0
@@ -67,7 +67,7 @@ def until(condition, action=None, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(900)
 def test_hotkeys_typed_on_the_display_switch_the_running_service(xvfb, tiny_user_cache, tmp_path,  # noqa: F811
                                                                   monkeypatch) -> None:
     monkeypatch.setenv("DISPLAY", xvfb.display)
@@ -93,7 +93,7 @@ def test_hotkeys_typed_on_the_display_switch_the_running_service(xvfb, tiny_user
         stop_service(service, thread)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_commands_broadcast_through_obs_switch_pause_and_resume_the_running_service(
         obs_instance, tiny_user_cache, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("VCAM_OBS_PASSWORD", obs_instance.password)

@@ -80,6 +80,7 @@ class Service(ServiceCommands, ServiceModel):
         self.finalised = threading.Event()  # the devices are released and the files written
         self._hurry = threading.Event()  # a second stop request: do not wait for the model's call in flight
         self._stop_reason: str | None = None
+        self._stop_into_model_call: float | None = None  # seconds the model call in flight had run at the stop
         self.ready_event = threading.Event()  # the diffusion processor is live
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
@@ -197,9 +198,17 @@ class Service(ServiceCommands, ServiceModel):
             self._hurry.set()
         elif self._stop_reason is None:
             self._stop_reason = reason
+            self._stop_into_model_call = self._seconds_into_model_call()
         self.stop_event.set()
         if self._qt_host is not None:
             self._qt_host.quit()
+
+    def _seconds_into_model_call(self) -> float | None:
+        """How long the inference thread has been inside the model (None: between calls, loading, or paused)."""
+        pipeline, processor = self.pipeline, self.processor
+        if pipeline is None or processor is None or processor.paused or pipeline.processor is not processor:
+            return None
+        return pipeline.seconds_into_call()
 
     def _watch_pipeline(self) -> None:
         while not self.stop_event.is_set():
@@ -286,7 +295,9 @@ class Service(ServiceCommands, ServiceModel):
         """Release the devices and finalise the files first (within RELEASE_SECONDS), then stop the controls."""
         self.stop_event.set()
         if self._stop_reason is not None:
-            log.info("stop requested (%s)", self._stop_reason)
+            into_call = self._stop_into_model_call
+            log.info("stop requested (%s)%s", self._stop_reason,
+                     "" if into_call is None else f" {into_call:.1f} s into a model call")
         self.pipeline.stop(timeout=RELEASE_SECONDS)  # the camera and the virtual camera are released first
         if self.pipeline.released_after is not None:
             log.info("camera and virtual camera released %.2f s after the stop request",
