@@ -110,7 +110,7 @@ if [ -n "$index" ]; then
     if [ -z "${VCAM_TORCH:-}" ] && [ "$build" = CPU ] && [ -z "$have_torch" ]; then
       # Without PyTorch's index a plain `torch` is Linux's CUDA wheel (~2 GB more); a +cpu build on the configured
       # index or find-links (a mirror, a wheelhouse) is the one this machine wants.
-      cpu="$("${pip[@]}" index versions torch 2>/dev/null | sed -n 's/^Available versions: //p' | tr ',' '\n' | tr -d ' ' | grep '+cpu$' | head -n 1 || true)"
+      cpu="$("$venv/bin/python" -m pip index versions torch 2>/dev/null | sed -n 's/^Available versions: //p' | tr ',' '\n' | tr -d ' ' | grep '+cpu$' | head -n 1 || true)"
       [ -z "$cpu" ] || spec="torch==$cpu"
     fi
   fi
