@@ -48,7 +48,7 @@ def test_a_single_file_repository_keeps_its_checkpoint() -> None:
 
 
 def test_pull_fetches_the_model_from_the_hub_endpoint_with_a_progress_bar_and_it_loads(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     files = repository_from_folder(TINY)
     files["unet/diffusion_pytorch_model.bin"] = b"a pickle vcam must never fetch"
     files["tiny-single-file.safetensors"] = b"the same weights again, as one checkpoint"
@@ -59,8 +59,9 @@ def test_pull_fetches_the_model_from_the_hub_endpoint_with_a_progress_bar_and_it
     assert "100%" in result.stderr  # the progress bar ran to the end
     assert sorted(hub.fetched) == sorted(set(files) - {"unet/diffusion_pytorch_model.bin",
                                                         "tiny-single-file.safetensors"})
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    resolved = resolve_model(ModelSpec(model=REPO))  # the offline loader finds it where pull put it
+    snapshot = Path(result.stdout.split(" is in ")[-1].strip())
+    assert snapshot.is_relative_to(tmp_path / "hf" / "hub" / "models--vcam-test--tiny")
+    resolved = resolve_model(ModelSpec(model=str(snapshot)))  # complete and loadable as the shipped folder
     assert resolved.content_hash == resolve_model(ModelSpec(model=str(TINY))).content_hash
 
 
