@@ -102,19 +102,24 @@ def hashed_before_use(name: str) -> bool:
     return name == "text_encoder.onnx" or name.startswith(f"{TOKENIZER_DIR}/")
 
 
-def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions) -> EngineCacheKey:
-    """The key of the graphs: model content, LoRAs + scale, shapes, fp32, opset, exporter, torch / onnx / ORT."""
+def onnx_backend_version(exporter: str) -> str:
+    """The installed torch / onnx / ONNX Runtime versions and the exporter, as the cache key records them: a graph
+    made with any other combination is not reused (and `vcam models prune` removes it)."""
     import onnx
     import onnxruntime
 
+    return f"torch{torch.__version__}+onnx{onnx.__version__}+ort{onnxruntime.__version__}+{exporter}"
+
+
+def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions) -> EngineCacheKey:
+    """The key of the graphs: model content, LoRAs + scale, shapes, fp32, opset, exporter, torch / onnx / ORT."""
     resolved = resolve_model(spec)
     loras = tuple(LoraFingerprint(file_sha256(path), resolved.lora_scale) for path in resolved.lora_paths)
     return EngineCacheKey(
         model_hash=resolved.content_hash, width=shapes.width, height=shapes.height,
         frame_batch=shapes.frame_batch, unet_batch=shapes.unet_batch, text_batch=shapes.text_batch,
         precision="fp32", backend="onnx",
-        backend_version=f"torch{torch.__version__}+onnx{onnx.__version__}+ort{onnxruntime.__version__}"
-                        f"+{options.exporter}",
+        backend_version=onnx_backend_version(options.exporter),
         opset=options.opset, exporter_version=EXPORTER_VERSION, loras=loras,
     )
 

@@ -388,18 +388,17 @@ def test_pyproject_requires_a_torch_whose_loader_defaults_to_weights_only() -> N
     assert not torch_requirement.specifier.contains("2.5.1") and torch_requirement.specifier.contains("2.6.0")
 
 
-def test_doctor_says_fail_with_the_fix_for_an_old_torch(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_doctor_says_fail_with_the_fix_for_an_old_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     """An old torch cannot be installed beside this one: its version string is the one thing faked."""
     from vcam import doctor
 
     monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
-    doctor._torch_lines()
-    [line] = [line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["torch"]]
-    assert line.startswith("[FAIL] torch") and "pip install 'torch>=2.6'" in line
+    [check] = [c for c in doctor._torch_and_gpu("auto", "auto") if c.name == "torch"]
+    assert check.status == "FAIL" and "pip install 'torch>=2.6'" in check.line()
 
 
-def test_doctor_passes_the_installed_torch(capsys) -> None:
+def test_doctor_passes_the_installed_torch() -> None:
     from vcam import doctor
 
-    doctor._torch_lines()
-    assert any(line.startswith("[ok] torch") for line in capsys.readouterr().out.splitlines())
+    [check] = [c for c in doctor._torch_and_gpu("auto", "auto") if c.name == "torch"]
+    assert check.status == "OK" and check.line().startswith("OK   torch")

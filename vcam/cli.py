@@ -1,4 +1,4 @@
-"""The `vcam` command: run, bench, demo, presets, doctor.
+"""The `vcam` command: run, bench, demo, presets, doctor, service, models.
 
 Every error a user can cause (a bad option, a missing model, a camera that will not open, a broken preset) is an
 exception class with a one-line message that names the fix; `main` prints it as `vcam: error: ...` and exits 2,
@@ -11,6 +11,8 @@ import os
 import sys
 from typing import NoReturn
 
+from vcam.autostart_cli import add_service_parser, run_service_action
+from vcam.models_cli import add_models_parser, run_models_action
 from vcam.options import NOTICES, add_stream_options
 
 # `vcam run` with no arguments: a real model if it is on this machine (else the service falls back to `tiny`),
@@ -79,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=".", help="folder for vcam-demo.mp4 and vcam-demo.png (default: here)")
 
     sub.add_parser("presets", help="list the shipped and user presets")
-    sub.add_parser("doctor", help="check what this machine offers: devices, engines, camera, virtual camera")
+    doctor = sub.add_parser("doctor", help="check this machine for a preset: OK / WARN / FAIL per check, with the fix")
+    doctor.add_argument("--preset", default=DEFAULT_RUN_PRESET, help=f"the preset to check for ({DEFAULT_RUN_PRESET})")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    add_service_parser(sub, DEFAULT_RUN_PRESET)
+    add_models_parser(sub)
     return parser
 
 
@@ -130,10 +136,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return Service(settings, options).run()
 
 
-def _cmd_doctor() -> int:
+def _cmd_doctor(args: argparse.Namespace) -> int:
     from vcam.doctor import run_doctor
 
-    return run_doctor()
+    return run_doctor(args.preset, as_json=args.json)
 
 
 def quiet_libraries() -> None:
@@ -163,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             return _cmd_presets()
         if args.command == "doctor":
-            return _cmd_doctor()
+            return _cmd_doctor(args)
+        if args.command == "service":
+            return run_service_action(args)
+        if args.command == "models":
+            return run_models_action(args)
         if args.command == "bench":
             return _cmd_bench(args)
         if args.command == "demo":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# System packages the test suite drives for real (Debian/Ubuntu). Installs only what is missing.
+# System packages the test suite drives for real (Debian/Ubuntu; systemd for `systemd-analyze verify` of the
+# service unit). Installs only what is missing.
 set -euo pipefail
-packages=(xvfb xauth xdotool x11-utils obs-studio ffmpeg trayer
+packages=(xvfb xauth xdotool x11-utils obs-studio ffmpeg trayer systemd
   libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-image0
   libxcb-render-util0 libxcb-xinerama0 libegl1 libgl1 libdbus-1-3 libfontconfig1)
 missing=()
