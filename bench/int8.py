@@ -2,6 +2,7 @@
 
     python bench/int8.py quality [--frames 24]       # tiny model, sample source, 256x256: int8 output vs fp32 output
     python bench/int8.py speed [--size 512] [--rounds 3] [--work DIR]   # SD 1.5-shape UNet, random weights
+    python bench/int8.py speed --unet tiny --size 256 --work DIR         # the trained tiny UNet
 
 quality: two ONNX Runtime engines over the same cached graphs run the same stream (tiny preset settings, 2 steps)
 over the moving sample source; one is put on `--precision int8` (engines.quantize), which calibrates on the
@@ -63,50 +64,61 @@ def quality(frames: int, size: int = 256, threads: int = 2) -> dict:
             "ssim_min": min(s[1] for s in scores)}
 
 
-def sd15_unet_graph(work: Path, size: int) -> tuple[Path, object]:
-    """The SD 1.5-shape UNet exported to work/unet.onnx (once), and its GraphSpec."""
+def load_unet(model: str) -> torch.nn.Module:
+    """The UNet to time: `sd15` (SD 1.5's architecture, random weights) or `tiny` (the trained tiny model)."""
+    if model == "tiny":
+        from engines.loading import load_components
+
+        return load_components(ModelSpec(model="tiny"), "cpu", torch.float32).unet.eval()
     from diffusers import UNet2DConditionModel
 
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**SD15_UNET).eval()
+
+
+def unet_graph(work: Path, size: int, model: str) -> tuple[Path, object, int]:
+    """The UNet exported to work/unet.onnx (once), its GraphSpec and its embedding width."""
     from engines.onnx_export import CallAsModule, GraphSpec, TensorSpec, export_graph, example_inputs
 
     h = size // 8
+    unet = load_unet(model)
+    dim = int(unet.config.cross_attention_dim)
     spec = GraphSpec("unet", (TensorSpec("latents", (2, 4, h, h), torch.float32),
                               TensorSpec("timesteps", (2,), torch.int64),
-                              TensorSpec("embeddings", (2, 77, 768), torch.float32)),
+                              TensorSpec("embeddings", (2, 77, dim), torch.float32)),
                      (TensorSpec("noise", (2, 4, h, h), torch.float32),))
     path = work / "unet.onnx"
     if not path.exists():
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(**SD15_UNET).eval()
         module = CallAsModule(lambda x, t, e: unet(x, t, encoder_hidden_states=e).sample, [unet])
         from engines.onnx_engine import CPU_EXPORT
 
         export_graph(module, spec, example_inputs(spec, 0), path, CPU_EXPORT)
-    return path, spec
+    return path, spec, dim
 
 
-def calibration_calls(count: int, size: int, seed: int = 1) -> list:
+def calibration_calls(count: int, size: int, dim: int, seed: int = 1) -> list:
     generator = torch.Generator().manual_seed(seed)
     h = size // 8
-    embedding = torch.randn(1, 77, 768, generator=generator).expand(2, -1, -1)
+    embedding = torch.randn(1, 77, dim, generator=generator).expand(2, -1, -1)
     noise_scale = torch.tensor([0.95, 0.5]).view(2, 1, 1, 1)
     return [(torch.randn(1, 4, h, h, generator=generator).expand(2, -1, -1, -1)
              + noise_scale * torch.randn(2, 4, h, h, generator=generator), torch.tensor(TIMESTEPS), embedding)
             for _ in range(count)]
 
 
-def speed(size: int, rounds: int, work: Path, prepare_only: bool, threads: int = 2, calls: int = 4) -> dict:
+def speed(size: int, rounds: int, work: Path, prepare_only: bool, model: str, threads: int = 2,
+          calls: int = 4) -> dict:
     from engines.quantize import quantize_unet
 
     work.mkdir(parents=True, exist_ok=True)
-    fp32_path, spec = sd15_unet_graph(work, size)
+    fp32_path, spec, dim = unet_graph(work, size, model)
     int8_path = work / "unet-int8.onnx"
     if not int8_path.exists():
-        quantize_unet(fp32_path, calibration_calls(calls, size), int8_path)
+        quantize_unet(fp32_path, calibration_calls(calls, size, dim), int8_path)
     if prepare_only:
         return {"prepared": str(work)}
     feeds = {name: value.numpy() for name, value in zip(("latents", "timesteps", "embeddings"),
-                                                          calibration_calls(1, size, seed=7)[0])}
+                                                          calibration_calls(1, size, dim, seed=7)[0])}
     runs = runners(fp32_path, int8_path, threads)
     for run in runs.values():
         run(feeds)  # first calls allocate
@@ -147,11 +159,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--unet", choices=("sd15", "tiny"), default="sd15", help="speed: which UNet")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vcam-int8-bench")
     parser.add_argument("--prepare", action="store_true", help="speed: export and quantize only, no timing")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    result = quality(args.frames) if args.what == "quality" else speed(args.size, args.rounds, args.work, args.prepare)
+    result = quality(args.frames) if args.what == "quality" else speed(args.size, args.rounds, args.work, args.prepare,
+                                                                          args.unet)
     print(json.dumps(result, indent=2))
 
 

@@ -34,7 +34,8 @@ def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threa
     from engines.torch_engine import TorchEngine
 
     placement = place(device, threads)
-    return TorchEngine(load_components(spec, placement.device, placement.dtype), shapes, cross_attention_kv=True)
+    # cross_attention_kv (engines.kv_cache) stays off until its spec (tests/test_kv_cache.py) has run on main.
+    return TorchEngine(load_components(spec, placement.device, placement.dtype), shapes)
 
 
 INT8_ENGINES = ("onnxruntime", "openvino", "auto")  # the engines over the ONNX graphs, which engines.quantize serves

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from engines.base import EngineShapes, EngineUnavailableError
 from engines.graph_engine import GraphEngine
-from engines.engine_cache import EngineCache
+from engines.engine_cache import EngineCache, log
 from engines.loading import ModelSpec
 from engines.onnx_engine import OnnxRuntimeEngine, OnnxRuntimeOptions, create_onnxruntime_engine
-from engines.onnx_export import example_inputs
+from engines.onnx_export import example_inputs, one_line
 
 ROUNDS = 3  # alternated UNet calls per runtime after one warm-up call each; the medians are compared
 CHOICE_FILE = "choice.json"
@@ -60,12 +60,12 @@ def time_unet_calls(engines: dict[str, GraphEngine], unet_inputs: tuple, rounds:
 
 def race_key(onnx_engine: OnnxRuntimeEngine, openvino_device: str):
     """The cache key of the measurement: the graphs' key plus both runtimes, the OpenVINO device and the threads."""
-    import openvino
+    from importlib.metadata import version
 
     key = onnx_engine.graphs.cache_key
     return dataclasses.replace(
         key, backend="runtime-race",
-        backend_version=f"{key.backend_version}+ov{openvino.get_version()}+{openvino_device}+threads{onnx_engine.threads}",
+        backend_version=f"{key.backend_version}+ov{version('openvino')}+{openvino_device}+threads{onnx_engine.threads}",
     )
 
 
@@ -85,6 +85,9 @@ def fastest_cpu_runtime(
         openvino_engine = create_openvino_engine(spec, shapes, device, onnx_engine.threads,
                                                  OpenVinoOptions(cache_root=cache_root))
     except EngineUnavailableError:
+        return RaceResult(onnx_engine, {}, measured=False)
+    except Exception as error:  # noqa: BLE001 - OpenVINO failing must not cost auto its ONNX Runtime engine
+        log.warning(f"engine auto: OpenVINO could not be built ({one_line(error)}); ONNX Runtime runs")
         return RaceResult(onnx_engine, {}, measured=False)
     engines: dict[str, GraphEngine] = {"onnxruntime": onnx_engine, "openvino": openvino_engine}
     (unet_spec,) = [graph for graph in onnx_engine.graphs.specs if graph.name == "unet"]
