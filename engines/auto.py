@@ -1,6 +1,7 @@
 """`--engine auto`: the fastest engine that can run here, and one line saying which and why.
 
-Tried in order: TensorRT (NVIDIA GPU + the tensorrt package), ONNX Runtime with its best provider, torch eager.
+Tried in order: TensorRT (NVIDIA GPU + the tensorrt package), ONNX Runtime with its best provider (on a CPU: it
+or OpenVINO, whichever measured faster here, see engines.runtime_race), torch eager.
 A candidate that cannot run or fails to build is skipped and its one-line reason kept, so the user sees why the
 faster ones were not used (e.g. "tensorrt: TensorRT needs an NVIDIA GPU ...") without a traceback.
 """
@@ -47,12 +48,12 @@ def build_onnxruntime(spec: ModelSpec, shapes: EngineShapes, device: str, thread
     import onnxruntime
 
     from engines.devices import resolve_device
-    from engines.onnx_engine import build_onnxruntime_engine
+    from engines.runtime_race import fastest_cpu_runtime
 
     mismatch = onnxruntime_mismatch(resolve_device(device).type, onnxruntime.get_available_providers())
     if mismatch:
         raise EngineUnavailableError(mismatch)
-    return build_onnxruntime_engine(spec, shapes, device, threads)
+    return fastest_cpu_runtime(spec, shapes, device, threads).engine
 
 
 def build_torch(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
@@ -81,7 +82,7 @@ def choose_engine(
             skipped.append(f"{name}: {error}")
             continue
         detail = _detail(engine)
-        reason = f"engine auto chose {name}{detail}"
+        reason = f"engine auto chose {engine.name}{detail}"
         if skipped:
             reason += " (skipped " + "; ".join(skipped) + ")"
         return AutoChoice(engine, reason)
@@ -89,6 +90,9 @@ def choose_engine(
 
 
 def _detail(engine: Engine) -> str:
+    note = getattr(engine, "selection_note", "")
+    if note:
+        return f" on {getattr(engine, 'openvino_device', None) or engine.device}: {note}"
     providers = getattr(engine, "providers", None)
     if providers:
         return f" with {providers[0]}"

@@ -17,11 +17,12 @@ import torch
 from engines.base import EngineShapes
 from engines.engine_cache import EngineCache, log
 from engines.loading import ModelSpec
-from engines.onnx_engine import OnnxRuntimeEngine, OnnxSessions, build_graph_set
+from engines.graph_engine import GraphEngine
+from engines.onnx_engine import build_graph_set
 from engines.onnx_export import one_line
 
 
-def start_cache_check(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: EngineShapes, cache: EngineCache
+def start_cache_check(engine: GraphEngine, spec: ModelSpec, shapes: EngineShapes, cache: EngineCache
                       ) -> threading.Thread:
     """Run `check_and_repair` on a daemon thread (it must never hold up an exit); `engine.checked` is set at its end."""
     thread = threading.Thread(target=check_and_repair, args=(engine, spec, shapes, cache),
@@ -30,7 +31,7 @@ def start_cache_check(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: Engine
     return thread
 
 
-def check_and_repair(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: EngineShapes, cache: EngineCache) -> None:
+def check_and_repair(engine: GraphEngine, spec: ModelSpec, shapes: EngineShapes, cache: EngineCache) -> None:
     """Hash every file of the engine's entry; if one fails, fall back to torch (CPU), rebuild and swap back."""
     graphs = engine.graphs
     on_cpu = engine.device.type == "cpu"
@@ -49,7 +50,7 @@ def check_and_repair(engine: OnnxRuntimeEngine, spec: ModelSpec, shapes: EngineS
             rebuilt = build_graph_set(spec, shapes, cache, graphs.export, engine.threads, force_rebuild=reason)
         finally:
             torch.set_num_threads(torch_threads)
-        engine.use_runner(OnnxSessions(rebuilt, engine.providers, engine.threads, engine.allow_spinning))
+        engine.use_runner(engine.make_runner(rebuilt))
         log.info(f"engine cache: the rebuilt {cache.describe(graphs.cache_key)} is in use")
     except Exception as error:  # noqa: BLE001 - a background thread: say it, keep the stream running
         still = "torch keeps running" if fell_back else "the graphs in use keep running"

@@ -58,7 +58,7 @@ class EngineCacheKey:
     frame_batch: int  # F
     unet_batch: int  # T*F, 2*T*F (RCFG full) or (T+1)*F (RCFG initialize)
     text_batch: int
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "int8"]
     backend: str  # "onnx", "onnxruntime", "tensorrt"
     backend_version: str  # onnx / onnxruntime / TensorRT version: graphs and plans are not portable across them
     opset: int

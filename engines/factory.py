@@ -8,6 +8,7 @@ pulls in onnxruntime or tensorrt.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Callable
 
 from engines.base import Engine, EngineShapes, EngineUnavailableError
@@ -33,13 +34,17 @@ def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threa
     from engines.torch_engine import TorchEngine
 
     placement = place(device, threads)
+    # cross_attention_kv (engines.kv_cache) stays off until its spec (tests/test_kv_cache.py) has run on main.
     return TorchEngine(load_components(spec, placement.device, placement.dtype), shapes)
 
+
+INT8_ENGINES = ("onnxruntime", "openvino", "auto")  # the engines over the ONNX graphs, which engines.quantize serves
 
 ENGINE_BUILDERS: dict[str, EngineBuilder] = {
     "torch": build_torch_engine,
     "torch-compile": lazy_builder("engines.compile_engine", "build_compile_engine"),
     "onnxruntime": lazy_builder("engines.onnx_engine", "build_onnxruntime_engine"),
+    "openvino": lazy_builder("engines.openvino_engine", "build_openvino_engine"),
     "tensorrt": lazy_builder("engines.tensorrt_engine", "build_tensorrt_engine"),
     "auto": lazy_builder("engines.auto", "build_auto_engine"),
 }
@@ -47,13 +52,18 @@ ENGINE_BUILDERS: dict[str, EngineBuilder] = {
 
 def create_engine(
     kind: str, spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None,
-    devices: DeviceSettings | None = None,
+    devices: DeviceSettings | None = None, precision: str = "fp32",
 ) -> Engine:
     """Build the engine named `kind` for `spec` at `shapes`; an unknown name lists the known ones.
 
     `devices` naming several devices builds the multi-device engine instead (torch stages; see
-    engines.distributed_engine), which replaces `device`.
+    engines.distributed_engine), which replaces `device`. `precision="int8"` runs the UNet in INT8 on the engines
+    over the ONNX graphs (engines.quantize); asked of another engine it is an error naming the ones that can.
     """
+    if precision != "fp32" and kind not in INT8_ENGINES:
+        raise EngineUnavailableError(
+            f"--precision {precision} runs on --engine {', '.join(INT8_ENGINES)}, not {kind}; use one of them or "
+            "--precision fp32")
     if devices is not None and devices.several:
         if kind not in ("auto", "torch"):
             raise EngineUnavailableError(f"--devices runs the UNet as torch stages; use --engine torch, not {kind!r}")
@@ -63,4 +73,20 @@ def create_engine(
     builder = ENGINE_BUILDERS.get(kind)
     if builder is None:
         raise EngineUnavailableError(f"unknown engine {kind!r}; choose one of: {', '.join(sorted(ENGINE_BUILDERS))}")
-    return builder(spec, shapes, device, threads)
+    engine = builder(spec, shapes, device, threads)
+    if precision == "int8":
+        _use_int8(engine)
+    return engine
+
+
+def _use_int8(engine: Engine) -> None:
+    """INT8 UNet on a graph engine; `auto` that fell back to torch says once that int8 has no effect there."""
+    from engines.graph_engine import GraphEngine
+
+    log = logging.getLogger("vcam.engines")
+    if not isinstance(engine, GraphEngine):
+        log.warning(f"precision int8 has no effect on the {engine.name} engine auto chose; it runs fp32")
+        return
+    from engines.quantize import use_int8_unet
+
+    log.warning(use_int8_unet(engine))

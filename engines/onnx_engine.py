@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from engines.base import EngineShapes, EngineUnavailableError, NoiseScheduleConfig
+from engines.graph_engine import GraphEngine, GraphRunner
 from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFingerprint, file_sha256
 from engines.loading import ModelSpec, resolve_model
 from engines.onnx_export import (
@@ -224,36 +224,32 @@ def session_options(threads: int, allow_spinning: bool) -> Any:
     return options
 
 
-class OnnxSessions:
+class OnnxSessions(GraphRunner):
     """The four `Engine` calls on ONNX Runtime sessions over one `OnnxGraphSet`; inputs must have its static shapes."""
 
-    def __init__(self, graphs: OnnxGraphSet, providers: Sequence[str], threads: int, allow_spinning: bool = False):
+    engine_name = "onnxruntime"
+
+    def __init__(self, graphs: OnnxGraphSet, providers: Sequence[str], threads: int, allow_spinning: bool = False,
+                 unet_path: str | None = None):
         import onnxruntime
 
-        self.graphs = graphs
+        super().__init__(graphs, unet_path)
         # With a CUDA provider, tensors live on the GPU and are bound in place; otherwise numpy views of CPU tensors.
         self.device = torch.device("cuda" if providers[0] in CUDA_PROVIDERS else "cpu")
         options = session_options(threads, allow_spinning)
-        self.specs = {spec.name: spec for spec in graphs.specs}
         self.sessions = {
-            name: onnxruntime.InferenceSession(str(graphs.path(name)), options, providers=list(providers))
+            name: onnxruntime.InferenceSession(self.graph_path(name), options, providers=list(providers))
             for name in self.specs
         }
 
-    def _run(self, graph: str, *inputs: torch.Tensor) -> torch.Tensor:
-        spec = self.specs[graph]
-        for tensor, value in zip(spec.inputs, inputs):
-            if tuple(value.shape) != tensor.shape:
-                raise ValueError(
-                    f"{graph} input {tensor.name} has shape {tuple(value.shape)} but the onnxruntime engine was built "
-                    f"for {tensor.shape}; build it with matching width / height / frame buffer / RCFG settings")
+    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.device.type == "cuda":
             return self._run_bound(spec, inputs)
         feeds = {
             tensor.name: np.ascontiguousarray(value.detach().to("cpu", tensor.dtype).numpy())
             for tensor, value in zip(spec.inputs, inputs)
         }
-        return torch.from_numpy(self.sessions[graph].run([spec.outputs[0].name], feeds)[0])
+        return torch.from_numpy(self.sessions[spec.name].run([spec.outputs[0].name], feeds)[0])
 
     def _run_bound(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """GPU path: bind torch CUDA tensors in place (no host round trip) and a preallocated output."""
@@ -272,65 +268,19 @@ class OnnxSessions:
         self.sessions[spec.name].run_with_iobinding(binding)
         return output
 
-    def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
-        return torch.cat([self._run("text_encoder", ids) for ids in self.graphs.token_groups(texts)])
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self._run("image_encoder", images)
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._run("image_decoder", latents)
-
-    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self._run("unet", latents, timesteps, embeddings)
-
-
-class OnnxRuntimeEngine:
-    """`Engine` on ONNX Runtime: each call goes to the current runner, normally the `OnnxSessions` of its graphs.
-
-    The runner can be replaced while the stream runs (`engines.cache_check` does so when a warm-started entry
-    fails its full checksum): the inference thread reads `self.runner` once per call and the replacement is one
-    attribute assignment, so every call runs wholly on the old or the new runner. Runners are stateless and
-    compute the same function, so a frame whose calls straddle the swap is as good as its runners.
-    """
+class OnnxRuntimeEngine(GraphEngine):
+    """`Engine` on ONNX Runtime (see `engines.graph_engine.GraphEngine` for how its runner is swapped)."""
 
     name = "onnxruntime"
 
     def __init__(self, graphs: OnnxGraphSet, providers: Sequence[str], threads: int, allow_spinning: bool = False):
         self.providers = list(providers)
-        self.threads = threads
         self.allow_spinning = allow_spinning
-        self.runner: Any = OnnxSessions(graphs, self.providers, threads, allow_spinning)
-        self.graphs = graphs
-        self.dims = graphs.dims
-        self.noise_schedule = graphs.noise_schedule
-        self.latent_channels = graphs.dims.latent_channels
-        self.vae_scale_factor = graphs.dims.vae_scale_factor
-        self.dtype = torch.float32
-        self.device = self.runner.device
-        self.build_report = graphs.cache_entry.build_report
-        self.checked = threading.Event()  # set once the graphs in use are known to match their checksums
-        if graphs.cache_entry.built:
-            self.checked.set()  # hashed while the entry was written
+        super().__init__(graphs, threads)
 
-    def use_runner(self, runner: Any) -> None:
-        """Send the following calls to `runner` (same device, dtype and static shapes); see the class docstring."""
-        if isinstance(runner, OnnxSessions):
-            self.graphs = runner.graphs
-            self.build_report = runner.graphs.cache_entry.build_report
-        self.runner = runner
-
-    def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.runner.encode_prompt(texts)
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.runner.encode_images(images)
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.runner.decode_latents(latents)
-
-    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.runner.predict_noise(latents, timesteps, embeddings)
+    def make_runner(self, graphs: OnnxGraphSet, unet_path: str | None = None) -> OnnxSessions:
+        return OnnxSessions(graphs, self.providers, self.threads, self.allow_spinning, unet_path)
 
 
 def _numpy_dtype(dtype: torch.dtype) -> type:
@@ -365,34 +315,47 @@ def cached_or_exported_graphs(
     raise AssertionError("unreachable: the plan is never empty")
 
 
+def open_graph_engine(
+    make_engine: Callable[[OnnxGraphSet], GraphEngine], spec: ModelSpec, shapes: EngineShapes, cache: EngineCache,
+    plan: Sequence[OnnxExportOptions], threads: int, check_in_background: bool = True, runtime: str = "ONNX Runtime",
+) -> GraphEngine:
+    """Graphs from the cache (exported on a miss), then `make_engine(graphs)`; an entry that does not load is
+    rebuilt once; a warm-started entry gets its full checksum (engines.cache_check). Shared by every runtime that
+    runs the cached graphs (ONNX Runtime, OpenVINO)."""
+    graphs = cached_or_exported_graphs(spec, shapes, cache, plan, threads)
+    try:
+        engine = make_engine(graphs)
+    except Exception as error:  # checksums matched but the runtime refused the graph: rebuild rather than use it
+        if graphs.cache_entry.built:
+            raise EngineBuildError(
+                f"{runtime} cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
+            ) from error
+        reason = f"cached graphs failed to load ({type(error).__name__})"
+        graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
+        engine = make_engine(graphs)
+    if not engine.checked.is_set():
+        from engines.cache_check import check_and_repair, start_cache_check
+
+        if check_in_background:
+            start_cache_check(engine, spec, shapes, cache)
+        else:
+            check_and_repair(engine, spec, shapes, cache)
+    return engine
+
+
 def create_onnxruntime_engine(
     spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None,
     options: OnnxRuntimeOptions = OnnxRuntimeOptions(),
 ) -> OnnxRuntimeEngine:
-    """Graphs from the cache (exported on a miss), then sessions; an entry that does not load is rebuilt once."""
+    """The ONNX Runtime engine over the cached graphs (exported on a miss); see `open_graph_engine`."""
     import onnxruntime
 
     threads = default_threads(threads if threads is not None else options.threads)
     providers = choose_providers(options.providers, onnxruntime.get_available_providers(), device)
-    cache = EngineCache(options.cache_root)
-    graphs = cached_or_exported_graphs(spec, shapes, cache, export_plan(options.export, providers), threads)
-    try:
-        engine = OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
-    except Exception as error:  # checksums matched but ORT refused the graph: rebuild rather than use it
-        if graphs.cache_entry.built:
-            raise EngineBuildError(
-                f"ONNX Runtime cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
-            ) from error
-        reason = f"cached graphs failed to load ({type(error).__name__})"
-        graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
-        engine = OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
-    if not engine.checked.is_set():
-        from engines.cache_check import check_and_repair, start_cache_check
-
-        if options.check_in_background:
-            start_cache_check(engine, spec, shapes, cache)
-        else:
-            check_and_repair(engine, spec, shapes, cache)
+    engine = open_graph_engine(
+        lambda graphs: OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning), spec, shapes,
+        EngineCache(options.cache_root), export_plan(options.export, providers), threads, options.check_in_background)
+    assert isinstance(engine, OnnxRuntimeEngine)
     return engine
 
 

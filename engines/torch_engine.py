@@ -11,6 +11,7 @@ import torch
 
 from engines.base import EngineShapes, ModelError, NoiseScheduleConfig
 from engines.devices import flush_denormals_on_this_thread
+from engines.kv_cache import CrossAttentionKV
 from engines.loading import DiffusionComponents
 
 MAX_TOKENS = 77  # CLIP's context: SD was trained on prompts padded / truncated to 77 tokens
@@ -21,7 +22,9 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, components: DiffusionComponents, shapes: EngineShapes) -> None:
+    def __init__(self, components: DiffusionComponents, shapes: EngineShapes, cross_attention_kv: bool = False) -> None:
+        """`cross_attention_kv`: project cross-attention keys / values once per prompt (engines.kv_cache). Off for
+        the engines that trace or compile this one: a traced graph would keep the example prompt's K/V as constants."""
         self.shapes = shapes  # torch accepts any shape; kept so callers can ask what the engine was built for
         self.device: torch.device = components.unet.device
         self.dtype: torch.dtype = components.unet.dtype
@@ -38,6 +41,7 @@ class TorchEngine:
         if shapes.width % self.vae_scale_factor or shapes.height % self.vae_scale_factor:
             raise ModelError(
                 f"{shapes.width}x{shapes.height} is not a multiple of {self.vae_scale_factor}; pick such a resolution")
+        self._cross_kv = CrossAttentionKV.install(self._unet) if cross_attention_kv else None
         if self.device.type == "cuda":  # convolutions run faster in NHWC on tensor cores
             self._unet.to(memory_format=torch.channels_last)
             self._vae.to(memory_format=torch.channels_last)
@@ -86,6 +90,7 @@ class TorchEngine:
         self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
     ) -> torch.Tensor:
         """UNet: (B, 4, h, w), (B,) timesteps, (B, 77, D) embeddings -> (B, 4, h, w) epsilon (or v)."""
-        return self._unet(
-            self._to_input(latents), timesteps.to(self.device), encoder_hidden_states=self._to_input(embeddings)
-        ).sample
+        embeddings = self._to_input(embeddings)
+        if self._cross_kv is not None:
+            self._cross_kv.update(embeddings)
+        return self._unet(self._to_input(latents), timesteps.to(self.device), encoder_hidden_states=embeddings).sample

@@ -19,7 +19,7 @@ from engines.loading import ModelSpec
 
 SHAPES = EngineShapes(width=64, height=64, frame_batch=1, unet_batch=2)
 FP32_TOLERANCE = 1e-3
-ACCELERATED = ("onnxruntime", "torch-compile", "torch-stages")
+ACCELERATED = ("onnxruntime", "openvino", "torch-compile", "torch-stages")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,10 @@ def build(kind: str, spec: ModelSpec, cache_root: Path, export=None) -> Engine:
 
         options = OnnxRuntimeOptions(cache_root=cache_root, export=export)  # export None: the default for the CPU
         return create_onnxruntime_engine(spec, SHAPES, "cpu", 2, options)
+    if kind == "openvino":
+        from engines.openvino_engine import OpenVinoOptions, create_openvino_engine
+
+        return create_openvino_engine(spec, SHAPES, "cpu", 2, OpenVinoOptions(cache_root=cache_root))
     if kind == "torch-compile":
         from engines.compile_engine import CompiledTorchEngine
         from engines.loading import load_components

@@ -41,6 +41,7 @@ def create_engine_for(settings: RunSettings) -> Engine:
         device=settings.device,
         threads=settings.threads,
         devices=settings.devices,
+        precision=settings.precision,
     )
     if engine.name not in TORCH_COMPUTE_ENGINES and engine.device.type == "cpu":
         # The model runs in another runtime's thread pool (ONNX Runtime's was sized when its session was built);

@@ -35,11 +35,15 @@ class ModelSection:
     lora_scale: float = setting(1.0, "weight of the fused LoRA", low=0.0, high=4.0)
     tokenizer: str = setting("", "a CLIP tokenizer folder (vocab.json + merges.txt) for a single-file checkpoint",
                              metavar="FOLDER")
-    engine: Literal["auto", "torch", "torch-compile", "onnxruntime", "tensorrt"] = setting(
+    engine: Literal["auto", "torch", "torch-compile", "onnxruntime", "openvino", "tensorrt"] = setting(
         "auto", "how the model runs")
-    device: str = setting("auto", "auto | cpu | cuda | cuda:1 | mps", metavar="DEVICE")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:1 | mps; with --engine openvino also gpu | npu",
+                          metavar="DEVICE")
     threads: int | None = setting(None, "CPU threads for the model; all cores when not set", low=1,
                                   high=1024)
+    precision: Literal["fp32", "int8"] = setting(
+        "fp32", "the UNet's precision; int8 (onnxruntime / openvino / auto) is calibrated on the stream's first "
+        "frames, built in the background and cached")
 
 
 @dataclass(frozen=True)

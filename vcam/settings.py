@@ -37,6 +37,7 @@ class RunSettings:
     engine: str = "auto"
     device: str = "auto"
     threads: int | None = None
+    precision: str = "fp32"  # the UNet's: "fp32" or "int8" (engines.quantize)
     devices: DeviceSettings = DeviceSettings()
     frames: int | None = None
     preset: Preset | None = None
@@ -114,6 +115,7 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
         engine=m.engine,
         device=m.device,
         threads=m.threads,
+        precision=m.precision,
         devices=_merged(args, "devices", DeviceSettings, preset.devices),
         frames=args.frames,
         preset=preset,
