@@ -28,7 +28,7 @@ from core.pipeline import FramePipeline, PipelineConfig
 from engines.base import ModelError
 from vcam import commands as cmd
 from vcam.commands import CommandQueue
-from vcam.logs import setup_logging
+from vcam.logs import log_traceback, setup_logging
 from vcam.processor import DiffusionProcessor, PassThroughProcessor
 from vcam.settings import RunSettings
 from vcam.stop_signals import StopSignals
@@ -94,7 +94,7 @@ class Service:
     def notice(self, line: str) -> None:
         """A one-line message for the user: stderr and the log file."""
         self.messages.append(line)
-        log.warning(line)
+        log.info(line)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _settle_model(self) -> None:
@@ -149,7 +149,8 @@ class Service:
                 continue
             if errors:
                 self.notice("output: " + "; ".join(errors) + f" -- using {candidate}")
-            self.notice(f"output: {candidate}")
+            url = getattr(sink, "url", None)  # a network output: the address to open (mjpeg:0 shows its real port)
+            self.notice(f"output: {candidate}" + (f" at {url}" if url else ""))
             return sink
         raise SinkError("no output could open: " + "; ".join(errors))
 
@@ -179,7 +180,7 @@ class Service:
         engine = create_engine_for(self.settings)
         if self.stop_event.is_set():  # stopped during a long load or export: no more model calls
             return
-        self.stream = build_stream(engine, self.settings)
+        self.stream = build_stream(engine, self.settings, notify=self.notice)
         self._apply_prompt_index(self.prompt_index)
         if self.stop_event.is_set():
             return
@@ -196,6 +197,7 @@ class Service:
             self._build_processor()
         except BaseException as error:  # noqa: BLE001
             self.error = error
+            log_traceback(error, "the model could not start")
             self.notice(f"the model could not start: {error}")
             self.stop_event.set()
 
@@ -245,6 +247,7 @@ class Service:
             self._apply_prompt_index(index, blend_frames=command.frames)
         elif isinstance(command, cmd.SetPromptText):
             self.prompt_label = command.text[:40]
+            self._say_if_cut([command.text])
             if self.stream is not None:
                 self.stream.prompts.switch(command.text)
         elif isinstance(command, cmd.SetPaused):
@@ -285,6 +288,7 @@ class Service:
         except PresetError as error:
             self.notice(f"reload failed, keeping the current settings: {error}")
             return
+        self._say_if_cut([p.text for p in fresh.prompts if p not in self.settings.prompts])
         if self.stream is not None:
             self.stream.prompts.cache.prefill([p.text for p in fresh.prompts])
         current = self.settings.prompts[self.prompt_index].name if self.settings.prompts else None
@@ -294,6 +298,17 @@ class Service:
         changed = [s for s in ("model", "stream") if getattr(fresh, s) != getattr(preset, s)]
         note = f"; restart to apply [{', '.join(changed)}]" if changed else ""
         self.notice(f"preset reloaded: {len(fresh.prompts)} prompts{note}")
+
+    def _say_if_cut(self, texts: list[str]) -> None:
+        """A prompt that arrives while running is checked as the start-up prompts are: cut ones are said once."""
+        from engines.prompt_tokens import PromptLength
+        from vcam.runtime import say_cut_prompts
+
+        try:
+            length = PromptLength.for_model(self.settings.model)
+        except ModelError:  # the model is checked at start-up; a tokenizer gone since then is not this command's
+            return
+        say_cut_prompts(length, texts, self.notice)
 
     def _dispatch_commands(self) -> None:
         while not self.stop_event.is_set():
@@ -462,6 +477,7 @@ class Service:
         finally:
             self._shut_down([thread for thread in threads if thread.name not in MODEL_THREADS])
         if self.pipeline.error is not None:
+            log_traceback(self.pipeline.error, f"the {self.pipeline.error_stage} stage failed")
             self.notice(f"stopped: {self.pipeline.error}")
             return 1
         if self.error is not None:

@@ -70,10 +70,14 @@ def _merged(args: argparse.Namespace, key: str, cls: type, base: Any, extra: dic
 def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
                      notify: Callable[[str], None] | None = None) -> RunSettings:
     """Merge the preset (named by --preset, else `default_preset`) with the flags the user gave, field by field.
-    `notify` hears the preset's notices (old key spellings) as soon as it is read, before any later error."""
+    `notify` hears the preset's notices (old key spellings) as soon as it is read, before any later error, then
+    once each the stream settings of the run that change nothing (`StreamConfig.ineffective_settings`)."""
     preset = load_preset(args.preset or default_preset)
-    for notice in preset.notices if notify is not None else ():
-        notify(notice)
+    notify = notify or (lambda _line: None)
+    preset_stream_notes = preset.stream.ineffective_settings()
+    for notice in preset.notices:  # old key spellings now; the stream's notes once the flags are merged
+        if not notice.endswith(preset_stream_notes):
+            notify(notice)
     model_args = given_values(args, GROUPS_BY_KEY["model"], ModelSection)
     m = _merged(args, "model", ModelSection, preset.model)
     # The preset's VAE belongs to the preset's model: a different --model keeps its own VAE unless --vae says.
@@ -85,6 +89,8 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
     model = ModelSpec(model=m.model, vae=vae, lora=m.lora, lora_scale=m.lora_scale, tokenizer=m.tokenizer or None)
 
     stream = _merged_stream(args, preset)
+    for note in stream.ineffective_settings():  # said with the preset's file name when the preset set it
+        notify(next((notice for notice in preset.notices if notice.endswith(note)), note))
     prompts = tuple(preset.prompts)
     if "prompt" in given_values(args, GROUPS_BY_KEY["stream"], StreamConfig):
         prompts = (PromptSpec(name="custom", text=stream.prompt, hotkey=None),) + prompts
