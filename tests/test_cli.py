@@ -225,3 +225,13 @@ def test_a_privileged_port_says_it_needs_a_port_from_1024_up(tmp_path: Path) -> 
     errors = [line for line in stderr.splitlines() if line.startswith("vcam: error:")]
     assert len(errors) == 1 and "127.0.0.1:81" in errors[0], stderr
     assert "below 1024" in errors[0] and "mjpeg:8090" in errors[0] and "another program" not in errors[0]
+
+
+@pytest.mark.timeout(900)
+def test_the_first_onnx_runtime_build_in_bench_shows_a_bar_naming_what_it_builds(tmp_path: Path) -> None:
+    result = run_vcam("bench", "--model", "tiny", "--engine", "onnxruntime", "--frames", "1", "--width", "64",
+                      "--height", "64", env_home=tmp_path, timeout=800)  # an empty cache: the graphs are built
+    assert result.returncode == 0, result.stderr
+    for step in ("loading tiny in torch", "the text_encoder graph", "the unet graph"):
+        assert f"building: {step}" in result.stderr or f"building: exporting and checking {step}" in result.stderr
+    assert "step" in result.stderr  # tqdm's counter: "2/5 [...step/s]"
