@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.stops import start_vcam, wait_for_line
 from tests.media import read_video
 
 
@@ -169,34 +171,16 @@ def test_a_fatal_error_is_one_line_on_the_terminal_and_its_traceback_in_the_log(
     assert "Traceback (most recent call last)" in log
 
 
-def vcam_process(*args: str, env_home: Path, user: int | None = None) -> subprocess.Popen:
-    env = {**os.environ, "XDG_CACHE_HOME": str(env_home / "cache"), "XDG_CONFIG_HOME": str(env_home / "config"),
-           "XDG_STATE_HOME": str(env_home / "state"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    env.pop("DISPLAY", None)
-    return subprocess.Popen([sys.executable, "-m", "vcam", *args], stderr=subprocess.PIPE, text=True, env=env,
-                            user=user, cwd=Path(__file__).resolve().parents[1])
-
-
-def wait_for_line(process: subprocess.Popen, needle: str, seen: list[str]) -> str:
-    """The first stderr line holding `needle`; every line read is kept in `seen` (for the failure message)."""
-    for line in process.stderr:
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError("".join(seen))
-
-
 @pytest.mark.timeout(400)
 def test_mjpeg_on_any_free_port_prints_the_url_a_browser_can_open(home: Path) -> None:
     import re
     import signal
     import urllib.request
 
-    process = vcam_process("run", "--model", "tiny", "--source", "synthetic", "--sink", "mjpeg:0", "--no-tray",
-                           "--no-hotkeys", "--quiet", env_home=home)
-    seen: list[str] = []
+    process = start_vcam({"DISPLAY": "", "XDG_CACHE_HOME": str(home / "cache"),
+                          "XDG_STATE_HOME": str(home / "state"), "HF_HUB_OFFLINE": "1"}, "--no-tray")
     try:
-        line = wait_for_line(process, "output: mjpeg", seen)
+        line = wait_for_line(process, "output: mjpeg", timeout=300)[-1]
         url = re.search(r"http://127\.0\.0\.1:(\d+)/stream\.mjpg", line)
         assert url is not None and int(url.group(1)) != 0, line
         snapshot = url.group(0).replace("stream.mjpg", "frame.jpg")
@@ -218,10 +202,18 @@ def test_a_privileged_port_says_it_needs_a_port_from_1024_up(tmp_path: Path) -> 
         user = 65534
     else:
         home = tmp_path
-    process = vcam_process("run", "--model", "tiny", "--source", "synthetic", "--sink", "mjpeg:81", "--no-tray",
-                           "--no-hotkeys", "--quiet", env_home=home, user=user)
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 2, stderr
+    env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_STATE_HOME": str(home / "state"), "HF_HUB_OFFLINE": "1"}
+    env.pop("DISPLAY", None)
+    try:
+        result = subprocess.run([sys.executable, "-m", "vcam", "run", "--model", "tiny", "--source", "synthetic",
+                                 "--sink", "mjpeg:81", "--no-tray", "--no-hotkeys", "--quiet"], capture_output=True,
+                                text=True, timeout=240, env=env, user=user, cwd=Path(__file__).resolve().parents[1])
+    finally:
+        if user is not None:
+            shutil.rmtree(home, ignore_errors=True)
+    stderr = result.stderr
+    assert result.returncode == 2, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("vcam: error:")]
     assert len(errors) == 1 and "127.0.0.1:81" in errors[0], stderr
     assert "below 1024" in errors[0] and "mjpeg:8090" in errors[0] and "another program" not in errors[0]

@@ -230,7 +230,24 @@ def test_rate_meter_counts_events_per_second_over_its_window():
     meter = RateMeter(window_seconds=1.0)
     for tick in range(31):
         meter.tick(100.0 + tick / 10)  # 10 per second for 3 seconds
-    assert meter.rate() == pytest.approx(10.0)
+    assert meter.rate(now=103.05) == pytest.approx(10.0)
+
+
+def test_rate_meter_reads_a_stream_slower_than_its_window_at_its_true_rate():
+    meter = RateMeter(window_seconds=2.0)
+    for tick in range(5):
+        meter.tick(100.0 + 3 * tick)  # one event every 3 s: fewer than one per window
+    assert meter.rate(now=113.5) == pytest.approx(1 / 3)
+
+
+def test_rate_meter_falls_during_a_stall_instead_of_showing_the_last_window():
+    meter = RateMeter(window_seconds=2.0)
+    for tick in range(51):
+        meter.tick(100.0 + tick / 25)  # 25 per second, last event at 102.0
+    assert meter.rate(now=102.02) == pytest.approx(25.0)
+    assert meter.rate(now=104.0) < 1.0  # 2 s without an event: not "25 fps"
+    assert meter.rate(now=112.0) < meter.rate(now=104.0)
+    assert meter.idle_seconds(now=112.0) == pytest.approx(10.0)
 
 
 # -- the pipeline: sources -----------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class Service:
         self._hurry = threading.Event()  # a second stop request: do not wait for the model's call in flight
         self._stop_reason: str | None = None
         self.ready_event = threading.Event()  # the diffusion processor is live
+        self.stylised_event = threading.Event()  # the output received its first stylised frame
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
         self.messages: list[str] = []  # one-line notices (kept for tests and the status overlay)
@@ -353,7 +354,8 @@ class Service:
             return "starting"
         stats = self.pipeline.stats()
         skip = self.stream.similarity.skip_rate if self.stream is not None and self.stream.similarity else 0.0
-        state = "paused" if self.paused else ("live" if self.ready_event.is_set() else "loading")
+        # "live" from the first stylised frame the output received (the model being built is not yet live)
+        state = "paused" if self.paused else ("live" if self.stylised_event.is_set() else "loading")
         return f"{stats.fps:5.1f} fps | skip {skip:4.0%} | {self.prompt_label} | {state}"
 
     def _status_loop(self) -> None:
@@ -553,6 +555,7 @@ class Service:
 
     def _first_stylised_frame(self) -> None:
         """Said once: how long from launching the process to the first stylised frame the output received."""
+        self.stylised_event.set()
         try:
             import psutil
 
