@@ -227,3 +227,31 @@ def test_the_first_onnx_runtime_build_in_bench_shows_a_bar_naming_what_it_builds
     for step in ("loading tiny in torch", "the text_encoder graph", "the unet graph"):
         assert f"building: {step}" in result.stderr or f"building: exporting and checking {step}" in result.stderr
     assert "step" in result.stderr  # tqdm's counter: "2/5 [...step/s]"
+
+
+@pytest.mark.timeout(600)
+def test_frame_k_of_the_written_file_is_the_stylised_input_frame_k(home: Path, tmp_path: Path) -> None:
+    """No warm-up frames in a file: the input switches colour at frame 6, and so does the output, at frame 6."""
+    from tests.media import coloured_frame, mean_colour, write_video
+
+    frames = [coloured_frame((230, 40, 40) if k < 6 else (40, 60, 230), 320, 240) for k in range(12)]
+    clip, out = write_video(tmp_path / "in.avi", frames), tmp_path / "out.mp4"
+    result = run_vcam("run", "--model", "tiny", "--source", str(clip), "--sink", str(out), "--frames", "12",
+                      "--no-ssf", "--no-tray", "--no-hotkeys", "--quiet", env_home=home)
+    assert result.returncode == 0, result.stderr
+    written = read_video(out)
+    assert len(written) == 12
+    steps = [float(np.abs(mean_colour(b) - mean_colour(a)).sum()) for a, b in zip(written, written[1:])]
+    assert int(np.argmax(steps)) == 5, steps  # the change is between output frames 5 and 6, as in the input
+    assert max(steps[:5]) < steps[5] / 4 and max(steps[6:]) < steps[5] / 4  # and the first frame is not grey
+
+
+@pytest.mark.timeout(600)
+def test_frames_with_a_live_output_counts_stylised_frames(home: Path) -> None:
+    env = {"DISPLAY": "", "XDG_CACHE_HOME": str(home / "cache"), "XDG_STATE_HOME": str(home / "state"),
+           "HF_HUB_OFFLINE": "1"}
+    process = start_vcam(env, "--no-tray", "--frames", "3")
+    _, stderr = process.communicate(timeout=500)
+    assert process.returncode == 0, stderr
+    assert "first stylised frame" in stderr
+    assert "vcam: 3 stylised frames" in stderr, stderr

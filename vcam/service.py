@@ -188,7 +188,9 @@ class Service:
         if self.stop_event.is_set():
             return
         warm_up(self.stream)
-        self.processor = DiffusionProcessor(self.stream, fit=self.settings.sink_config.fit)
+        # A file gets frame k = stylised input frame k (no warm-up frames); a live output takes the batch's latency
+        self.processor = DiffusionProcessor(self.stream, fit=self.settings.sink_config.fit,
+                                            aligned=self.pipeline is None and self._file_sink is not None)
         if self.pipeline is not None:
             self.pipeline.set_processor(self.processor)
         self.ready_event.set()
@@ -497,6 +499,10 @@ class Service:
         if self.pipeline.released_after is not None:
             log.info("camera and virtual camera released %.2f s after the stop request",
                      self.pipeline.released_after)
+        stats = self.pipeline.stats()
+        loading = stats.processed - stats.results
+        log.info("%d stylised frames%s", stats.results,
+                 f" (and {loading} pass-through frames while the model loaded)" if loading else "")
         if self._file_sink is not None:  # closed: what the file holds
             log.info("%s: %d frames written", self._file_sink.path, self._file_sink.frames_written)
         self._stop_controls()
