@@ -290,6 +290,53 @@ def test_max_frames_ends_the_run_after_that_many_frames():
     assert pipeline.stats().frames_in == 5
 
 
+class DelayedInverter(Inverter):
+    """Gives back each call's frames one call later, as a stream batch of two slots does, and flushes the last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[np.ndarray] = []
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        out, self.held = self.held, super().process(frames)
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        out, self.held = self.held, []
+        return out
+
+
+def test_a_processor_that_holds_frames_back_is_flushed_when_the_source_ends():
+    source, sink = ListSource(6), RecordingSink()
+    run_to_end(FramePipeline(source, DelayedInverter(), sink))
+    assert inverted_numbers(sink) == [0, 1, 2, 3, 4, 5]  # every frame, in order, the held-back last one too
+
+
+def test_max_frames_counts_frames_that_come_out_held_back():
+    source, sink = ListSource(100), RecordingSink()
+    run_to_end(FramePipeline(source, DelayedInverter(), sink, PipelineConfig(max_frames=4)))
+    assert inverted_numbers(sink) == [0, 1, 2, 3]
+
+
+class LoadingCard(PassThrough):
+    placeholder = True
+
+
+def test_max_frames_does_not_count_the_placeholder_frames_shown_while_the_model_loads():
+    source, sink, calls = ListSource(100), RecordingSink(), []
+
+    def model_ready_at_the_third_call() -> None:
+        calls.append(len(calls))
+        if len(calls) == 3:
+            pipeline.set_processor(Inverter())
+
+    pipeline = FramePipeline(source, LoadingCard(), sink, PipelineConfig(max_frames=3),
+                             between_frames=model_ready_at_the_third_call)
+    run_to_end(pipeline)
+    assert [is_inverted(frame) for frame in sink.frames] == [False, False, True, True, True]
+    assert (pipeline.stats().results, pipeline.stats().processed) == (3, 5)
+
+
 # -- the pipeline: paced output -------------------------------------------------------------------------------
 
 
