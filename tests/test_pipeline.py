@@ -323,7 +323,7 @@ class LoadingCard(PassThrough):
 
 
 def test_max_frames_does_not_count_the_placeholder_frames_shown_while_the_model_loads():
-    source, sink, calls = ListSource(100), RecordingSink(), []
+    source, sink, calls = CameraSource(fps=200), RecordingSink(), []  # a live output's source is live
 
     def model_ready_at_the_third_call() -> None:
         calls.append(len(calls))
