@@ -8,9 +8,9 @@ virtual camera must keep receiving frames at its rate even while the model is la
 
 - A live source keeps only the newest frame (older unread ones are counted as `dropped`); a non-live source
   (file, generator) is read one frame ahead with backpressure, so nothing is lost and the order is kept.
-- A paced sink (`fps` set) is written exactly on a clock: deadlines advance by 1/fps and the thread sleeps only
-  the remainder; when no new frame is ready the last one is repeated; when far behind the clock is resynced
-  instead of bursting. An unpaced sink (`fps` None) gets every produced frame exactly once, in order.
+- A paced sink (`fps` set) is written exactly on a clock (`core.pacing.FramePacer`, the sink's own if it has
+  one): deadlines advance by 1/fps and the thread sleeps only the remainder; when no new frame is ready the last
+  one is repeated; when far behind the clock is resynced instead of bursting. An unpaced sink (`fps` None) gets every produced frame exactly once, in order.
 - `between_frames` runs on the inference thread before each processor call: the service applies its queued
   commands there, so a command never lands in the middle of a UNet call. `set_processor` swaps the processor at
   the same boundary (pass-through or loading card while the model loads, then the diffusion processor).
@@ -28,39 +28,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from core.frame_io import FrameSink, FrameSource
+from core.pacing import FramePacer
 from core.slots import LatestSlot
 from core.stats import RateMeter, RollingStats, Summary
 
 POLL_SECONDS = 0.05  # how often blocked threads look at the stop flag
 STOP_GRACE_SECONDS = 0.5  # stop() lets a stage finish its read / write this long before closing under it
-RESYNC_PERIODS = 3.0  # a paced output further behind than this many periods resyncs instead of bursting
-
-
-class FrameSource(Protocol):
-    """Where frames come from. `live`: frames arrive in real time (camera), keep only the newest; not live
-    (file, generator): the next frame is read only after the previous one was taken (no drops, deterministic).
-    `close()` must also unblock a `read()` that is waiting."""
-
-    live: bool
-
-    def read(self) -> np.ndarray | None:
-        """(H, W, 3) uint8 RGB; None at the end of the stream."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class FrameSink(Protocol):
-    """Where frames go. `fps`: a live sink (virtual camera, window) is written exactly at this rate, repeating
-    the last frame when inference is late; None (file, null) writes each produced frame once, in order."""
-
-    fps: float | None
-
-    def write(self, frame: np.ndarray) -> None:
-        """(H, W, 3) uint8 RGB."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class FrameProcessor(Protocol):
@@ -179,8 +153,9 @@ class FramePipeline:
         self._threads: list[threading.Thread] = []
         self._closed: set[str] = set()
         self._counters_lock = threading.Lock()
-        self._frames_in = self._consumed = self._processed = self._written = self._repeated = self._resyncs = 0
+        self._frames_in = self._consumed = self._processed = self._written = self._repeated = 0
         self._results = 0  # processed by a processor that is not a placeholder
+        self._pacer: FramePacer | None = None  # the output's clock, for a paced sink
         window = config.stats_window
         self._capture_time = RollingStats(window)
         self._inference_time = RollingStats(window)
@@ -257,7 +232,8 @@ class FramePipeline:
     def stats(self) -> PipelineStats:
         with self._counters_lock:
             frames_in, consumed, processed, results = self._frames_in, self._consumed, self._processed, self._results
-            written, repeated, resyncs = self._written, self._repeated, self._resyncs
+            written, repeated = self._written, self._repeated
+            resyncs = self._pacer.resyncs if self._pacer is not None else 0
             skipped = self._skipped_before_swaps + _skipped(self._processor) - self._skipped_at_swap_in
         dropped = self._input.dropped
         return PipelineStats(
@@ -341,7 +317,7 @@ class FramePipeline:
         if self.sink.fps is None:
             self._write_each_once()
         else:
-            self._write_paced(1.0 / self.sink.fps)
+            self._write_paced()
 
     # -- inference helpers ---------------------------------------------------------------------------------
 
@@ -412,7 +388,11 @@ class FramePipeline:
                 break
         self._finished.set()
 
-    def _write_paced(self, period: float) -> None:
+    def _write_paced(self) -> None:
+        # One clock per output: a sink that paces its own writes lends its pacer (its write then waits on it at no
+        # cost and counts the frame sent); any other paced sink gets one here.
+        sink_pacer = getattr(self.sink, "pacer", None)
+        pacer = self._pacer = sink_pacer or FramePacer(self.sink.fps, interrupt=self._stop)
         last = self._output.get(POLL_SECONDS)
         while last is None and not self._stop.is_set():
             if self._output.closed and not len(self._output):
@@ -421,9 +401,10 @@ class FramePipeline:
         if last is None:
             return
         self._write(last, first_time=True)
-        deadline = time.monotonic() + period
+        if sink_pacer is None:
+            pacer.sent()
         while not self._stop.is_set():
-            if self._stop.wait(max(0.0, deadline - time.monotonic())):
+            if not pacer.wait(self._stop):
                 break
             fresh = self._output.get(0)
             if fresh is not None:
@@ -431,12 +412,8 @@ class FramePipeline:
             elif self._output.closed:
                 self._finished.set()  # every produced frame was shown; keep the last one up until stop
             self._write(last, first_time=fresh is not None)
-            deadline += period
-            now = time.monotonic()
-            if now - deadline > RESYNC_PERIODS * period:  # far behind (sink or machine stalled): no burst
-                deadline = now + period
-                with self._counters_lock:
-                    self._resyncs += 1
+            if sink_pacer is None:
+                pacer.sent()
 
     def _write(self, frame: _Frame, first_time: bool) -> None:
         started = time.monotonic()

@@ -16,7 +16,8 @@ import pyvirtualcam
 
 from tests.media import close_colour, coloured_frame, distinct_colours, read_video
 from vcam.framing import fit_frame
-from vcam.sinks import SinkConfig, SinkError, detect_sinks, open_sink, virtual_camera_fix
+from vcam.sinks import SinkConfig, SinkError, detect_sinks, open_sink
+from vcam.virtual_camera import virtual_camera_fix
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ import pytest
 
 from vcam.cli import build_parser
 from vcam.presets import load_preset
-from vcam.service import with_tiny_model
+from vcam.fallbacks import with_tiny_model
 from vcam.settings import resolve_settings
 
 pytestmark = pytest.mark.timeout(60)

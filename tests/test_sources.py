@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from tests.media import close_colour, coloured_frame, distinct_colours, write_image, write_video
-from vcam.sources import (CAMERA_LOST_NOTICE, ReconnectingSource, RetryPolicy, SourceConfig, SourceError,
-                          SyntheticSource, open_source, open_video_capture)
+from vcam.camera_source import open_video_capture
+from vcam.generated_sources import SyntheticSource
+from vcam.reconnecting_source import CAMERA_LOST_NOTICE, ReconnectingSource, RetryPolicy
+from vcam.sources import SourceConfig, SourceError, open_source
 
 pytestmark = pytest.mark.timeout(60)
 

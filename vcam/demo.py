@@ -26,7 +26,8 @@ from vcam.overlay import draw_status
 from vcam.processor import frames_to_tensor, tensor_to_frames
 from vcam.sections import GROUPS_BY_KEY, FilterSection, OutputSection, user_fields
 from vcam.settings import RunSettings, resolve_settings
-from vcam.sinks import SinkConfig, SinkError, VideoFileSink
+from vcam.file_sinks import VideoFileSink
+from vcam.sinks import SinkConfig, SinkError
 from vcam.sources import SourceConfig, open_source
 
 # Four of the five styles the tiny model was trained on (see the tiny preset), the four that differ most.

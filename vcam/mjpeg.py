@@ -19,11 +19,12 @@ import ipaddress
 import logging
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
+
+from core.pacing import FramePacer
 
 BOUNDARY = "vcamframe"
 KEEPALIVE_SECONDS = 1.0  # resend the last frame this often when nothing new came, so players do not time out
@@ -152,20 +153,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("Connection", "close")
         self.end_headers()
-        period = 1.0 / self.server.fps
-        seen, next_due = -1, 0.0
+        pacer = FramePacer(self.server.fps)  # at most fps frames a second to this client
+        seen = -1
         try:
             while not self.server.latest.closed:
-                delay = next_due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)  # pacing: at most fps frames a second to this client
+                pacer.wait()
                 seen, jpeg = self.server.latest.wait_newer(seen, timeout=KEEPALIVE_SECONDS)
                 if jpeg is None:
                     continue
                 self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
                                  "\r\n\r\n".encode("ascii") + jpeg + b"\r\n")
                 self.wfile.flush()
-                next_due = time.perf_counter() + period
+                pacer.sent()
         except (ConnectionError, TimeoutError):
             log.debug("an MJPEG viewer left or stalled")  # its thread ends, nobody else notices
 

@@ -20,7 +20,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from vcam.sources import DEFAULT_CAMERA_FPS, GeneratedSource, SourceConfig, SourceError
+from vcam.generated_sources import GeneratedSource
+from vcam.source_base import DEFAULT_CAMERA_FPS, SourceConfig, SourceError
 
 DEFAULT_SAMPLE = "coffee"
 NOISE_SIGMA = 2.5  # sensor noise, in 8-bit levels: a decent webcam in good light

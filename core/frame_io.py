@@ -1,0 +1,36 @@
+"""The one contract of frame sources and frame sinks, shared by the pipeline and every source and sink in `vcam`."""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class FrameSource(Protocol):
+    """Where frames come from. `live`: frames arrive in real time (camera), keep only the newest; not live
+    (file, generator): the next frame is read only after the previous one was taken (no drops, deterministic).
+    `close()` must also unblock a `read()` that is waiting."""
+
+    live: bool
+
+    def read(self) -> np.ndarray | None:
+        """(H, W, 3) uint8 RGB; None at the end of the stream."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FrameSink(Protocol):
+    """Where frames go. `fps`: a live sink (virtual camera, window) is written exactly at this rate, repeating
+    the last frame when inference is late; None (file, null) writes each produced frame once, in order.
+
+    A live sink that also paces writes made to it directly (the virtual camera) has a `pacer`
+    (`core.pacing.FramePacer`): the pipeline then runs its output on that clock instead of a second one."""
+
+    fps: float | None
+
+    def write(self, frame: np.ndarray) -> None:
+        """(H, W, 3) uint8 RGB."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,171 @@
+"""`ReconnectingSource`: a live source that survives its capture going away (a camera unplugged or taken by another
+app, a live video file deleted or moved): the viewers of the virtual camera must not see it freeze or vanish, so
+it keeps sending the last good picture with a notice on it and reopens the capture in the background until it is
+back.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from core.pacing import FramePacer
+from vcam.overlay import draw_status
+from vcam.source_base import to_rgb
+
+CAMERA_LOST_NOTICE = ("camera lost - reconnecting...",)
+
+log = logging.getLogger("vcam")
+
+
+class Capture(Protocol):
+    """What `ReconnectingSource` needs of a capture: OpenCV's `VideoCapture` read/release contract (BGR frames)."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+CaptureOpener = Callable[[], Capture]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off between reopen attempts: quick at first (a replug), then gentle on the system."""
+
+    first_delay: float = 0.5
+    max_delay: float = 5.0
+    factor: float = 2.0
+
+
+class ReconnectingSource:
+    """A live source over any capture opener that survives the capture going away.
+
+    While the capture delivers, frames pass through. When a read fails the capture is released, a background
+    thread calls `opener` again with back-off, and `read()` keeps returning the last good frame with a
+    "camera lost" notice, paced at `fps` so the virtual camera downstream keeps receiving frames. The first
+    frame of a successful reopen resumes the stream by itself.
+    """
+
+    live = True
+
+    def __init__(self, opener: CaptureOpener, fps: float, retry: RetryPolicy = RetryPolicy(),
+                 blank_size: tuple[int, int] = (640, 480), notice: tuple[str, ...] = CAMERA_LOST_NOTICE,
+                 name: str = "the camera", stop: threading.Event | None = None) -> None:
+        """`notice`: the lines drawn on the last picture while lost; `name`: what the one-line log messages about
+        the loss and the recovery call the source; `stop`: set by `close()`, may be shared with the captures so a
+        paced read inside one ends at once."""
+        self._opener = opener
+        self._notice_lines = notice
+        self.name = name
+        self._retry = retry
+        self._stop = stop or threading.Event()
+        self._pacer = FramePacer(fps, interrupt=self._stop)
+        self._blank_size = blank_size  # (width, height) of the notice frame if the camera never gave one
+        self._capture: Capture | None = opener()  # errors of the first open reach the caller as they are
+        self._last_good: np.ndarray | None = None
+        self._notice_frame: np.ndarray | None = None
+        self._recovered: tuple[Capture, np.ndarray] | None = None  # handed over by the retry thread
+        self._lock = threading.Lock()  # guards `_recovered`, shared with the retry thread
+        self._reading = threading.Lock()  # held for the whole of a read
+        self._retry_thread: threading.Thread | None = None
+        self.reconnect_attempts = 0
+        self.losses = 0
+
+    @property
+    def lost(self) -> bool:
+        return self._capture is None
+
+    def read(self) -> np.ndarray | None:
+        with self._reading:  # close() never releases a capture while a read is inside it
+            if self._stop.is_set():
+                return None
+            frame = self._read_or_notice()
+            if self._stop.is_set():  # closed while we waited on the device: finish the release close() left
+                self._release_captures()
+                return None
+            return frame
+
+    def _read_or_notice(self) -> np.ndarray:
+        if self._capture is None:
+            with self._lock:
+                recovered, self._recovered = self._recovered, None
+            if recovered is not None:
+                self._capture, first_frame = recovered
+                log.warning("%s is back: streaming again", self.name)
+                return self._accept(first_frame)
+            self._pacer.tick()
+            return self._notice()
+        ok, frame = self._capture.read()
+        if ok and frame is not None:
+            return self._accept(frame)
+        self._start_reconnecting()
+        self._pacer.reset()
+        self._pacer.tick()  # starts the notice clock now: the next notice comes one period later
+        return self._notice()
+
+    def _accept(self, bgr: np.ndarray) -> np.ndarray:
+        self._last_good = to_rgb(bgr)
+        self._notice_frame = None
+        return self._last_good
+
+    def _notice(self) -> np.ndarray:
+        if self._notice_frame is None:  # drawn once per loss: the notice frame is sent many times per second
+            if self._last_good is not None:
+                base = self._last_good
+            else:
+                base = np.zeros((self._blank_size[1], self._blank_size[0], 3), dtype=np.uint8)
+            self._notice_frame = draw_status(base, self._notice_lines)
+        return self._notice_frame
+
+    def _start_reconnecting(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.release()
+        self.losses += 1
+        log.warning("%s stopped delivering frames: showing the last picture and retrying with back-off", self.name)
+        self._retry_thread = threading.Thread(target=self._reconnect, name="camera-reconnect", daemon=True)
+        self._retry_thread.start()
+
+    def _reconnect(self) -> None:
+        delay = self._retry.first_delay
+        while not self._stop.wait(delay):
+            self.reconnect_attempts += 1
+            try:
+                capture = self._opener()
+            except Exception:  # the device is still away: any failure of the opener means "try again later"
+                capture = None
+            if capture is not None:
+                ok, frame = capture.read()
+                if ok and frame is not None:
+                    with self._lock:
+                        if self._stop.is_set():
+                            capture.release()
+                        else:
+                            self._recovered = (capture, frame)
+                    return
+                capture.release()
+            delay = min(delay * self._retry.factor, self._retry.max_delay)
+
+    def close(self) -> None:
+        """Stop reconnecting and release the capture; returns promptly even if a read hangs on the device."""
+        self._stop.set()
+        if self._retry_thread is not None:
+            self._retry_thread.join(timeout=1.0)  # a hanging open finishes later and releases what it opened
+        if self._reading.acquire(timeout=1.0):
+            try:
+                self._release_captures()
+            finally:
+                self._reading.release()
+        # else: the read stuck in the device releases the captures itself when it returns
+
+    def _release_captures(self) -> None:
+        with self._lock:
+            recovered, self._recovered = self._recovered, None
+        for capture in (self._capture, recovered[0] if recovered else None):
+            if capture is not None:
+                capture.release()
+        self._capture = None

@@ -1,0 +1,62 @@
+"""Sinks that wrap the service's output: the status overlay, and the tee that adds the tray's preview window.
+
+Both keep the wrapped sink's `fps` and `pacer` (`core.frame_io.FrameSink`), so the pipeline still writes the
+virtual camera on the camera's own clock through them.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+
+from core.frame_io import FrameSink
+from vcam.overlay import draw_status
+
+
+class OverlaySink:
+    """Draws the status line (fps, skip rate, prompt) on every frame before it reaches the wrapped sink."""
+
+    def __init__(self, sink: FrameSink, text: Callable[[], str]) -> None:
+        self.sink = sink
+        self.text = text
+        self.fps = sink.fps
+        self.pacer = getattr(sink, "pacer", None)
+
+    def write(self, frame: np.ndarray) -> None:
+        self.sink.write(draw_status(frame.copy(), [self.text()]))
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class TeeSink:
+    """The main sink plus an optional preview window opened later from the tray; a failing preview is dropped.
+    Calls `on_first_stylised` once, after the first frame written once the model is ready."""
+
+    def __init__(self, sink: FrameSink, ready: threading.Event, on_first_stylised: Callable[[], None]) -> None:
+        self.sink = sink
+        self.fps = sink.fps
+        self.pacer = getattr(sink, "pacer", None)
+        self.preview: FrameSink | None = None
+        self._ready = ready
+        self._on_first_stylised: Callable[[], None] | None = on_first_stylised
+
+    def write(self, frame: np.ndarray) -> None:
+        self.sink.write(frame)
+        if self._on_first_stylised is not None and self._ready.is_set():
+            callback, self._on_first_stylised = self._on_first_stylised, None
+            callback()
+        preview = self.preview
+        if preview is not None:
+            try:
+                preview.write(frame)
+            except Exception:  # noqa: BLE001 - the preview is a convenience; the virtual camera goes on
+                self.preview = None
+
+    def close(self) -> None:
+        try:
+            if self.preview is not None:
+                self.preview.close()
+        finally:
+            self.sink.close()

@@ -1,0 +1,69 @@
+"""`vcam` / `vcam:DEVICE`: the virtual camera, through pyvirtualcam (v4l2loopback on Linux, OBS or Unity Capture
+elsewhere)."""
+from __future__ import annotations
+
+import platform
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from core.pacing import FramePacer
+from vcam.sink_base import SinkConfig, SinkError, fit_to_config
+
+
+def virtual_camera_fix() -> str:
+    """How to get a virtual camera device on this platform (the part of the error a user acts on)."""
+    if platform.system() == "Linux":
+        return ("create one with `sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=vcam` "
+                "(or run installer/linux/setup-v4l2loopback.sh), or use --sink mjpeg / window / a file")
+    return "install OBS Studio and start its Virtual Camera once, or use --sink mjpeg / window / a file"
+
+
+class VirtualCameraSink:
+    """The virtual camera, through pyvirtualcam (v4l2loopback on Linux, OBS or Unity Capture elsewhere).
+
+    `write` never sends faster than `fps`: it waits on its `pacer` (`core.pacing.FramePacer`) only when called
+    early. The pipeline runs its output thread on this same pacer, so the stream has one clock and a write from
+    the pipeline never waits twice.
+    """
+
+    def __init__(self, config: SinkConfig, device: str | None = None) -> None:
+        import pyvirtualcam
+
+        if config.pixel_format == "I420" and (config.width % 2 or config.height % 2):
+            raise SinkError(f"I420 needs an even width and height, got {config.width}x{config.height}")
+        names = list(pyvirtualcam.camera.BACKENDS)
+        if config.backend is not None and config.backend not in names:
+            raise SinkError(f"unknown virtual camera backend {config.backend!r}; "
+                            f"this platform has: {', '.join(names) or 'none'}")
+        self.fps = config.fps
+        self._config = config
+        self._convert = _PIXEL_CONVERSIONS[config.pixel_format]
+        try:
+            self._camera = pyvirtualcam.Camera(config.width, config.height, config.fps,
+                                               fmt=getattr(pyvirtualcam.PixelFormat, config.pixel_format),
+                                               device=device, backend=config.backend)
+        except (RuntimeError, ValueError) as error:
+            # pyvirtualcam joins one line per backend tried; we keep them, on one line, before the fix.
+            tried = "; ".join(line for line in str(error).splitlines() if line) or "no backend for this platform"
+            raise SinkError(f"no virtual camera ({tried}); {virtual_camera_fix()}") from None
+        self.backend: str = self._camera.backend
+        self.device: str = self._camera.device
+        self.pacer = FramePacer(config.fps)
+
+    def write(self, frame: np.ndarray) -> None:
+        converted = self._convert(fit_to_config(frame, self._config))
+        self.pacer.wait()
+        self._camera.send(converted)
+        self.pacer.sent()
+
+    def close(self) -> None:
+        self._camera.close()
+
+
+_PIXEL_CONVERSIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "RGB": lambda rgb: rgb,
+    "BGR": lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+    "I420": lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420),  # (H * 3/2, W) planar Y, U, V
+}
