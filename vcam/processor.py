@@ -89,6 +89,6 @@ class PassThroughProcessor:
     def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         if not self.notice:
             return list(frames)
-        from vcam.overlay import draw_status
+        from vcam.overlay import with_notices
 
-        return [draw_status(frame.copy(), [self.notice]) for frame in frames]
+        return [with_notices(frame, [self.notice]) for frame in frames]  # drawn by the sink, after fitting
