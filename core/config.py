@@ -160,6 +160,25 @@ class StreamConfig:
         """RCFG changes nothing at scale <= 1, so every mode then behaves as `none` (no extra UNet work)."""
         return self.guidance != "none" and self.guidance_scale > 1.0
 
+    def ineffective_settings(self) -> tuple[str, ...]:
+        """One line for each setting given here that changes nothing or runs as something else, for the caller to
+        say once (at start-up, and when a preset is validated). RCFG (Kai et al. 2023, StreamDiffusion) uses the
+        negative prompt only in `full` and `initialize`, and does nothing at a scale <= 1."""
+        notes = []
+        if self.guidance != "none" and not self.guidance_active:
+            notes.append(f"guidance {self.guidance} at guidance scale {self.guidance_scale:g} runs as none (guidance "
+                         "does nothing at a scale <= 1): raise the guidance scale above 1, or choose guidance none")
+        if self.negative_prompt.strip():
+            if not self.guidance_active:
+                why = (f"guidance scale {self.guidance_scale:g} <= 1" if self.guidance != "none"
+                       else "guidance none")
+                notes.append(f"the negative prompt has no effect at {why}: only guidance full or initialize at a "
+                             "scale above 1 uses it")
+            elif self.guidance == "self":
+                notes.append("the negative prompt has no effect with guidance self (it guides away from the "
+                             "stream's own noise): only guidance full or initialize uses it")
+        return tuple(notes)
+
     @property
     def unet_batch(self) -> int:
         """Batch of one UNet call: T*F, 2*T*F for full, (T+1)*F for initialize."""

@@ -38,8 +38,11 @@ STOP_GRACE_SECONDS = 0.5  # stop() lets a stage finish its read / write this lon
 
 
 class FrameProcessor(Protocol):
-    """The work between capture and output. Gets `frames_per_call` frames per call and returns as many.
-    It may expose `skipped: int` (frames whose inference it skipped) for the statistics."""
+    """The work between capture and output. Gets `frames_per_call` frames per call and returns as many, or fewer
+    while it fills (a stream batch holds T-1 calls' worth, see `vcam.processor.DiffusionProcessor`). It may
+    expose `skipped: int` (frames whose inference it skipped) for the statistics; `placeholder = True` (a loading
+    card while the model loads: its frames do not count toward `max_frames`); and `flush() -> list[frames]`, the
+    frames still inside it, called once when the source ends."""
 
     frames_per_call: int
 
@@ -48,7 +51,8 @@ class FrameProcessor(Protocol):
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """`max_frames`: end after this many frames came out of inference (None: until the source ends or stop);
+    """`max_frames`: end after this many frames came out of inference, placeholder frames (a loading card) not
+    counted (None: until the source ends or stop);
     `stats_window`: how many recent samples the timing percentiles cover."""
 
     max_frames: int | None = None
@@ -66,6 +70,7 @@ class PipelineStats:
     frames_in: int  # read from the source
     consumed: int  # taken by the inference thread
     processed: int  # came out of inference
+    results: int  # came out of a processor that is not a placeholder (what max_frames counts)
     written: int  # produced frames written to the sink (first time)
     repeated: int  # paced repeats of the last frame while inference was late
     dropped: int  # input frames replaced before inference took them
@@ -150,6 +155,7 @@ class FramePipeline:
         self._closed: set[str] = set()
         self._counters_lock = threading.Lock()
         self._frames_in = self._consumed = self._processed = self._written = self._repeated = 0
+        self._results = 0  # processed by a processor that is not a placeholder
         self._pacer: FramePacer | None = None  # the output's clock, for a paced sink
         window = config.stats_window
         self._capture_time = RollingStats(window)
@@ -232,7 +238,7 @@ class FramePipeline:
 
     def stats(self) -> PipelineStats:
         with self._counters_lock:
-            frames_in, consumed, processed = self._frames_in, self._consumed, self._processed
+            frames_in, consumed, processed, results = self._frames_in, self._consumed, self._processed, self._results
             written, repeated = self._written, self._repeated
             resyncs = self._pacer.resyncs if self._pacer is not None else 0
             skipped = self._skipped_before_swaps + _skipped(self._processor) - self._skipped_at_swap_in
@@ -241,6 +247,7 @@ class FramePipeline:
             frames_in=frames_in,
             consumed=consumed,
             processed=processed,
+            results=results,
             written=written,
             repeated=repeated,
             dropped=dropped,
@@ -304,6 +311,8 @@ class FramePipeline:
                 processor = self._apply_pending_swap()
                 frames = self._gather(processor.frames_per_call)
                 if not frames:
+                    if not self._halt.is_set() and hasattr(processor, "flush"):  # the source ended: drain
+                        self._emit(processor, processor.flush(), None)
                     break
                 self._run_processor(processor, frames)
         finally:
@@ -320,7 +329,7 @@ class FramePipeline:
     # -- inference helpers ---------------------------------------------------------------------------------
 
     def _reached_max_frames(self) -> bool:
-        return self.config.max_frames is not None and self._processed >= self.config.max_frames
+        return self.config.max_frames is not None and self._results >= self.config.max_frames
 
     def _apply_pending_swap(self) -> FrameProcessor:
         with self._swap_lock:
@@ -357,12 +366,20 @@ class FramePipeline:
         finally:
             self._call_started_at = None
         self._inference_time.add(time.monotonic() - started)
-        if self.config.max_frames is not None:
-            real = min(real, self.config.max_frames - self._processed)
-        for index, image in enumerate(outputs[:real]):
-            produced = _Frame(image, frames[min(index, len(frames) - 1)].captured_at)
+        self._emit(processor, outputs[:real], frames)
+
+    def _emit(self, processor: FrameProcessor, outputs: list[np.ndarray], frames: list[_Frame] | None) -> None:
+        """Hand `outputs` to the output stage, up to max_frames; `frames` gives their capture times (None for a
+        flush: the frames that went in earlier, so their latency is not measured)."""
+        counts = not getattr(processor, "placeholder", False)
+        if counts and self.config.max_frames is not None:
+            outputs = outputs[:max(0, self.config.max_frames - self._results)]
+        for index, image in enumerate(outputs):
+            captured_at = frames[min(index, len(frames) - 1)].captured_at if frames else float("nan")
+            produced = _Frame(image, captured_at)
             with self._counters_lock:
                 self._processed += 1
+                self._results += counts
             self._processed_rate.tick()
             if self.sink.fps is None:
                 if not self._output.put_wait(produced):
@@ -419,7 +436,7 @@ class FramePipeline:
                 self._written += 1
             else:
                 self._repeated += 1
-        if first_time:
+        if first_time and frame.captured_at == frame.captured_at:  # not NaN: a flushed frame has no capture time
             self._latency.add(written_at - frame.captured_at)
 
     # -- shutdown helpers ----------------------------------------------------------------------------------

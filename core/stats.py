@@ -67,7 +67,13 @@ class RollingStats:
 
 
 class RateMeter:
-    """Events per second over the last `window_seconds` (e.g. frames produced); 0.0 until two events."""
+    """Events per second, time-weighted over the last `window_seconds` (e.g. frames produced).
+
+    The rate is (events - 1) / the time they span, always over at least the last two events, so a slow stream
+    (fewer than one event per window) still reads its true rate instead of 0. Once the gap since the last event
+    outgrows the mean interval, that excess counts as time spanned: a stream that stalls reads a rate that falls
+    with the stall instead of the stale rate of its last window. 0.0 until two events.
+    """
 
     def __init__(self, window_seconds: float = 2.0) -> None:
         self._window = window_seconds
@@ -78,12 +84,23 @@ class RateMeter:
         now = time.monotonic() if now is None else now
         with self._lock:
             self._times.append(now)
-            while self._times and now - self._times[0] > self._window:
+            while len(self._times) > 2 and now - self._times[0] > self._window:
                 self._times.popleft()
 
-    def rate(self) -> float:
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
         with self._lock:
-            if len(self._times) < 2:
-                return 0.0
-            span = self._times[-1] - self._times[0]
-            return (len(self._times) - 1) / span if span > 0 else 0.0
+            times = [t for t in self._times if now - t <= self._window] if len(self._times) > 2 else []
+            times = times if len(times) >= 2 else list(self._times)[-2:]
+        if len(times) < 2:
+            return 0.0
+        intervals = len(times) - 1
+        span = times[-1] - times[0]
+        stalled = max(0.0, (now - times[-1]) - span / intervals)  # the open gap beyond one mean interval
+        return intervals / (span + stalled) if span + stalled > 0 else 0.0
+
+    def idle_seconds(self, now: float | None = None) -> float | None:
+        """Seconds since the last event; None before the first."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return now - self._times[-1] if self._times else None

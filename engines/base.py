@@ -7,9 +7,10 @@ swapped without `core` knowing which one runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # the contract names torch types; importing torch (seconds) is left to the engines that run one
+    import torch
 
 
 class ModelError(Exception):

@@ -22,8 +22,8 @@ from engines.graph_engine import GraphEngine, GraphRunner
 from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFingerprint, file_sha256
 from engines.loading import ModelSpec, resolve_model
 from engines.onnx_export import (
-    EXPORTER_VERSION, TEXT_TOKENS, CallAsModule, EngineBuildError, GraphSpec, ModelDims, OnnxExportOptions,
-    export_checked_graphs, graph_specs, one_line,
+    EXPORTER_VERSION, GRAPH_COUNT, TEXT_TOKENS, CallAsModule, EngineBuildError, GraphSpec, ModelDims,
+    OnnxExportOptions, export_checked_graphs, graph_specs, log_build_step, one_line,
 )
 
 # Best first. ORT assigns each node to the first provider in the list that supports it, CPU catching the rest.
@@ -132,6 +132,7 @@ def _export_from_torch(spec: ModelSpec, shapes: EngineShapes, options: OnnxExpor
 
     def build(directory: Path) -> dict:
         configure_cpu(threads)
+        log_build_step(0, 1 + GRAPH_COUNT, f"loading {spec.model} in torch to export it")
         components = load_components(spec, "cpu", torch.float32)
         engine = TorchEngine(components, shapes)
         text_encoder = components.text_encoder
@@ -146,7 +147,7 @@ def _export_from_torch(spec: ModelSpec, shapes: EngineShapes, options: OnnxExpor
             "unet": CallAsModule(engine.predict_noise, [components.unet]),
         }
         report = export_checked_graphs(calls, graph_specs(shapes, dims), directory, options, threads,
-                                       token_limit=len(components.tokenizer))
+                                       token_limit=len(components.tokenizer), steps_before=1)
         components.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
         report["dims"] = dataclasses.asdict(dims)
         report["noise_schedule"] = dataclasses.asdict(engine.noise_schedule)

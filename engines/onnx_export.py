@@ -80,6 +80,9 @@ class OnnxExportOptions:
     tolerance: float = FP32_TOLERANCE
 
 
+GRAPH_COUNT = 4  # what `graph_specs` returns: text encoder, image encoder, image decoder, UNet
+
+
 def graph_specs(shapes: EngineShapes, dims: ModelDims) -> tuple[GraphSpec, ...]:
     """The four graphs an engine of these static shapes needs, with every tensor's exact shape."""
     h, w = shapes.height // dims.vae_scale_factor, shapes.width // dims.vae_scale_factor
@@ -221,19 +224,32 @@ def check_graph(
     return difference
 
 
+BUILD_LOG = logging.getLogger("vcam.engines.build")
+
+
+def log_build_step(done: int, total: int, what: str) -> None:
+    """A step of a long build, for whoever shows progress: `vcam bench` draws a bar from these records
+    (`record.build_step` = (steps done, steps in all, what is being built now)); the log file keeps them."""
+    BUILD_LOG.debug("ONNX Runtime build, step %d of %d: %s", done + 1, total, what,
+                    extra={"build_step": (done, total, what)})
+
+
 def export_checked_graphs(
     calls: dict[str, CallAsModule], specs: Sequence[GraphSpec], directory: Path,
-    options: OnnxExportOptions, threads: int, token_limit: int,
+    options: OnnxExportOptions, threads: int, token_limit: int, steps_before: int = 0,
 ) -> dict:
     """Export every graph in `specs` into `directory`, check each against its torch call; the build report.
 
     The report records, per graph, the max abs difference and the export seconds: the evidence that the
-    cached graphs were checked, kept with them in the cache manifest.
+    cached graphs were checked, kept with them in the cache manifest. Each graph is a build step (`log_build_step`)
+    after `steps_before` earlier ones.
     """
     report: dict = {"exporter": options.exporter, "opset": options.opset, "tolerance": options.tolerance,
                     "graphs": {}}
     started = time.perf_counter()
     for seed, spec in enumerate(specs):
+        log_build_step(steps_before + seed, steps_before + len(specs),
+                       f"exporting and checking the {spec.name} graph ({options.exporter})")
         module = calls[spec.name].eval()
         inputs = example_inputs(spec, seed, token_limit)
         with torch.no_grad():

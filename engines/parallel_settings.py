@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
 from engines.base import EngineUnavailableError
 
 ParallelMode = Literal["pipeline", "asyncdiff"]
@@ -62,6 +60,8 @@ class DeviceSettings:
         text = self.devices.strip()
         if not text:
             return []
+        import torch  # here, not at the top: `vcam --help` reads this schema and must not wait seconds for torch
+
         how = "use cpu:N, N, or a list like cuda:0,cuda:1"
         if text.startswith("cpu:") or text.isdigit():
             count_text = text.split(":", 1)[1] if text.startswith("cpu:") else text

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+from bench.stops import start_vcam, wait_for_line
 from tests.media import read_video
 
 
@@ -80,6 +85,8 @@ def test_bench_says_which_solver_ran_and_its_schedule(home: Path) -> None:
         (("--model", "tiny", "--source", "/nonexistent/clip.mp4"), ["/nonexistent/clip.mp4"]),
         (("--model", "tiny", "--strength", "1.5", "--steps", "2"), ["strength"]),
         (("--preset", "no-such-preset"), ["no-such-preset"]),
+        (("--model", "tiny", "--guidance-scale", "nan"), ["--guidance-scale", "finite"]),
+        (("--model", "tiny", "--output-fps", "inf"), ["--output-fps", "finite"]),
     ],
 )
 @pytest.mark.timeout(120)
@@ -117,3 +124,134 @@ def test_version_prints_the_installed_version(home: Path) -> None:
     result = run_vcam("--version", env_home=home, timeout=60)
     assert result.returncode == 0
     assert result.stdout.strip() == f"vcam {version('vcam')}"
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("presets",), ("run", "--cfg", "bogus"),
+                                  ("bench", "--width", "abc")])
+def test_quick_answers_never_import_torch(args: tuple[str, ...], home: Path) -> None:
+    """--help, --version, presets and option mistakes answer at once: torch (seconds to import) stays unloaded."""
+    env = {**os.environ, "XDG_STATE_HOME": str(home / "state"), "XDG_CONFIG_HOME": str(home / "config")}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "vcam", *args], capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode in (0, 2), result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "vcam.cli" in imported  # the measurement saw the program's own imports
+    assert not {"torch", "diffusers", "transformers", "onnxruntime", "cv2"} & imported
+
+
+@pytest.mark.timeout(400)
+def test_settings_that_change_nothing_are_each_said_once_in_one_line(home: Path) -> None:
+    long_prompt = " ".join(["a watercolor painting of a quiet harbour at dawn"] * 12)
+    result = run_vcam("bench", "--model", "tiny", "--guidance", "full", "--guidance-scale", "1",
+                      "--negative-prompt", "blurry", "--prompt", long_prompt, "--frames", "2", "--width", "64",
+                      "--height", "64", "--no-progress", env_home=home)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    runs_as_none = [line for line in lines if "guidance full at guidance scale 1 runs as none" in line]
+    negative = [line for line in lines if "the negative prompt has no effect" in line]
+    cut = [line for line in lines if "the text encoder reads the first 75" in line]
+    assert len(runs_as_none) == 1 and len(negative) == 1 and len(cut) == 1, result.stderr
+    assert "guidance scale 1 <= 1" in negative[0]
+    assert "a watercolor painting of a quiet harb..." in cut[0] and "shorten it" in cut[0]
+
+
+def test_a_prompt_the_encoder_reads_whole_is_not_reported(home: Path) -> None:
+    result = run_vcam("bench", "--model", "tiny", "--prompt", "a watercolor painting", "--frames", "1", "--width",
+                      "64", "--height", "64", "--no-progress", env_home=home)
+    assert result.returncode == 0, result.stderr
+    assert "note" not in result.stderr and "tokens" not in result.stderr
+
+
+def test_a_fatal_error_is_one_line_on_the_terminal_and_its_traceback_in_the_log(tmp_path: Path) -> None:
+    result = run_vcam("run", "--model", "tiny", "--source", "/nonexistent/clip.mp4", "--sink", "null", "--frames",
+                      "1", "--no-tray", "--no-hotkeys", "--quiet", env_home=tmp_path, timeout=240)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    log = (tmp_path / "state" / "vcam" / "logs" / "vcam.log").read_text(encoding="utf-8")
+    assert "vcam run ended with an error: SourceError" in log and "/nonexistent/clip.mp4" in log
+    assert "Traceback (most recent call last)" in log
+
+
+@pytest.mark.timeout(400)
+def test_mjpeg_on_any_free_port_prints_the_url_a_browser_can_open(home: Path) -> None:
+    import re
+    import signal
+    import urllib.request
+
+    process = start_vcam({"DISPLAY": "", "XDG_CACHE_HOME": str(home / "cache"),
+                          "XDG_STATE_HOME": str(home / "state"), "HF_HUB_OFFLINE": "1"}, "--no-tray")
+    try:
+        line = wait_for_line(process, "output: mjpeg", timeout=300)[-1]
+        url = re.search(r"http://127\.0\.0\.1:(\d+)/stream\.mjpg", line)
+        assert url is not None and int(url.group(1)) != 0, line
+        snapshot = url.group(0).replace("stream.mjpg", "frame.jpg")
+        with urllib.request.urlopen(snapshot, timeout=60) as response:
+            jpeg = response.read()
+        picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert picture is not None and picture.shape == (720, 1280, 3)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=120)
+
+
+@pytest.mark.timeout(300)
+def test_a_privileged_port_says_it_needs_a_port_from_1024_up(tmp_path: Path) -> None:
+    user = None
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root may bind port 81: run as nobody, like a user would
+        home = Path(tempfile.mkdtemp(prefix="vcam-nobody-"))
+        home.chmod(0o777)
+        user = 65534
+    else:
+        home = tmp_path
+    env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_STATE_HOME": str(home / "state"), "HF_HUB_OFFLINE": "1"}
+    env.pop("DISPLAY", None)
+    try:
+        result = subprocess.run([sys.executable, "-m", "vcam", "run", "--model", "tiny", "--source", "synthetic",
+                                 "--sink", "mjpeg:81", "--no-tray", "--no-hotkeys", "--quiet"], capture_output=True,
+                                text=True, timeout=240, env=env, user=user, cwd=Path(__file__).resolve().parents[1])
+    finally:
+        if user is not None:
+            shutil.rmtree(home, ignore_errors=True)
+    stderr = result.stderr
+    assert result.returncode == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("vcam: error:")]
+    assert len(errors) == 1 and "127.0.0.1:81" in errors[0], stderr
+    assert "below 1024" in errors[0] and "mjpeg:8090" in errors[0] and "another program" not in errors[0]
+
+
+@pytest.mark.timeout(900)
+def test_the_first_onnx_runtime_build_in_bench_shows_a_bar_naming_what_it_builds(tmp_path: Path) -> None:
+    result = run_vcam("bench", "--model", "tiny", "--engine", "onnxruntime", "--frames", "1", "--width", "64",
+                      "--height", "64", env_home=tmp_path, timeout=800)  # an empty cache: the graphs are built
+    assert result.returncode == 0, result.stderr
+    for step in ("loading tiny in torch", "the text_encoder graph", "the unet graph"):
+        assert f"building: {step}" in result.stderr or f"building: exporting and checking {step}" in result.stderr
+    assert "step" in result.stderr  # tqdm's counter: "2/5 [...step/s]"
+
+
+@pytest.mark.timeout(600)
+def test_frame_k_of_the_written_file_is_the_stylised_input_frame_k(home: Path, tmp_path: Path) -> None:
+    """No warm-up frames in a file: the input switches colour at frame 6, and so does the output, at frame 6."""
+    from tests.media import coloured_frame, mean_colour, write_video
+
+    frames = [coloured_frame((230, 40, 40) if k < 6 else (40, 60, 230), 320, 240) for k in range(12)]
+    clip, out = write_video(tmp_path / "in.avi", frames), tmp_path / "out.mp4"
+    result = run_vcam("run", "--model", "tiny", "--source", str(clip), "--sink", str(out), "--frames", "12",
+                      "--no-ssf", "--no-tray", "--no-hotkeys", "--quiet", env_home=home)
+    assert result.returncode == 0, result.stderr
+    written = read_video(out)
+    assert len(written) == 12
+    steps = [float(np.abs(mean_colour(b) - mean_colour(a)).sum()) for a, b in zip(written, written[1:])]
+    assert int(np.argmax(steps)) == 5, steps  # the change is between output frames 5 and 6, as in the input
+    assert max(steps[:5]) < steps[5] / 4 and max(steps[6:]) < steps[5] / 4  # and the first frame is not grey
+
+
+@pytest.mark.timeout(600)
+def test_frames_with_a_live_output_counts_stylised_frames(home: Path) -> None:
+    env = {"DISPLAY": "", "XDG_CACHE_HOME": str(home / "cache"), "XDG_STATE_HOME": str(home / "state"),
+           "HF_HUB_OFFLINE": "1"}
+    process = start_vcam(env, "--no-tray", "--frames", "3")
+    _, stderr = process.communicate(timeout=500)
+    assert process.returncode == 0, stderr
+    assert "first stylised frame" in stderr
+    assert "vcam: 3 stylised frames" in stderr, stderr

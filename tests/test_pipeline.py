@@ -230,7 +230,24 @@ def test_rate_meter_counts_events_per_second_over_its_window():
     meter = RateMeter(window_seconds=1.0)
     for tick in range(31):
         meter.tick(100.0 + tick / 10)  # 10 per second for 3 seconds
-    assert meter.rate() == pytest.approx(10.0)
+    assert meter.rate(now=103.05) == pytest.approx(10.0)
+
+
+def test_rate_meter_reads_a_stream_slower_than_its_window_at_its_true_rate():
+    meter = RateMeter(window_seconds=2.0)
+    for tick in range(5):
+        meter.tick(100.0 + 3 * tick)  # one event every 3 s: fewer than one per window
+    assert meter.rate(now=113.5) == pytest.approx(1 / 3)
+
+
+def test_rate_meter_falls_during_a_stall_instead_of_showing_the_last_window():
+    meter = RateMeter(window_seconds=2.0)
+    for tick in range(51):
+        meter.tick(100.0 + tick / 25)  # 25 per second, last event at 102.0
+    assert meter.rate(now=102.02) == pytest.approx(25.0)
+    assert meter.rate(now=104.0) < 1.0  # 2 s without an event: not "25 fps"
+    assert meter.rate(now=112.0) < meter.rate(now=104.0)
+    assert meter.idle_seconds(now=112.0) == pytest.approx(10.0)
 
 
 # -- the pipeline: sources -----------------------------------------------------------------------------------
@@ -271,6 +288,53 @@ def test_max_frames_ends_the_run_after_that_many_frames():
     run_to_end(pipeline)
     assert inverted_numbers(sink) == [0, 1, 2, 3, 4]
     assert pipeline.stats().frames_in == 5
+
+
+class DelayedInverter(Inverter):
+    """Gives back each call's frames one call later, as a stream batch of two slots does, and flushes the last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[np.ndarray] = []
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        out, self.held = self.held, super().process(frames)
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        out, self.held = self.held, []
+        return out
+
+
+def test_a_processor_that_holds_frames_back_is_flushed_when_the_source_ends():
+    source, sink = ListSource(6), RecordingSink()
+    run_to_end(FramePipeline(source, DelayedInverter(), sink))
+    assert inverted_numbers(sink) == [0, 1, 2, 3, 4, 5]  # every frame, in order, the held-back last one too
+
+
+def test_max_frames_counts_frames_that_come_out_held_back():
+    source, sink = ListSource(100), RecordingSink()
+    run_to_end(FramePipeline(source, DelayedInverter(), sink, PipelineConfig(max_frames=4)))
+    assert inverted_numbers(sink) == [0, 1, 2, 3]
+
+
+class LoadingCard(PassThrough):
+    placeholder = True
+
+
+def test_max_frames_does_not_count_the_placeholder_frames_shown_while_the_model_loads():
+    source, sink, calls = CameraSource(fps=200), RecordingSink(), []  # a live output's source is live
+
+    def model_ready_at_the_third_call() -> None:
+        calls.append(len(calls))
+        if len(calls) == 3:
+            pipeline.set_processor(Inverter())
+
+    pipeline = FramePipeline(source, LoadingCard(), sink, PipelineConfig(max_frames=3),
+                             between_frames=model_ready_at_the_third_call)
+    run_to_end(pipeline)
+    assert [is_inverted(frame) for frame in sink.frames] == [False, False, True, True, True]
+    assert (pipeline.stats().results, pipeline.stats().processed) == (3, 5)
 
 
 # -- the pipeline: paced output -------------------------------------------------------------------------------

@@ -252,3 +252,31 @@ def test_the_old_key_is_said_once_even_when_the_run_then_stops_on_an_error(tmp_p
         "vcam: error: width and height must be positive multiples of 8, got 100x512"]
     notes = [line for line in result.stderr.splitlines() if line.startswith("vcam: note:")]
     assert len(notes) == 1 and "stream.frame_buffer is now called stream.frame_buffer_size" in notes[0]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_shipped_preset_sets_anything_that_changes_nothing(name: str) -> None:
+    assert load_preset(name).notices == ()
+
+
+@pytest.mark.parametrize("stream, words", [
+    ("guidance = 'self'\nguidance_scale = 1.4\nnegative_prompt = 'blurry'", "no effect with guidance self"),
+    ("guidance = 'full'\nguidance_scale = 1.0", "guidance full at guidance scale 1 runs as none"),
+    ("negative_prompt = 'blurry'", "the negative prompt has no effect at guidance none"),
+])
+def test_a_stream_setting_that_changes_nothing_is_noted_once_with_the_file(tmp_path: Path, stream: str,
+                                                                          words: str) -> None:
+    preset = load_preset(write_preset(tmp_path, "inert", f"[stream]\n{stream}\n" + MINIMAL))
+    assert len(preset.notices) == 1, preset.notices
+    assert preset.notices[0].startswith(f"{tmp_path / 'inert.toml'}: stream: ") and words in preset.notices[0]
+
+
+def test_a_negative_prompt_with_full_guidance_above_1_is_not_noted(tmp_path: Path) -> None:
+    body = "[stream]\nguidance = 'full'\nguidance_scale = 2.0\nnegative_prompt = 'blurry'\n" + MINIMAL
+    assert load_preset(write_preset(tmp_path, "fine", body)).notices == ()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, value: str) -> None:
+    assert f"stream.guidance_scale: must be a finite number, got {float(value)}" in preset_error(
+        tmp_path, f"[stream]\nguidance_scale = {value}\n" + MINIMAL)

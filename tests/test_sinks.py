@@ -514,3 +514,24 @@ def test_mjpeg_viewers_that_reset_mid_stream_leave_stderr_clean(capfd):
         sink.close()
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err and "Error" not in captured.err, captured.err
+
+
+@pytest.mark.parametrize("fit", ["crop", "letterbox"])
+@pytest.mark.parametrize("width, height", [(640, 480), (480, 640), (1920, 1080)])
+def test_the_loading_notice_shows_on_the_output_whatever_the_source_shape_and_fit(tmp_path: Path, fit: str,
+                                                                                 width: int, height: int) -> None:
+    """Drawn after the picture is fitted: a 4:3 camera cropped to 16:9 loses its top rows, never the notice."""
+    from vcam.processor import PassThroughProcessor
+
+    def shown(notice: str | None) -> np.ndarray:
+        camera = np.full((height, width, 3), (40, 160, 40), dtype=np.uint8)
+        out = tmp_path / f"{notice is None}.mp4"
+        sink = open_sink(str(out), SinkConfig(width=1280, height=720, fit=fit, mirror=True))
+        sink.write(PassThroughProcessor(notice=notice).process([camera])[0])
+        sink.close()
+        return read_video(out)[0]
+
+    corner = shown("loading model...")[:60, :420]  # the output's top-left corner, mirrored output included
+    white_text = (corner.min(axis=2) > 200).sum()
+    assert white_text > 100, "the notice is on the output"
+    assert (shown(None)[:60, :420].min(axis=2) > 200).sum() == 0  # and only the notice makes those pixels

@@ -48,3 +48,23 @@ def test_a_dpm_preset_whose_model_is_missing_falls_back_to_tiny_dpm_with_its_own
 def test_an_lcm_preset_still_falls_back_to_tiny():
     settings = resolve_settings(build_parser().parse_args(["run", "--preset", "sd-turbo-1step"]))
     assert with_tiny_model(settings).stream.t_index_list == load_preset("tiny").stream_config().t_index_list
+
+
+@pytest.mark.parametrize("args, kept", [
+    (["--engine", "onnxruntime"], {"engine": "onnxruntime"}),
+    (["--width", "128", "--height", "192"], {"width": 128, "height": 192}),
+    (["--t-index-list", "10,20,30"], {"t_index_list": (10, 20, 30)}),
+    (["--strength", "0.6", "--steps", "3"], {"t_index_list": (20, 30, 40)}),
+    (["--guidance", "full", "--guidance-scale", "2.5"], {"guidance": "full", "guidance_scale": 2.5}),
+    (["--seed", "7", "--device", "cpu", "--threads", "1"], {"seed": 7, "device": "cpu", "threads": 1}),
+])
+def test_the_fallback_to_tiny_changes_the_model_and_keeps_every_typed_option(args, kept):
+    settings = resolve_settings(build_parser().parse_args(["run", "--preset", "sd-turbo-1step", *args]))
+    fallback = with_tiny_model(settings)
+    assert fallback.model.model == "tiny"
+    for name, value in kept.items():
+        where = fallback if name in ("engine", "device", "threads") else fallback.stream
+        assert getattr(where, name) == value, name
+    untyped = load_preset("tiny").stream_config()
+    if "--width" not in args:  # what was not typed is the fallback preset's (its resolution suits the model)
+        assert (fallback.stream.width, fallback.stream.height) == (untyped.width, untyped.height)

@@ -9,6 +9,7 @@ measured in one run, so it holds on any machine.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -125,12 +126,52 @@ def _sync(engine: Engine) -> None:
         torch.cuda.synchronize(engine.device)
 
 
+class BuildProgress(logging.Handler):
+    """A progress bar on stderr, fed by the build steps an engine logs (`engines.onnx_export.log_build_step`): the
+    first ONNX Runtime export takes minutes, and a bench that prints nothing meanwhile looks hung."""
+
+    def __init__(self, enabled: bool) -> None:
+        super().__init__(logging.DEBUG)
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        step = getattr(record, "build_step", None)
+        if step is None or not self.enabled:
+            return
+        done, total, what = step
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+        self.bar.set_description_str(f"building: {what}", refresh=False)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        super().close()
+
+
+def create_engine_with_progress(settings: RunSettings, progress: bool) -> Engine:
+    """`create_engine_for`, showing the build steps it logs as a bar (a cached engine logs none: no bar)."""
+    logger = logging.getLogger("vcam.engines.build")
+    handler, level = BuildProgress(progress), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)  # the steps are DEBUG records: the log file keeps them, the terminal does not
+    try:
+        return create_engine_for(settings)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
 def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = True) -> BenchResult:
     """Run the pipeline for `settings.frames` frames; `model_only=False` skips timing the model alone (then
     `model_only_fps` and `efficiency` are None), which at real model sizes takes as long as the run itself."""
     frames = settings.frames or 100
     build_start = time.perf_counter()
-    engine = RecordingEngine(create_engine_for(settings))
+    engine = RecordingEngine(create_engine_with_progress(settings, progress))
     build_seconds = time.perf_counter() - build_start
     stream = build_stream(engine, settings)
     warm_up(stream)  # fill the rolling buffer and allocate, outside the timed run

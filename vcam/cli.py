@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for notice in dict.fromkeys(getattr(args, NOTICES, ())):
         _say(notice)
+    from vcam.logs import log_traceback, setup_logging
+
+    log_path = setup_logging()
     try:
         if args.command == "presets":
             return _cmd_presets()
@@ -183,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args)
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # noqa: BLE001 - user errors become one line; anything else is a bug and re-raised
+    except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback in the log file
+        log_traceback(error, f"vcam {args.command} ended with an error")
         if isinstance(error, _user_errors()):
             print(f"vcam: error: {error}", file=sys.stderr)
             return 2
-        raise
+        # Not a mistake of the user's: a bug. The terminal gets one line; the traceback is in the log to report.
+        print(f"vcam: error: {type(error).__name__}: {error} (a bug: please report it with the traceback in "
+              f"{log_path})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,26 +5,26 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from engines.loading import ModelSpec
-from vcam.presets import load_preset
 from vcam.settings import RunSettings
+from vcam.settings import fallback_preset_name as name_for
 
 
 def fallback_preset_name(settings: RunSettings) -> str:
     """The offline preset a run falls back to when its model is missing: the same kind of solver."""
-    return "tiny" if settings.stream.scheduler == "lcm" else "tiny-dpm"
+    return name_for(settings.stream)
 
 
 def with_tiny_model(settings: RunSettings) -> RunSettings:
-    """The fallback when the preset's model is not on this machine: the tiny model with the tiny preset's stream
-    settings (its resolution and steps suit it), keeping the camera, the output, the prompts and the controls.
-    A ddim / dpmsolver++ preset falls back to `tiny-dpm`, so the fallback runs the same kind of solver."""
-    tiny = load_preset(fallback_preset_name(settings))
-    # The negative prompt is the fallback preset's: a preset's negative prompt is written for its own model, and
-    # the tiny model's unconditional prompt is the empty one (another one blows its CFG output out).
-    stream = replace(tiny.stream_config(prompt=settings.stream.prompt), mode=settings.stream.mode)
-
-    return replace(settings, model=ModelSpec(model="tiny", vae="tiny"), engine=tiny.model.engine, stream=stream)
+    """The fallback when the preset's model is not on this machine: the tiny model and the fallback preset's stream
+    settings (its resolution and steps suit it, and its negative prompt: a preset's is written for its own model),
+    under the same command line: every typed option is kept. The camera, the output, the preset's prompts and the
+    controls stay the run's own. A ddim / dpmsolver++ preset falls back to `tiny-dpm` (the same kind of solver)."""
+    fallback = settings.fallback
+    if fallback is None:
+        raise ValueError("with_tiny_model needs settings resolved with a model from a preset")
+    return replace(settings, model=fallback.model, engine=fallback.engine, device=fallback.device,
+                   threads=fallback.threads, stream=replace(fallback.stream, prompt=settings.stream.prompt),
+                   fallback=None)
 
 
 def is_offline_sink(spec: str) -> bool:

@@ -14,6 +14,7 @@ rebinding (its own domain re-pointed at 127.0.0.1, so the browser's same-origin 
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import sys
@@ -194,6 +195,17 @@ class _Server(ThreadingHTTPServer):
             log.warning("MJPEG: a request failed: %s: %s", type(error).__name__, error)
 
 
+def listen_failure(port: int, error: OSError) -> str:
+    """The one line for a port the server cannot listen on: a privileged port (below 1024 on Linux and macOS,
+    EACCES) needs root, which vcam never asks for; any other failure is most often another program on the port."""
+    why = error.strerror or str(error)
+    if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
+        return (f"cannot serve MJPEG on 127.0.0.1:{port} ({why}): ports below 1024 are reserved for the system "
+                "administrator; use a port from 1024 up, e.g. mjpeg:8090")
+    return (f"cannot serve MJPEG on 127.0.0.1:{port} ({why}); another program uses that port: pick another one, "
+            f"e.g. mjpeg:{port + 1 if port else 8091}")
+
+
 class MjpegServer:
     """Serves the newest published frame to any number of HTTP clients from a background thread."""
 
@@ -202,10 +214,7 @@ class MjpegServer:
         try:
             self._server = _Server(port, fps, self.latest)
         except OSError as error:
-            raise MjpegServerError(
-                f"cannot serve MJPEG on 127.0.0.1:{port} ({error.strerror or error}); "
-                f"another program uses that port: pick another one, e.g. mjpeg:{port + 1 if port else 8091}"
-            ) from None
+            raise MjpegServerError(listen_failure(port, error)) from None
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"mjpeg-{self.port}", daemon=True)

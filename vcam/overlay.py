@@ -37,3 +37,26 @@ def draw_status(frame: np.ndarray, lines: Sequence[str]) -> np.ndarray:
         baseline_y = margin + line_height * index + sizes[index][0][1]
         cv2.putText(out, line, (margin, baseline_y), _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return out
+
+
+class NoticedFrame(np.ndarray):
+    """A frame that carries notice lines for the output to draw once it has fitted the frame to its own size: drawn
+    before fitting, a notice in the top-left corner is cut off whenever the fit crops the top or the left (a 4:3
+    camera on a 16:9 output). Slices and copies keep the lines (numpy calls `__array_finalize__` for them)."""
+
+    notices: tuple[str, ...] = ()
+
+    def __array_finalize__(self, obj: object) -> None:
+        self.notices = getattr(obj, "notices", ())
+
+
+def with_notices(frame: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """`frame` (H, W, 3) uint8, unchanged, carrying `lines` (see `NoticedFrame`)."""
+    noticed = frame.view(NoticedFrame)
+    noticed.notices = tuple(line for line in lines if line)
+    return noticed
+
+
+def notices_of(frame: np.ndarray) -> tuple[str, ...]:
+    """The notice lines a frame carries (none for a plain array)."""
+    return getattr(frame, "notices", ())

@@ -57,7 +57,8 @@ class PromptSpec:
 class Preset:
     """A parsed preset. `stream` is the core's `StreamConfig` itself (starting on the first prompt); `slots` keeps
     the file's strength/steps shorthand, which the command line's --strength/--steps combine with; `notices` are
-    the one-line notes parsing produced (old key spellings), for the caller to say once."""
+    the one-line notes parsing produced (old key spellings, stream settings that change nothing), for the caller
+    to say once."""
 
     name: str
     description: str = ""
@@ -220,6 +221,7 @@ def parse_preset(data: Mapping[str, Any], name: str, source: Path | None = None)
             sections["stream"] = _build_stream(values[StreamConfig], sections["slots"], prompts, fail)
         else:
             sections[group.key] = group.classes[0](**values[group.classes[0]])
+    notices += [f"{where}: stream: {note}" for note in sections["stream"].ineffective_settings()]
     preset = Preset(name=name, description=description, prompts=prompts, source_path=source,
                     notices=tuple(notices), **sections)
     _check_hotkeys(preset, fail)

@@ -28,13 +28,22 @@ def tensor_to_frames(images: torch.Tensor) -> list[np.ndarray]:
 
 
 class DiffusionProcessor:
-    """Runs each group of F frames through the diffusion stream; pass-through while paused."""
+    """Runs each group of F frames through the diffusion stream; pass-through while paused.
 
-    def __init__(self, stream: DiffusionStream, fit: str = "crop") -> None:
+    The stream batch gives back, at each call, the frames that entered T-1 calls earlier (StreamDiffusion's
+    pipelined denoising: slot i holds a frame i steps along). Live, that latency is the price of the frame rate.
+    `aligned=True` (a file being written) returns nothing for the first T-1 calls, whose outputs are the warm-up's
+    grey, and `flush()` pushes the last frames through at the end: output frame k is stylised input frame k.
+    """
+
+    def __init__(self, stream: DiffusionStream, fit: str = "crop", aligned: bool = False) -> None:
         self.stream = stream
         self.fit = fit
         self.frames_per_call = stream.config.frame_buffer_size
         self.paused = False
+        self.aligned = aligned
+        self._inside = 0  # calls whose frames are still inside the stream batch (aligned only)
+        self._last: list[np.ndarray] = []
 
     @property
     def skipped(self) -> int:
@@ -46,14 +55,33 @@ class DiffusionProcessor:
             return list(frames)
         cfg = self.stream.config
         images = frames_to_tensor(frames, cfg.width, cfg.height, self.fit)
-        return tensor_to_frames(self.stream.process(images))
+        outputs = tensor_to_frames(self.stream.process(images))
+        if not self.aligned or cfg.mode == "txt2img":
+            return outputs
+        self._last = list(frames)
+        if self._inside < cfg.steps - 1:  # the output is a warm-up frame's: the input is still on its way
+            self._inside += 1
+            return []
+        return outputs
+
+    def flush(self) -> list[np.ndarray]:
+        """Aligned: the frames still inside the stream batch, pushed out by repeating the last input."""
+        outputs: list[np.ndarray] = []
+        inside, self._inside = self._inside, 0
+        cfg = self.stream.config
+        for _ in range(inside if self._last else 0):
+            images = frames_to_tensor(self._last, cfg.width, cfg.height, self.fit)
+            outputs += tensor_to_frames(self.stream.process(images))
+        return outputs
 
 
 class PassThroughProcessor:
-    """What the virtual camera shows while the model loads: the camera as it is, with a notice."""
+    """What the virtual camera shows while the model loads: the camera as it is, with a notice. Its frames are
+    placeholders: `--frames N` counts stylised frames (see `core.pipeline.FrameProcessor`)."""
 
     frames_per_call = 1
     skipped = 0
+    placeholder = True
 
     def __init__(self, notice: str | None = "loading model...") -> None:
         self.notice = notice
@@ -61,6 +89,6 @@ class PassThroughProcessor:
     def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         if not self.notice:
             return list(frames)
-        from vcam.overlay import draw_status
+        from vcam.overlay import with_notices
 
-        return [draw_status(frame.copy(), [self.notice]) for frame in frames]
+        return [with_notices(frame, [self.notice]) for frame in frames]  # drawn by the sink, after fitting

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -14,6 +15,7 @@ from core.similarity import SimilarityFilter
 from core.stream import DiffusionStream
 from engines.base import Engine, EngineShapes
 from engines.loading import resolve_model
+from engines.prompt_tokens import PromptLength
 from vcam.settings import RunSettings
 
 
@@ -51,10 +53,13 @@ def create_engine_for(settings: RunSettings) -> Engine:
     return engine
 
 
-def build_stream(engine: Engine, settings: RunSettings) -> DiffusionStream:
-    """The stream with every preset prompt encoded ahead, so later switches never call the text encoder."""
+def build_stream(engine: Engine, settings: RunSettings,
+                 notify: Callable[[str], None] | None = None) -> DiffusionStream:
+    """The stream with every preset prompt encoded ahead, so later switches never call the text encoder. `notify`
+    hears one line per prompt the text encoder cuts (see `engines.prompt_tokens`)."""
     cache = PromptCache(engine.encode_prompt)
     texts = dict.fromkeys([settings.stream.prompt, settings.stream.negative_prompt, *(p.text for p in settings.prompts)])
+    say_cut_prompts(PromptLength.for_model(settings.model), list(texts), notify or logging.getLogger("vcam").info)
     ahead = cache.prefill(list(texts))
     if ahead < len(texts):  # bounded memory: a preset of 10,000 prompts must not encode (and hold) them all
         logging.getLogger("vcam").warning(
@@ -63,6 +68,13 @@ def build_stream(engine: Engine, settings: RunSettings) -> DiffusionStream:
     prompts = PromptSwitcher(cache, negative_prompt=settings.stream.negative_prompt, prompt=settings.stream.prompt)
     similarity = SimilarityFilter(settings.filter)
     return DiffusionStream(engine, settings.stream, prompts, similarity)
+
+
+def say_cut_prompts(length: PromptLength, texts: list[str], notify: Callable[[str], None]) -> None:
+    """One line for each text the text encoder would cut (said once: at start-up, or when the text arrives)."""
+    for text in texts:
+        if (notice := length.cut_notice(text)) is not None:
+            notify(notice)
 
 
 def warm_up(stream: DiffusionStream) -> None:

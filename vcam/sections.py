@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -202,6 +203,8 @@ def check_value(value: Any, hint: Any, metadata: Mapping[str, Any], key: str, fa
         value = int(value)
     if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
         raise fail(key, f"must be {_article(hint)}, got {type_name(value)} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every range comparison
+        raise fail(key, f"must be a finite number, got {value}")
     low, high = metadata.get("range", (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
         raise fail(key, f"must be from {low} to {high}, got {value}")

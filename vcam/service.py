@@ -27,7 +27,7 @@ from core.frame_io import FrameSink, FrameSource
 from core.pipeline import FramePipeline, PipelineConfig
 from vcam.commands import CommandQueue
 from vcam.fallbacks import is_offline_sink
-from vcam.logs import setup_logging
+from vcam.logs import log_traceback, setup_logging
 from vcam.processor import DiffusionProcessor, PassThroughProcessor
 from vcam.service_commands import ServiceCommands
 from vcam.service_model import ServiceModel
@@ -82,6 +82,7 @@ class Service(ServiceCommands, ServiceModel):
         self._stop_reason: str | None = None
         self._stop_into_model_call: float | None = None  # seconds the model call in flight had run at the stop
         self.ready_event = threading.Event()  # the diffusion processor is live
+        self.stylised_event = threading.Event()  # the output received its first stylised frame
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
         self.messages: list[str] = []  # one-line notices (kept for tests and the status overlay)
@@ -101,7 +102,7 @@ class Service(ServiceCommands, ServiceModel):
     def notice(self, line: str) -> None:
         """A one-line message for the user: stderr and the log file."""
         self.messages.append(line)
-        log.warning(line)
+        log.info(line)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _open_source(self) -> FrameSource:
@@ -124,7 +125,8 @@ class Service(ServiceCommands, ServiceModel):
         name, sink, errors = open_first_sink(self.settings.sink, self.settings.sink_config, self._window_host)
         if errors:
             self.notice("output: " + "; ".join(errors) + f" -- using {name}")
-        self.notice(f"output: {name}")
+        url = getattr(sink, "url", None)  # a network output: the address to open (mjpeg:0 shows its real port)
+        self.notice(f"output: {name}" + (f" at {url}" if url else ""))
         return sink
 
     def _window_host(self):
@@ -172,7 +174,8 @@ class Service(ServiceCommands, ServiceModel):
             return "starting"
         stats = self.pipeline.stats()
         skip = self.stream.similarity.skip_rate if self.stream is not None and self.stream.similarity else 0.0
-        state = "paused" if self.paused else ("live" if self.ready_event.is_set() else "loading")
+        # "live" from the first stylised frame the output received (the model being built is not yet live)
+        state = "paused" if self.paused else ("live" if self.stylised_event.is_set() else "loading")
         return f"{stats.fps:5.1f} fps | skip {skip:4.0%} | {self.prompt_label} | {state}"
 
     def _status_loop(self) -> None:
@@ -285,6 +288,7 @@ class Service(ServiceCommands, ServiceModel):
         finally:
             self._shut_down([thread for thread in threads if thread.name not in MODEL_THREADS])
         if self.pipeline.error is not None:
+            log_traceback(self.pipeline.error, f"the {self.pipeline.error_stage} stage failed")
             self.notice(f"stopped: {self.pipeline.error}")
             return 1
         if self.error is not None:
@@ -302,6 +306,10 @@ class Service(ServiceCommands, ServiceModel):
         if self.pipeline.released_after is not None:
             log.info("camera and virtual camera released %.2f s after the stop request",
                      self.pipeline.released_after)
+        stats = self.pipeline.stats()
+        loading = stats.processed - stats.results
+        log.info("%d stylised frames%s", stats.results,
+                 f" (and {loading} pass-through frames while the model loaded)" if loading else "")
         if self._file_sink is not None:  # closed: what the file holds
             log.info("%s: %d frames written", self._file_sink.path, self._file_sink.frames_written)
         self._stop_controls()
@@ -326,6 +334,7 @@ class Service(ServiceCommands, ServiceModel):
 
     def _first_stylised_frame(self) -> None:
         """Said once: how long from launching the process to the first stylised frame the output received."""
+        self.stylised_event.set()
         try:
             import psutil
 

@@ -58,6 +58,7 @@ class ServiceCommands:
             self._apply_prompt_index(index, blend_frames=command.frames)
         elif isinstance(command, cmd.SetPromptText):
             self.prompt_label = command.text[:40]
+            self._say_if_cut([command.text])
             if self.stream is not None:
                 self.stream.prompts.switch(command.text)
         elif isinstance(command, cmd.SetPaused):
@@ -98,6 +99,7 @@ class ServiceCommands:
         except PresetError as error:
             self.notice(f"reload failed, keeping the current settings: {error}")
             return
+        self._say_if_cut([p.text for p in fresh.prompts if p not in self.settings.prompts])
         if self.stream is not None:
             self.stream.prompts.cache.prefill([p.text for p in fresh.prompts])
         current = self.settings.prompts[self.prompt_index].name if self.settings.prompts else None
@@ -107,6 +109,18 @@ class ServiceCommands:
         changed = [s for s in ("model", "stream") if getattr(fresh, s) != getattr(preset, s)]
         note = f"; restart to apply [{', '.join(changed)}]" if changed else ""
         self.notice(f"preset reloaded: {len(fresh.prompts)} prompts{note}")
+
+    def _say_if_cut(self, texts: list[str]) -> None:
+        """A prompt that arrives while running is checked as the start-up prompts are: cut ones are said once."""
+        from engines.base import ModelError
+        from engines.prompt_tokens import PromptLength
+        from vcam.runtime import say_cut_prompts
+
+        try:
+            length = PromptLength.for_model(self.settings.model)
+        except ModelError:  # the model is checked at start-up; a tokenizer gone since then is not this command's
+            return
+        say_cut_prompts(length, texts, self.notice)
 
     def _dispatch_commands(self) -> None:
         while not self.stop_event.is_set():

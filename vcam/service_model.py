@@ -15,6 +15,7 @@ import time
 
 from engines.base import ModelError
 from vcam.fallbacks import fallback_preset_name, with_tiny_model
+from vcam.logs import log_traceback
 from vcam.processor import DiffusionProcessor
 
 log = logging.getLogger("vcam")
@@ -33,8 +34,10 @@ class ServiceModel:
         except ModelError as error:
             if not self.settings.model_from_preset:
                 raise
+            typed = self.settings.given_options
+            kept = f" (kept from the command line: {', '.join(typed)})" if typed else ""
             self.notice(f"{error} -- using the offline '{fallback_preset_name(self.settings)}' preset's model and "
-                        "stream settings instead")
+                        f"stream settings instead{kept}")
             self.settings = with_tiny_model(self.settings)
 
     # ----------------------------------------------------------------------------------------------- model
@@ -46,12 +49,14 @@ class ServiceModel:
         engine = create_engine_for(self.settings)
         if self.stop_event.is_set():  # stopped during a long load or export: no more model calls
             return
-        self.stream = build_stream(engine, self.settings)
+        self.stream = build_stream(engine, self.settings, notify=self.notice)
         self._apply_prompt_index(self.prompt_index)
         if self.stop_event.is_set():
             return
         warm_up(self.stream)
-        self.processor = DiffusionProcessor(self.stream, fit=self.settings.sink_config.fit)
+        # A file gets frame k = stylised input frame k (no warm-up frames); a live output takes the batch's latency
+        self.processor = DiffusionProcessor(self.stream, fit=self.settings.sink_config.fit,
+                                            aligned=self.pipeline is None and self._file_sink is not None)
         if self.pipeline is not None:
             self.pipeline.set_processor(self.processor)
         self.ready_event.set()
@@ -63,6 +68,7 @@ class ServiceModel:
             self._build_processor()
         except BaseException as error:  # noqa: BLE001
             self.error = error
+            log_traceback(error, "the model could not start")
             self.notice(f"the model could not start: {error}")
             self.stop_event.set()
 

@@ -44,6 +44,10 @@ class RunSettings:
     model_from_preset: bool = False  # the model came from a preset (not --model): fall back to tiny if absent
     source_given: bool = False
     sink_given: bool = False
+    given_options: tuple[str, ...] = ()  # the options typed on the command line, as typed names (--engine, ...)
+    # What runs when the preset's model is missing: the fallback preset's model and stream settings under the same
+    # command line (so every typed option is kept); None when the model was typed or is the tiny model already.
+    fallback: RunSettings | None = None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -68,13 +72,30 @@ def _merged(args: argparse.Namespace, key: str, cls: type, base: Any, extra: dic
     return replace(base, **given)
 
 
+def fallback_preset_name(stream: StreamConfig) -> str:
+    """The offline preset a run falls back to when its model is missing: the same kind of solver."""
+    return "tiny" if stream.scheduler == "lcm" else "tiny-dpm"
+
+
+def given_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """The setting options the command line gave, by their option names (for the lines that say what was kept)."""
+    names = [option_name(group, f) for group in GROUPS_BY_KEY.values() for cls in group.classes
+             for f, _ in user_fields(cls, where="cli") if getattr(args, f"{group.key}.{f.name}", None) is not None]
+    return tuple(names + (["--output-size"] if args.output_size is not None else []))
+
+
 def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
-                     notify: Callable[[str], None] | None = None) -> RunSettings:
+                     notify: Callable[[str], None] | None = None, *,
+                     preset_name: str | None = None) -> RunSettings:
     """Merge the preset (named by --preset, else `default_preset`) with the flags the user gave, field by field.
-    `notify` hears the preset's notices (old key spellings) as soon as it is read, before any later error."""
-    preset = load_preset(args.preset or default_preset)
-    for notice in preset.notices if notify is not None else ():
-        notify(notice)
+    `notify` hears the preset's notices (old key spellings) as soon as it is read, before any later error, then
+    once each the stream settings of the run that change nothing (`StreamConfig.ineffective_settings`)."""
+    preset = load_preset(preset_name or args.preset or default_preset)
+    notify = notify or (lambda _line: None)
+    preset_stream_notes = preset.stream.ineffective_settings()
+    for notice in preset.notices:  # old key spellings now; the stream's notes once the flags are merged
+        if not notice.endswith(preset_stream_notes):
+            notify(notice)
     model_args = given_values(args, GROUPS_BY_KEY["model"], ModelSection)
     m = _merged(args, "model", ModelSection, preset.model)
     # The preset's VAE belongs to the preset's model: a different --model keeps its own VAE unless --vae says.
@@ -86,6 +107,8 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
     model = ModelSpec(model=m.model, vae=vae, lora=m.lora, lora_scale=m.lora_scale, tokenizer=m.tokenizer or None)
 
     stream = _merged_stream(args, preset)
+    for note in stream.ineffective_settings():  # said with the preset's file name when the preset set it
+        notify(next((notice for notice in preset.notices if notice.endswith(note)), note))
     prompts = tuple(preset.prompts)
     if "prompt" in given_values(args, GROUPS_BY_KEY["stream"], StreamConfig):
         prompts = (PromptSpec(name="custom", text=stream.prompt, hotkey=None),) + prompts
@@ -103,6 +126,12 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
     )
     if args.frames is not None and args.frames < 1:
         raise SettingsError(f"--frames must be at least 1, got {args.frames}")
+    model_from_preset = "model" not in model_args
+    fallback = None
+    if model_from_preset and preset_name is None and model.model != "tiny":
+        # Resolved now, before anything opens, so a wrong option is one error whichever model runs; only the model
+        # and the stream's defaults come from the fallback preset, every typed option applies to both.
+        fallback = resolve_settings(args, preset_name=fallback_preset_name(stream))
     return RunSettings(
         model=model,
         stream=stream,
@@ -119,9 +148,11 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
         devices=_merged(args, "devices", DeviceSettings, preset.devices),
         frames=args.frames,
         preset=preset,
-        model_from_preset="model" not in model_args,
+        model_from_preset=model_from_preset,
         source_given="source" in given_values(args, GROUPS_BY_KEY["camera"], CameraSection),
         sink_given="sink" in given_values(args, GROUPS_BY_KEY["output"], OutputSection),
+        given_options=given_options(args),
+        fallback=fallback,
     )
 
 

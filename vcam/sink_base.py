@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 
 from vcam.framing import FitMode, fit_frame
+from vcam.overlay import draw_status, notices_of
 
 PixelFormatName = Literal["RGB", "BGR", "I420"]
 
@@ -34,5 +35,9 @@ class SinkConfig:
 
 
 def fit_to_config(frame: np.ndarray, config: SinkConfig) -> np.ndarray:
-    """`frame` (any size) fitted to the configured (height, width, 3), mirrored if asked."""
-    return fit_frame(frame, config.width, config.height, config.fit, config.mirror)
+    """`frame` (any size) fitted to the configured (height, width, 3), mirrored if asked, and then the notices it
+    carries drawn (`vcam.overlay.with_notices`): after fitting, so they show for every aspect ratio and fit mode,
+    and after mirroring, so they read left to right."""
+    fitted = np.asarray(fit_frame(frame, config.width, config.height, config.fit, config.mirror))
+    lines = notices_of(frame)
+    return draw_status(fitted, lines) if lines else fitted

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from core.frame_io import FrameSink
-from vcam.overlay import draw_status
+from vcam.overlay import notices_of, with_notices
 
 
 class OverlaySink:
@@ -24,7 +24,7 @@ class OverlaySink:
         self.pacer = getattr(sink, "pacer", None)
 
     def write(self, frame: np.ndarray) -> None:
-        self.sink.write(draw_status(frame.copy(), [self.text()]))
+        self.sink.write(with_notices(frame, [*notices_of(frame), self.text()]))  # drawn after the sink's fit
 
     def close(self) -> None:
         self.sink.close()
