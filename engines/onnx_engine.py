@@ -360,6 +360,15 @@ def cached_or_exported_graphs(
     raise AssertionError("unreachable: the plan is never empty")
 
 
+def onnxruntime_load_errors() -> tuple[type[Exception], ...]:
+    """What building an ONNX Runtime session raises for a graph it refuses: its own exception classes (none of them
+    shares a base but Exception) and the OS's for an unreadable file. Anything else is a bug and propagates."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    own = (value for value in vars(ort_errors).values() if isinstance(value, type) and issubclass(value, Exception))
+    return (*own, OSError)
+
+
 def create_onnxruntime_engine(
     spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None,
     options: OnnxRuntimeOptions = OnnxRuntimeOptions(),
@@ -373,12 +382,14 @@ def create_onnxruntime_engine(
     graphs = cached_or_exported_graphs(spec, shapes, cache, export_plan(options.export, providers), threads)
     try:
         engine = OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
-    except Exception as error:  # checksums matched but ORT refused the graph: rebuild rather than use it
+    except onnxruntime_load_errors() as error:  # checksums matched but ORT refused the graph: rebuild, and say so
         if graphs.cache_entry.built:
             raise EngineBuildError(
                 f"ONNX Runtime cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
             ) from error
         reason = f"cached graphs failed to load ({type(error).__name__})"
+        log.warning("engine cache: ONNX Runtime cannot load the cached %s (%s); rebuilding it",
+                    cache.describe(graphs.cache_key), one_line(error))
         graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
         engine = OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning)
     if not engine.checked.is_set():

@@ -125,10 +125,11 @@ def _sync(engine: Engine) -> None:
         torch.cuda.synchronize(engine.device)
 
 
-def run_bench(settings: RunSettings, progress: bool = True) -> BenchResult:
+def run_bench(settings: RunSettings, progress: bool = True, owns_process: bool = False) -> BenchResult:
+    """`owns_process`: the CLI's bench, which may size torch's process-wide thread pool (see create_engine_for)."""
     frames = settings.frames or 100
     build_start = time.perf_counter()
-    engine = RecordingEngine(create_engine_for(settings))
+    engine = RecordingEngine(create_engine_for(settings, owns_process=owns_process))
     build_seconds = time.perf_counter() - build_start
     stream = build_stream(engine, settings)
     warm_up(stream)  # fill the rolling buffer and allocate, outside the timed run

@@ -100,7 +100,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from vcam.settings import resolve_settings
 
     settings = resolve_settings(args, default_preset="tiny", notify=_say)
-    result = run_bench(settings, progress=not args.no_progress)
+    result = run_bench(settings, progress=not args.no_progress, owns_process=True)
     if args.json:
         print(result.to_json())
     else:

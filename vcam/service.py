@@ -20,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -40,6 +41,7 @@ from vcam.stop_signals import StopSignals
 log = logging.getLogger("vcam")
 
 RELEASE_SECONDS = 2.0  # stop request -> camera and virtual camera released, files finalised
+MESSAGES_KEPT = 200  # the newest notices kept in `Service.messages`; the log file has them all
 MODEL_THREADS = ("vcam-model", "vcam-commands")  # threads that call the model (load / warm-up, prompt encoding)
 
 
@@ -83,7 +85,9 @@ class Service(ServiceCommands, ServiceModel):
         self.ready_event = threading.Event()  # the diffusion processor is live
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
-        self.messages: list[str] = []  # one-line notices (kept for tests and the status overlay)
+        # The newest one-line notices (for tests and embedding applications): bounded, as a long run with a flaky
+        # control may say thousands of lines; every one is in the log as well.
+        self.messages: deque[str] = deque(maxlen=MESSAGES_KEPT)
         self._pending: list[Callable[[], None]] = []
         self._pending_lock = threading.Lock()
         self._controls: list = []
@@ -232,7 +236,8 @@ class Service(ServiceCommands, ServiceModel):
             source.close()
             raise
         self._file_sink = sink if hasattr(sink, "frames_written") and hasattr(sink, "path") else None
-        sink = self._tee = TeeSink(self._wrap_overlay(sink), self.ready_event, self._first_stylised_frame)
+        sink = self._tee = TeeSink(self._wrap_overlay(sink), self.ready_event, self._first_stylised_frame,
+                                   on_preview_failed=self.notice)
         # A live sink (virtual camera, window, MJPEG: paced) must never starve, so it starts at once on a
         # pass-through card while the model loads. An offline sink (a file, null) has no viewer: load first, so
         # every written frame is a stylised one.

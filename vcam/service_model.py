@@ -43,7 +43,7 @@ class ServiceModel:
         from vcam.runtime import build_stream, create_engine_for, warm_up
 
         start = time.perf_counter()
-        engine = create_engine_for(self.settings)
+        engine = create_engine_for(self.settings, owns_process=self.options.owns_process)
         if self.stop_event.is_set():  # stopped during a long load or export: no more model calls
             return
         self.stream = build_stream(engine, self.settings)
