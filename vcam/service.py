@@ -320,11 +320,12 @@ class Service(ServiceCommands, ServiceModel):
 
     def _first_stylised_frame(self) -> None:
         """Said once: how long from launching the process to the first stylised frame the output received."""
-        try:
-            import psutil
+        import psutil  # a dependency; imported here as only this line needs it
 
+        try:
             since_launch = time.time() - psutil.Process().create_time()
-        except Exception:  # noqa: BLE001 - a diagnostic only
+        except (OSError, psutil.Error) as error:  # a diagnostic only: said in the log, not to the user
+            log.debug("no launch time for the first-frame line: %s", error)
             return
         self.notice(f"first stylised frame {since_launch:.1f} s after launch")
 
