@@ -143,7 +143,6 @@ class Service(ServiceCommands, ServiceModel):
             self._qt_host = QtHost()
         return self._qt_host
 
-
     # ----------------------------------------------------------------------------------------------- controls
     def _start_controls(self) -> None:
         preset = self.settings.preset

@@ -37,7 +37,6 @@ class ServiceModel:
                         "stream settings instead")
             self.settings = with_tiny_model(self.settings)
 
-    # ----------------------------------------------------------------------------------------------- model
     def _build_processor(self) -> None:
         """Build the engine and the stream, then swap the processor in at a frame boundary. Raises user errors."""
         from vcam.runtime import build_stream, create_engine_for, warm_up
