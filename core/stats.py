@@ -104,3 +104,37 @@ class RateMeter:
         now = time.monotonic() if now is None else now
         with self._lock:
             return now - self._times[-1] if self._times else None
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """A snapshot of the counters. frames_in == consumed + dropped + pending at every instant; times in ms."""
+
+    frames_in: int  # read from the source
+    consumed: int  # taken by the inference thread
+    processed: int  # came out of inference
+    results: int  # came out of a processor that is not a placeholder (what max_frames counts)
+    written: int  # produced frames written to the sink (first time)
+    repeated: int  # paced repeats of the last frame while inference was late
+    dropped: int  # input frames replaced before inference took them
+    output_dropped: int  # produced frames replaced before a paced sink showed them
+    pending: int  # read but neither consumed nor dropped yet
+    skipped: int  # frames whose inference the processor skipped (similarity filter)
+    resyncs: int  # times the paced output fell too far behind and restarted its clock
+    capture_ms: Summary  # per source.read()
+    inference_ms: Summary  # per processor call (frames_per_call frames)
+    output_ms: Summary  # per sink.write()
+    latency_ms: Summary  # capture -> written, per produced frame
+    fps: float  # frames out of inference per second, recent window
+    output_fps: float  # sink writes per second (repeats included), recent window
+
+    @property
+    def latency_ms_p50(self) -> float:
+        return self.latency_ms.p50
+
+    @property
+    def latency_ms_p95(self) -> float:
+        return self.latency_ms.p95
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)

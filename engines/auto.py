@@ -7,13 +7,15 @@ faster ones were not used (e.g. "tensorrt: TensorRT needs an NVIDIA GPU ...") wi
 """
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 from engines.base import Engine, EngineShapes, EngineUnavailableError
 from engines.loading import ModelSpec
 from engines.onnx_export import EngineBuildError
+
+log = logging.getLogger("vcam.engines")
 
 Builder = Callable[[ModelSpec, EngineShapes, str, "int | None"], Engine]
 
@@ -100,7 +102,8 @@ def _detail(engine: Engine) -> str:
 
 
 def build_auto_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
-    """Factory entry (`--engine auto`): prints the one-line choice so the user knows what runs."""
+    """Factory entry (`--engine auto`): logs the one-line choice (INFO on `vcam.engines`, shown on stderr by the CLI)
+    so the user knows what runs; engines never print, so `vcam bench --json` stays parseable."""
     choice = choose_engine(spec, shapes, device, threads)
-    print(choice.reason, file=sys.stderr)
+    log.info("%s", choice.reason)
     return choice.engine

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -50,6 +51,8 @@ from engines.stage_worker import (CONFIG_KEY, GO_KEY, OP_ASYNC, OP_EXACT, OP_PIP
                                   STARTUP_WAIT_S, StageRunner, error_key, make_group, ready_key)
 from engines.stages import StageState, UNetUnits, balanced_cuts, measure_unit_costs, stage_costs
 from engines.torch_engine import TorchEngine
+
+log = logging.getLogger("vcam.engines")
 
 STARTUP_TIMEOUT_S = STARTUP_WAIT_S  # loading a real model on a slow disk; a worker that fails says so at once
 STOP_TIMEOUT_S = 5.0
@@ -153,9 +156,8 @@ class DistributedEngine:
             # Workers must not outlive this engine, nor this process (they would only report a closed socket).
             weakref.finalize(self, _kill_processes, list(self._processes.values()))
         else:
-            print(f"vcam: waiting for {self.world - 1} stage worker(s); on each machine run: python -m "
-                  f"engines.stage_worker --connect {self.rendezvous} --rank K (K = 1..{self.world - 1})",
-                  file=sys.stderr)
+            log.warning("waiting for %d stage worker(s); on each machine run: python -m engines.stage_worker "
+                        "--connect %s --rank K (K = 1..%d)", self.world - 1, self.rendezvous, self.world - 1)
         try:
             self._wait_ready(store)
         except BaseException:

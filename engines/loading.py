@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from engines.base import ModelError, NoiseScheduleConfig
+from engines.lora import fuse_lora
 from engines.weight_files import check_safetensors, component_variant, component_weights, refuse_pickle
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
@@ -339,10 +340,6 @@ def _load_vae(resolved: ResolvedModel, dtype: torch.dtype) -> Any:
 
 
 def _fuse_loras(resolved: ResolvedModel, unet: Any, text_encoder: Any) -> None:
-    try:
-        from engines.lora import fuse_lora
-    except ImportError:
-        raise ModelError("LoRA support is not available in this build yet; run without --lora") from None
     for lora in resolved.lora_paths:
         fuse_lora(unet, text_encoder, lora, resolved.lora_scale)
 

@@ -16,7 +16,8 @@ from typing import Literal
 import torch
 
 from engines.base import ModelError
-from engines.single_file import ldm_unet_key, read_checkpoint
+from engines.ldm_keys import ldm_unet_key
+from engines.single_file import read_checkpoint
 
 LoraLayout = Literal["kohya", "diffusers"]
 
@@ -103,7 +104,8 @@ def _prefix_of(name: str) -> str | None:
     return next((prefix for prefix in _PREFIXES if name.startswith(prefix)), None)
 
 
-def _adaptable(model: torch.nn.Module):
+def adaptable_layers(model: torch.nn.Module):
+    """(name, module) of every Linear and Conv2d layer of `model`: the layers a LoRA may adapt."""
     return ((name, module) for name, module in model.named_modules()
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)))
 
@@ -111,7 +113,7 @@ def _adaptable(model: torch.nn.Module):
 def _unet_layer_names(unet: torch.nn.Module, layout: LoraLayout) -> dict[str, torch.nn.Module]:
     """Every name a LoRA file may use for each UNet Linear / Conv2d layer."""
     names: dict[str, torch.nn.Module] = {}
-    for name, module in _adaptable(unet):
+    for name, module in adaptable_layers(unet):
         if layout == "diffusers":
             names[f"unet.{name}"] = module
             continue
@@ -129,7 +131,7 @@ def _unet_layer_names(unet: torch.nn.Module, layout: LoraLayout) -> dict[str, to
 def _text_layer_names(text_encoder: torch.nn.Module, layout: LoraLayout) -> dict[str, torch.nn.Module]:
     """LoRA files say `text_model.encoder...`; transformers >= 5 dropped the `text_model` level, so add it back."""
     names: dict[str, torch.nn.Module] = {}
-    for name, module in _adaptable(text_encoder):
+    for name, module in adaptable_layers(text_encoder):
         full = name if name.startswith("text_model.") else f"text_model.{name}"
         if layout == "diffusers":
             names[f"text_encoder.{full}"] = module
@@ -151,42 +153,3 @@ def _delta(module: torch.nn.Module, layer: _LoraLayer, scale: float, path: Path)
                          f"{tuple(weight.shape)}; use a LoRA trained for this base model")
     alpha = rank if layer.alpha is None else layer.alpha
     return (scale * alpha / rank) * product.reshape(weight.shape)
-
-
-def write_test_lora(unet: torch.nn.Module, path: Path, rank: int = 4, seed: int = 0,
-                    layout: LoraLayout = "kohya", text_encoder: torch.nn.Module | None = None) -> Path:
-    """A random LoRA for the tiny model: attention projections, 1x1 proj_in/out and 3x3 resnet convolutions.
-
-    The same seed gives the same factors in both layouts, so fusing either must change the weights identically.
-    Its alpha is rank / 2, so a fusion that ignores alpha is caught.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    wanted = (".to_q", ".to_k", ".to_v", ".to_out.0", ".proj_in", ".proj_out", ".conv1", ".q_proj", ".v_proj")
-    models = [("unet", unet)] + ([("text_encoder", text_encoder)] if text_encoder is not None else [])
-    tensors: dict[str, torch.Tensor] = {}
-    for component, model in models:
-        for name, module in _adaptable(model):
-            if not name.endswith(wanted):
-                continue
-            weight = module.weight
-            down = torch.randn((rank, *weight.shape[1:]), generator=generator) * 0.1  # (rank, in, [kh, kw])
-            up = torch.randn((weight.shape[0], rank, *([1, 1] if weight.ndim == 4 else [])), generator=generator) * 0.1
-            key = _file_name(component, name, layout)
-            down_suffix, up_suffix = (".lora_down.weight", ".lora_up.weight") if layout == "kohya" else (
-                ".lora_A.weight", ".lora_B.weight")
-            tensors[key + down_suffix], tensors[key + up_suffix] = down.contiguous(), up.contiguous()
-            tensors[key + ".alpha"] = torch.tensor(rank / 2)
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-    return path
-
-
-def _file_name(component: str, name: str, layout: LoraLayout) -> str:
-    if component == "text_encoder" and not name.startswith("text_model."):
-        name = f"text_model.{name}"
-    if layout == "diffusers":
-        return f"{component}.{name}"
-    return ("lora_unet_" if component == "unet" else "lora_te_") + name.replace(".", "_")

@@ -332,6 +332,8 @@ def open_graph_engine(
                 f"{runtime} cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
             ) from error
         reason = f"cached graphs failed to load ({type(error).__name__})"
+        log.warning("engine cache: ONNX Runtime cannot load the cached %s (%s); rebuilding it",
+                    cache.describe(graphs.cache_key), one_line(error))
         graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
         engine = make_engine(graphs)
     if not engine.checked.is_set():

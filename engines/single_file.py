@@ -5,8 +5,8 @@ diffusers folders. Such a file carries weights only, so the architecture is reco
 and its configuration comes from a folder bundled under `engines/configs/<arch>/` — nothing is fetched from the hub.
 Only safetensors is read: a pickled `.ckpt` can run code when opened, so it is refused, never unpickled.
 
-`export_single_file` writes the reverse (diffusers folder -> LDM single file) with our own key mapping; it is how
-the tiny test model becomes a single file, and loading it back through diffusers' LDM converters checks both sides.
+The reverse (diffusers folder -> LDM single file), with the key names of `engines.ldm_keys`, lives with the tests
+(`tests/ldm_export.py`): it is how the tiny test model becomes a single file.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping
+from typing import Literal, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from engines.base import ModelError, NoiseScheduleConfig
 
@@ -295,143 +295,3 @@ def _cached_tokenizer(repo_id: str, subfolder: str, cache_dir: Path | None) -> P
     filename = f"{subfolder}/vocab.json" if subfolder else "vocab.json"
     found = try_to_load_from_cache(repo_id, filename, cache_dir=None if cache_dir is None else str(cache_dir))
     return Path(found).parent if isinstance(found, str) else None
-
-
-# ----------------------------------------------------------------------------------------------------- export
-
-_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                  "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_VAE_ATTENTION_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-Rule = tuple[re.Pattern, Callable[[re.Match], str], Mapping[str, str]]
-
-
-def _rename(key: str, rules: list[Rule], what: str) -> str:
-    """Apply the first rule whose pattern matches the start of `key`; the rule's table renames the layer after it."""
-    for pattern, new_prefix, inner in rules:
-        match = pattern.match(key)
-        if match:
-            rest = key[match.end():]
-            for old, new in inner.items():
-                if rest.startswith(old + "."):
-                    rest = new + rest[len(old):]
-                    break
-            return new_prefix(match) + rest
-    raise ModelError(f"{what} weight {key} has no place in the LDM layout; only SD-style models can be exported")
-
-
-def _unet_rules(layers_per_block: int, up_blocks_with_attention: set[int]) -> list[Rule]:
-    """diffusers UNet2DConditionModel -> LDM `input_blocks` / `middle_block` / `output_blocks` numbering."""
-    per_block = layers_per_block + 1  # LDM counts the resnets of a block plus its down/upsampler
-    down = lambda block, layer: 1 + int(block) * per_block + int(layer)  # noqa: E731 (input_blocks.0 is conv_in)
-    up = lambda block, layer: int(block) * per_block + int(layer)  # noqa: E731
-    up_sampler_slot = lambda block: 2 if int(block) in up_blocks_with_attention else 1  # noqa: E731 (after attn)
-    c = re.compile
-    return [
-        (c(r"time_embedding\.linear_1\."), lambda m: "time_embed.0.", {}),
-        (c(r"time_embedding\.linear_2\."), lambda m: "time_embed.2.", {}),
-        (c(r"conv_in\."), lambda m: "input_blocks.0.0.", {}),
-        (c(r"conv_norm_out\."), lambda m: "out.0.", {}),
-        (c(r"conv_out\."), lambda m: "out.2.", {}),
-        (c(r"down_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"input_blocks.{down(m[1], m[2])}.0.", _RESNET_TO_LDM),
-        (c(r"down_blocks\.(\d+)\.attentions\.(\d+)\."), lambda m: f"input_blocks.{down(m[1], m[2])}.1.", {}),
-        (c(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\."),
-         lambda m: f"input_blocks.{down(m[1], layers_per_block)}.0.op.", {}),
-        (c(r"mid_block\.resnets\.(\d+)\."), lambda m: f"middle_block.{2 * int(m[1])}.", _RESNET_TO_LDM),
-        (c(r"mid_block\.attentions\.0\."), lambda m: "middle_block.1.", {}),
-        (c(r"up_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"output_blocks.{up(m[1], m[2])}.0.", _RESNET_TO_LDM),
-        (c(r"up_blocks\.(\d+)\.attentions\.(\d+)\."), lambda m: f"output_blocks.{up(m[1], m[2])}.1.", {}),
-        (c(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\."),
-         lambda m: f"output_blocks.{up(m[1], layers_per_block)}.{up_sampler_slot(m[1])}.conv.", {}),
-    ]
-
-
-def _vae_rules(num_up_blocks: int) -> list[Rule]:
-    """diffusers AutoencoderKL -> LDM `down.i.block.j` / `mid.block_k` / `up.i` (decoder blocks numbered in reverse)."""
-    c = re.compile
-    return [
-        (c(r"(encoder|decoder|quant_conv|post_quant_conv)\.(conv_in\.|conv_out\.|weight|bias)"), lambda m: m[0], {}),
-        (c(r"(encoder|decoder)\.conv_norm_out\."), lambda m: f"{m[1]}.norm_out.", {}),
-        (c(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"encoder.down.{m[1]}.block.{m[2]}.",
-         {"conv_shortcut": "nin_shortcut"}),
-        (c(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\."), lambda m: f"encoder.down.{m[1]}.downsample.conv.",
-         {}),
-        (c(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\."), lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.",
-         {"conv_shortcut": "nin_shortcut"}),
-        (c(r"(encoder|decoder)\.mid_block\.attentions\.0\."), lambda m: f"{m[1]}.mid.attn_1.", _VAE_ATTENTION_TO_LDM),
-        (c(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\."),
-         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.block.{m[2]}.", {"conv_shortcut": "nin_shortcut"}),
-        (c(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\."),
-         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.upsample.conv.", {}),
-    ]
-
-
-def ldm_unet_key(key: str, unet_config: Mapping) -> str:
-    """The LDM name (`input_blocks.4.1.proj_in.weight`) of a diffusers UNet weight, for a UNet of `unet_config`."""
-    up_with_attention = {i for i, kind in enumerate(unet_config["up_block_types"]) if "CrossAttn" in kind}
-    return _rename(key, _unet_rules(int(unet_config["layers_per_block"]), up_with_attention), "UNet")
-
-
-def export_single_file(model_dir: Path, out_file: Path) -> Path:
-    """Write a diffusers folder (unet, vae, text_encoder) as one LDM-layout SD 1.x-style `.safetensors` file."""
-    model_dir, out_file = Path(model_dir), Path(out_file)
-    checkpoint = ldm_state_dict(
-        _read_component(model_dir, "unet"), json.loads((model_dir / "unet" / "config.json").read_text()),
-        _read_component(model_dir, "vae"), json.loads((model_dir / "vae" / "config.json").read_text()),
-        _read_component(model_dir, "text_encoder"))
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous() for key, value in checkpoint.items()}, str(out_file))
-    return out_file
-
-
-def ldm_state_dict(unet_state: Mapping[str, torch.Tensor], unet_config: Mapping,
-                   vae_state: Mapping[str, torch.Tensor], vae_config: Mapping,
-                   text_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers / transformers state dicts -> one LDM checkpoint dict (SD 1.x naming, OpenAI CLIP text keys)."""
-    vae_rules = _vae_rules(len(vae_config["up_block_types"]))
-    out = {UNET_PREFIX + ldm_unet_key(key, unet_config): value for key, value in unet_state.items()}
-    for key, value in vae_state.items():
-        ldm_key = _rename(key, vae_rules, "VAE")
-        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.ndim == 2:
-            value = value[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions, diffusers Linear layers
-        out[VAE_PREFIX + ldm_key] = value
-    for key, value in text_state.items():
-        out[CLIP_PREFIX + "text_model." + key.removeprefix("text_model.")] = value  # as SD 1.x files name them
-    return out
-
-
-def _read_component(model_dir: Path, component: str) -> dict[str, torch.Tensor]:
-    files = sorted((model_dir / component).glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"{model_dir / component} has no .safetensors weights; save the model with safetensors")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    return state
-
-
-# ------------------------------------------------------------------------------------------- bundled configs
-
-CONFIG_FILES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
-                "scheduler/scheduler_config.json")
-_VERSION_FIELDS = ("_diffusers_version", "transformers_version", "_name_or_path", "dtype", "torch_dtype")
-
-
-def architecture_config_from_folder(model_dir: Path, out_dir: Path, with_vocabulary: bool) -> Path:
-    """Write the weight-free configuration of a diffusers folder, as bundled under `engines/configs/<arch>/`.
-
-    Version stamps are dropped so the bundle only changes when the architecture does. `with_vocabulary` also
-    copies vocab.json / merges.txt: right for a generated tokenizer (the tiny model), not for a real one.
-    """
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    for name in CONFIG_FILES:
-        config = json.loads((model_dir / name).read_text())
-        config = {key: value for key, value in config.items() if key not in _VERSION_FIELDS}
-        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-        (out_dir / name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tokenizer_files = ["tokenizer_config.json", "special_tokens_map.json"]
-    tokenizer_files += ["vocab.json", "merges.txt"] if with_vocabulary else []
-    (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
-    for name in tokenizer_files:
-        (out_dir / "tokenizer" / name).write_bytes((model_dir / "tokenizer" / name).read_bytes())
-    return out_dir

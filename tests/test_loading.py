@@ -224,7 +224,7 @@ def test_noise_schedule_comes_from_the_scheduler_config(tiny_model_dir: TinyMode
 
 def test_single_file_checkpoint_loads_through_the_same_entry_point_as_its_folder(
         tiny_model_dir: TinyModelPaths, tiny_engine, tmp_path: Path) -> None:
-    from engines.single_file import export_single_file
+    from tests.ldm_export import export_single_file
 
     checkpoint = export_single_file(tiny_model_dir.model_dir, tmp_path / "tiny.safetensors")
     assert resolve_model(ModelSpec(model=str(checkpoint))).kind == "single_file"

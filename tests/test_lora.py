@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engines.base import ModelError
-from engines.lora import fuse_lora, write_test_lora
-from engines.single_file import ldm_unet_key
+from engines.lora import fuse_lora
+from tests.lora_files import write_test_lora
+from engines.ldm_keys import ldm_unet_key
 from engines.testmodel import TinyModelPaths
 
 pytestmark = pytest.mark.timeout(120)

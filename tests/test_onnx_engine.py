@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -279,7 +280,8 @@ def test_warm_cache_start_reuses_the_checked_graphs_without_exporting(engine_256
     assert warm.checked.wait(timeout=300) and warm.graphs.cache_entry.built is False
 
 
-def test_checksum_valid_entry_that_onnxruntime_refuses_is_rebuilt(tiny_model_dir, tmp_path: Path) -> None:
+def test_checksum_valid_entry_that_onnxruntime_refuses_is_rebuilt_and_said(tiny_model_dir, tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
     """An entry can be intact yet unusable (e.g. written by an incompatible runtime): it is rebuilt, not used."""
     spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
     options = OnnxRuntimeOptions(cache_root=tmp_path, export=PORTABLE_EXPORT)
@@ -289,9 +291,16 @@ def test_checksum_valid_entry_that_onnxruntime_refuses_is_rebuilt(tiny_model_dir
     manifest = json.loads((entry / MANIFEST_NAME).read_text())
     manifest["files"]["image_decoder.onnx"] = {"bytes": 17, "sha256": file_sha256(entry / "image_decoder.onnx")}
     (entry / MANIFEST_NAME).write_text(json.dumps(manifest))
-    rebuilt = create_onnxruntime_engine(spec, SMALL, "cpu", 2, options)
+    engines_log = logging.getLogger("vcam.engines")
+    engines_log.addHandler(caplog.handler)  # directly: the CLI's logging set-up stops "vcam" propagating to root
+    try:
+        rebuilt = create_onnxruntime_engine(spec, SMALL, "cpu", 2, options)
+    finally:
+        engines_log.removeHandler(caplog.handler)
     assert rebuilt.graphs.cache_entry.built is True
     assert "failed to load" in rebuilt.graphs.cache_entry.rebuilt_because
+    said = [r.getMessage() for r in caplog.records if "ONNX Runtime cannot load the cached" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("; rebuilding it"), "the rebuild is said, once"
     assert rebuilt.decode_latents(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 64, 64)
 
 
@@ -340,13 +349,23 @@ def test_auto_does_not_pick_cpu_onnxruntime_over_a_gpu_torch_can_use() -> None:
 
 @pytest.mark.timeout(600)
 def test_auto_chooses_the_faster_cpu_runtime_without_a_gpu_and_says_why_in_one_line(
-    tiny_model_dir, isolated_home: Path, capsys: pytest.CaptureFixture
+    tiny_model_dir, isolated_home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from engines.factory import create_engine
 
     spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
-    engine = create_engine("auto", spec, SMALL, device="cpu", threads=2)
-    reason = capsys.readouterr().err.strip().splitlines()[-1]  # after the loaders' progress bars
+    engines_log = logging.getLogger("vcam.engines")
+    engines_log.addHandler(caplog.handler)  # directly: the CLI's logging set-up stops "vcam" propagating to root
+    level = engines_log.level
+    engines_log.setLevel(logging.INFO)
+    try:
+        engine = create_engine("auto", spec, SMALL, device="cpu", threads=2)
+    finally:
+        engines_log.removeHandler(caplog.handler)
+        engines_log.setLevel(level)
+    reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine auto chose")]
+    assert len(reasons) == 1, "said once, as a log line (engines never print)"
+    reason = reasons[0]
     assert engine.name in ("onnxruntime", "openvino")
     other = {"onnxruntime": "openvino", "openvino": "onnxruntime"}[engine.name]
     assert reason.startswith(f"engine auto chose {engine.name} on ")

@@ -170,3 +170,15 @@ def test_a_hundred_commands_never_stop_the_stream(tiny_home) -> None:
     gaps = np.diff(sink.times[count:])
     assert gaps.max() < 0.5  # the paced virtual camera never stalled
     quit_and_join(service, thread)
+
+
+def test_the_service_keeps_only_the_newest_notices():
+    from vcam.service import MESSAGES_KEPT
+
+    settings = resolve_settings(build_parser().parse_args(["run", "--model", "tiny"]))
+    service = Service(settings, OPTIONS, source=ClosingSource(), sink=RecordingSink(20.0))
+    for index in range(MESSAGES_KEPT + 50):
+        service.notice(f"notice {index}")
+    assert len(service.messages) == MESSAGES_KEPT, "a long run with a flaky control does not grow without bound"
+    assert service.messages[-1] == f"notice {MESSAGES_KEPT + 49}" and service.messages[0] == "notice 50"
+    service._given_source.close()

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from engines.base import ModelError
-from engines.single_file import (ARCHITECTURES, CONFIG_FILES, CONFIGS_DIR, architecture_config_from_folder,
-                                 build_empty_components, check_state_fits, convert_checkpoint, detect_architecture,
-                                 export_single_file, ldm_state_dict, load_single_file_components, load_tokenizer,
+from engines.single_file import (ARCHITECTURES, CONFIGS_DIR, build_empty_components, check_state_fits,
+                                 convert_checkpoint, detect_architecture, load_single_file_components, load_tokenizer,
                                  read_checkpoint)
+from tests.ldm_export import CONFIG_FILES, architecture_config_from_folder, export_single_file, ldm_state_dict
 from engines.testmodel import TinyModelPaths
 
 pytestmark = pytest.mark.timeout(120)

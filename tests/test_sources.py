@@ -216,6 +216,25 @@ def test_capture_that_never_delivered_shows_the_notice_on_a_black_frame(tmp_path
     assert CAMERA_LOST_NOTICE[0].startswith("camera lost")
 
 
+def test_a_programming_error_in_the_reconnect_loop_ends_the_stream_instead_of_being_retried_forever(tmp_path, caplog):
+    path = write_video(tmp_path / "cam.avi", [coloured_frame((9, 9, 9))])
+    opened = []
+
+    def opener():
+        if opened:
+            raise TypeError("a bug in the opener")  # not a device that is away
+        opened.append(True)
+        return open_video_capture(str(path))
+
+    source = ReconnectingSource(opener, fps=100, retry=RetryPolicy(first_delay=0.01, max_delay=0.02))
+    read_n(source, 2)  # the one frame, then the capture is dry: lost, reconnecting
+    with pytest.raises(TypeError, match="a bug in the opener"):
+        wait_for(source, lambda frame: False, timeout=30)
+    assert source.reconnect_attempts == 1, "no second attempt after a programming error"
+    assert any("reconnecting stopped by an unexpected TypeError" in r.getMessage() for r in caplog.records)
+    source.close()
+
+
 def test_closing_stops_reconnecting_promptly(tmp_path):
     path = write_video(tmp_path / "cam.avi", [coloured_frame((9, 9, 9))])
     source = ReconnectingSource(lambda: open_video_capture(str(path)), fps=100,

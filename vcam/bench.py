@@ -152,26 +152,28 @@ class BuildProgress(logging.Handler):
         super().close()
 
 
-def create_engine_with_progress(settings: RunSettings, progress: bool) -> Engine:
+def create_engine_with_progress(settings: RunSettings, progress: bool, owns_process: bool = False) -> Engine:
     """`create_engine_for`, showing the build steps it logs as a bar (a cached engine logs none: no bar)."""
     logger = logging.getLogger("vcam.engines.build")
     handler, level = BuildProgress(progress), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)  # the steps are DEBUG records: the log file keeps them, the terminal does not
     try:
-        return create_engine_for(settings)
+        return create_engine_for(settings, owns_process=owns_process)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
 
 
-def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = True) -> BenchResult:
+def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = True,
+              owns_process: bool = False) -> BenchResult:
     """Run the pipeline for `settings.frames` frames; `model_only=False` skips timing the model alone (then
-    `model_only_fps` and `efficiency` are None), which at real model sizes takes as long as the run itself."""
+    `model_only_fps` and `efficiency` are None), which at real model sizes takes as long as the run itself.
+    `owns_process`: the CLI's bench, which may size torch's process-wide thread pool (see create_engine_for)."""
     frames = settings.frames or 100
     build_start = time.perf_counter()
-    engine = RecordingEngine(create_engine_with_progress(settings, progress))
+    engine = RecordingEngine(create_engine_with_progress(settings, progress, owns_process))
     build_seconds = time.perf_counter() - build_start
     stream = build_stream(engine, settings)
     warm_up(stream)  # fill the rolling buffer and allocate, outside the timed run

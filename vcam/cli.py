@@ -108,7 +108,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from vcam.settings import resolve_settings
 
     settings = resolve_settings(args, default_preset="tiny", notify=_say)
-    result = run_bench(settings, progress=not args.no_progress, model_only=not args.no_model_only)
+    result = run_bench(settings, progress=not args.no_progress, model_only=not args.no_model_only, owns_process=True)
     if args.json:
         print(result.to_json())
     else:

@@ -80,7 +80,8 @@ def demo_source_config(settings: RunSettings) -> SourceConfig:
 
 
 def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
-             styles: tuple[str, ...] = DEMO_STYLES, source: str = DEMO_SOURCE) -> DemoResult:
+             styles: tuple[str, ...] = DEMO_STYLES, source: str = DEMO_SOURCE,
+             owns_process: bool = False) -> DemoResult:
     """Write `vcam-demo.mp4` (`frames` frames of input | output) and `vcam-demo.png` into `out_dir`.
 
     Raises DemoError for a folder that cannot be written, and the usual ModelError / SourceError for a bad model
@@ -93,7 +94,7 @@ def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
     if not out_dir.is_dir():
         raise DemoError(f"output folder {out_dir} does not exist; create it or pass --out with another folder")
     settings = replace(settings, filter=replace(settings.filter, enabled=False))  # every frame is a new picture
-    stream = build_stream(create_engine_for(settings), settings)
+    stream = build_stream(create_engine_for(settings, owns_process=owns_process), settings)
     width, height, lag = settings.stream.width, settings.stream.height, settings.stream.steps - 1
     video_path, sheet_path = out_dir / VIDEO_NAME, out_dir / SHEET_NAME
     try:
@@ -175,7 +176,7 @@ def demo_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     settings = resolve_settings(args, default_preset="tiny")
     result = run_demo(settings, Path(args.out).expanduser(), frames=args.frames or DEMO_FRAMES,
-                      source=getattr(args, "camera.source", None) or DEMO_SOURCE)
+                      source=getattr(args, "camera.source", None) or DEMO_SOURCE, owns_process=True)
     print(f"vcam: the demo wrote {result.video} ({result.frames} frames, input | output) and {result.sheet} "
           f"(the input and {len(result.styles)} styles)")
     return 0

@@ -10,13 +10,17 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import cv2
 import numpy as np
 
 from core.pacing import FramePacer
 from vcam.overlay import draw_status
-from vcam.source_base import to_rgb
+from vcam.source_base import SourceError, to_rgb
 
 CAMERA_LOST_NOTICE = ("camera lost - reconnecting...",)
+# What an opener raises while its device is away (our one-line error, OpenCV's, the OS's): retried with back-off.
+# Anything else is a programming error: the retry thread stops and the next read raises it.
+DEVICE_AWAY = (SourceError, cv2.error, OSError)
 
 log = logging.getLogger("vcam")
 
@@ -47,7 +51,9 @@ class ReconnectingSource:
     While the capture delivers, frames pass through. When a read fails the capture is released, a background
     thread calls `opener` again with back-off, and `read()` keeps returning the last good frame with a
     "camera lost" notice, paced at `fps` so the virtual camera downstream keeps receiving frames. The first
-    frame of a successful reopen resumes the stream by itself.
+    frame of a successful reopen resumes the stream by itself. An opener failing with anything but DEVICE_AWAY is
+    a bug, not a missing device: reconnecting stops (logged) and the next `read()` raises it, ending the run in
+    one line instead of retrying for ever.
     """
 
     live = True
@@ -72,6 +78,7 @@ class ReconnectingSource:
         self._lock = threading.Lock()  # guards `_recovered`, shared with the retry thread
         self._reading = threading.Lock()  # held for the whole of a read
         self._retry_thread: threading.Thread | None = None
+        self._failure: Exception | None = None  # a programming error that ended the retry thread
         self.reconnect_attempts = 0
         self.losses = 0
 
@@ -93,6 +100,8 @@ class ReconnectingSource:
         if self._capture is None:
             with self._lock:
                 recovered, self._recovered = self._recovered, None
+            if self._failure is not None:
+                raise self._failure
             if recovered is not None:
                 self._capture, first_frame = recovered
                 log.warning("%s is back: streaming again", self.name)
@@ -136,8 +145,13 @@ class ReconnectingSource:
             self.reconnect_attempts += 1
             try:
                 capture = self._opener()
-            except Exception:  # the device is still away: any failure of the opener means "try again later"
+            except DEVICE_AWAY as error:  # the device is still away: try again later
+                log.debug("%s: reopen attempt %d failed: %s", self.name, self.reconnect_attempts, error)
                 capture = None
+            except Exception as error:  # a bug, not a missing device: retrying would hide it for ever
+                log.error("%s: reconnecting stopped by an unexpected %s: %s", self.name, type(error).__name__, error)
+                self._failure = error
+                return
             if capture is not None:
                 ok, frame = capture.read()
                 if ok and frame is not None:

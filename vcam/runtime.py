@@ -33,7 +33,9 @@ def engine_shapes(settings: RunSettings) -> EngineShapes:
 TORCH_COMPUTE_ENGINES = ("torch", "torch-compile")
 
 
-def create_engine_for(settings: RunSettings) -> Engine:
+def create_engine_for(settings: RunSettings, owns_process: bool = False) -> Engine:
+    """The engine the settings name. `owns_process`: this run is the whole process (the CLI's run, bench and demo),
+    so it may size torch's thread pool, which is process-wide; an embedding application keeps its own setting."""
     from engines.factory import create_engine
 
     engine = create_engine(
@@ -45,11 +47,13 @@ def create_engine_for(settings: RunSettings) -> Engine:
         devices=settings.devices,
         precision=settings.precision,
     )
-    if engine.name not in TORCH_COMPUTE_ENGINES and engine.device.type == "cpu":
+    if owns_process and engine.name not in TORCH_COMPUTE_ENGINES and engine.device.type == "cpu":
         # The model runs in another runtime's thread pool (ONNX Runtime's was sized when its session was built);
         # torch only does the stream's glue (scaling, clamps). A torch pool of its own would compete with it for the
         # same cores: measured on 2 cores, efficiency 0.93 with both pools, 0.95+ with torch on one thread.
         torch.set_num_threads(1)
+        logging.getLogger("vcam").debug("torch: one thread for the stream's glue; %s computes in its own pool",
+                                        engine.name)
     return engine
 
 

@@ -5,6 +5,7 @@ services and CI) and the OS keyring (for desktops) are the two places a user can
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,7 +32,8 @@ def read_keyring(user: str) -> str | None:
         import keyring
 
         return keyring.get_password(KEYRING_SERVICE, user)
-    except Exception:  # keyring raises many backend-specific errors (NoKeyringError, DBus, locked, ...)
+    except Exception as error:  # noqa: BLE001 - keyring's backends raise their own errors (DBus, locked, ...)
+        logging.getLogger("vcam").debug("keyring lookup of %s failed: %s: %s", user, type(error).__name__, error)
         return None
 
 

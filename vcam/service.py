@@ -20,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -40,6 +41,7 @@ from vcam.stop_signals import StopSignals
 log = logging.getLogger("vcam")
 
 RELEASE_SECONDS = 2.0  # stop request -> camera and virtual camera released, files finalised
+MESSAGES_KEPT = 200  # the newest notices kept in `Service.messages`; the log file has them all
 MODEL_THREADS = ("vcam-model", "vcam-commands")  # threads that call the model (load / warm-up, prompt encoding)
 
 
@@ -85,7 +87,9 @@ class Service(ServiceCommands, ServiceModel):
         self.stylised_event = threading.Event()  # the output received its first stylised frame
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
-        self.messages: list[str] = []  # one-line notices (kept for tests and the status overlay)
+        # The newest one-line notices (for tests and embedding applications): bounded, as a long run with a flaky
+        # control may say thousands of lines; every one is in the log as well.
+        self.messages: deque[str] = deque(maxlen=MESSAGES_KEPT)
         self._pending: list[Callable[[], None]] = []
         self._pending_lock = threading.Lock()
         self._controls: list = []
@@ -141,7 +145,6 @@ class Service(ServiceCommands, ServiceModel):
 
             self._qt_host = QtHost()
         return self._qt_host
-
 
     # ----------------------------------------------------------------------------------------------- controls
     def _start_controls(self) -> None:
@@ -244,7 +247,8 @@ class Service(ServiceCommands, ServiceModel):
             source.close()
             raise
         self._file_sink = sink if hasattr(sink, "frames_written") and hasattr(sink, "path") else None
-        sink = self._tee = TeeSink(self._wrap_overlay(sink), self.ready_event, self._first_stylised_frame)
+        sink = self._tee = TeeSink(self._wrap_overlay(sink), self.ready_event, self._first_stylised_frame,
+                                   on_preview_failed=self.notice)
         # A live sink (virtual camera, window, MJPEG: paced) must never starve, so it starts at once on a
         # pass-through card while the model loads. An offline sink (a file, null) has no viewer: load first, so
         # every written frame is a stylised one.
@@ -335,11 +339,12 @@ class Service(ServiceCommands, ServiceModel):
     def _first_stylised_frame(self) -> None:
         """Said once: how long from launching the process to the first stylised frame the output received."""
         self.stylised_event.set()
-        try:
-            import psutil
+        import psutil  # a dependency; imported here as only this line needs it
 
+        try:
             since_launch = time.time() - psutil.Process().create_time()
-        except Exception:  # noqa: BLE001 - a diagnostic only
+        except (OSError, psutil.Error) as error:  # a diagnostic only: said in the log, not to the user
+            log.debug("no launch time for the first-frame line: %s", error)
             return
         self.notice(f"first stylised frame {since_launch:.1f} s after launch")
 

@@ -40,13 +40,12 @@ class ServiceModel:
                         f"stream settings instead{kept}")
             self.settings = with_tiny_model(self.settings)
 
-    # ----------------------------------------------------------------------------------------------- model
     def _build_processor(self) -> None:
         """Build the engine and the stream, then swap the processor in at a frame boundary. Raises user errors."""
         from vcam.runtime import build_stream, create_engine_for, warm_up
 
         start = time.perf_counter()
-        engine = create_engine_for(self.settings)
+        engine = create_engine_for(self.settings, owns_process=self.options.owns_process)
         if self.stop_event.is_set():  # stopped during a long load or export: no more model calls
             return
         self.stream = build_stream(engine, self.settings, notify=self.notice)

@@ -5,6 +5,7 @@ virtual camera on the camera's own clock through them.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Callable
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from core.frame_io import FrameSink
 from vcam.overlay import notices_of, with_notices
+
+log = logging.getLogger("vcam")
 
 
 class OverlaySink:
@@ -31,16 +34,19 @@ class OverlaySink:
 
 
 class TeeSink:
-    """The main sink plus an optional preview window opened later from the tray; a failing preview is dropped.
+    """The main sink plus an optional preview window opened later from the tray. A preview whose write fails is
+    closed and dropped, and `on_preview_failed` says so in one line: the virtual camera goes on either way.
     Calls `on_first_stylised` once, after the first frame written once the model is ready."""
 
-    def __init__(self, sink: FrameSink, ready: threading.Event, on_first_stylised: Callable[[], None]) -> None:
+    def __init__(self, sink: FrameSink, ready: threading.Event, on_first_stylised: Callable[[], None],
+                 on_preview_failed: Callable[[str], None] = log.warning) -> None:
         self.sink = sink
         self.fps = sink.fps
         self.pacer = getattr(sink, "pacer", None)
         self.preview: FrameSink | None = None
         self._ready = ready
         self._on_first_stylised: Callable[[], None] | None = on_first_stylised
+        self._on_preview_failed = on_preview_failed
 
     def write(self, frame: np.ndarray) -> None:
         self.sink.write(frame)
@@ -51,8 +57,18 @@ class TeeSink:
         if preview is not None:
             try:
                 preview.write(frame)
-            except Exception:  # noqa: BLE001 - the preview is a convenience; the virtual camera goes on
+            except Exception as error:  # noqa: BLE001 - the preview is a convenience; the virtual camera goes on
                 self.preview = None
+                self._on_preview_failed(f"preview window closed after an error ({type(error).__name__}: {error}); "
+                                        "the virtual camera goes on; open the preview again from the tray")
+                self._close_quietly(preview)
+
+    @staticmethod
+    def _close_quietly(preview: FrameSink) -> None:
+        try:
+            preview.close()
+        except Exception as error:  # noqa: BLE001 - already failing: its close may fail too; said in the log
+            log.debug("closing the failed preview: %s", error)
 
     def close(self) -> None:
         try:

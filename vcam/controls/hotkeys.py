@@ -217,10 +217,11 @@ def _end_x_recording(listener: object) -> None:
     if context is None or not display or sys.platform in ("win32", "darwin"):
         return
     from Xlib import display as xdisplay
+    from Xlib.error import DisplayError
 
     try:
         connection = xdisplay.Display(display)
-    except Exception:  # the server is gone: the listener thread ends on the broken connection by itself
+    except (DisplayError, OSError):  # the server is gone: the listener thread ends on the broken connection itself
         return
     try:
         connection.record_disable_context(context)

@@ -35,6 +35,8 @@ from vcam.commands import CommandError, CommandQueue, SwitchPrompt, parse_comman
 from vcam.controls import ControlConfigError, StatusCallback, check_known_prompt, check_port, one_line
 from vcam.secrets import lookup_secret
 
+log = logging.getLogger("vcam")
+
 EVENT_KEY = "vcam"
 OBS_SETTINGS_HINT = "OBS > Tools > WebSocket Server Settings"
 HEARTBEAT_SECONDS = 2.0  # silence after which a WebSocket ping asks OBS for a sign of life
@@ -283,7 +285,9 @@ def _close_client(client: Any) -> None:
             ws.sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+    from websocket import WebSocketException
+
     try:
         ws.shutdown()
-    except Exception:
-        pass
+    except (WebSocketException, OSError) as error:  # closing a connection that already broke
+        log.debug("OBS: closing the WebSocket: %s", error)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pythonosc.dispatcher import Dispatcher
-from pythonosc.osc_bundle import OscBundle
+from pythonosc.osc_bundle import OscBundle, ParseError
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from vcam.commands import CommandError, CommandQueue, parse_command
@@ -95,7 +95,7 @@ class _ReportingServer(BlockingOSCUDPServer):
             return
         try:
             ahead = OscBundle(data).timestamp - time.time()
-        except Exception:  # noqa: BLE001 - a malformed bundle is python-osc's to drop; this is only a notice
+        except ParseError:  # a malformed bundle is python-osc's to drop (and say); this is only a notice
             return
         if ahead > 1.0:
             self._said_future_bundle = True
