@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.test_service_signals import wait_for_line
+from bench.stops import VcamRun
 
 BIG = 10_000
 GROWTH_LIMIT_MB = 300  # one batch of 10,000 texts through the tiny text encoder took 4.4 GB
@@ -32,11 +31,11 @@ def run_and_measure_peak_rss(preset: Path) -> tuple[str, float]:
     """A live `vcam run` (MJPEG output) until its first stylised frame (the prompts are encoded before it), then
     SIGINT; its RSS is sampled every 20 ms throughout. Returns (its stderr, the peak RSS in MB)."""
     env = dict(os.environ, OMP_NUM_THREADS="2", DISPLAY="")  # the isolated home of `tiny_user_cache`
-    process = subprocess.Popen(
+    process = VcamRun(
         [sys.executable, "-m", "vcam.cli", "run", "--preset", str(preset), "--source", "synthetic", "--sink",
-         "mjpeg:0", "--no-tray", "--no-hotkeys"], stderr=subprocess.PIPE, text=True, env=env)
+         "mjpeg:0", "--no-tray", "--no-hotkeys"], env)
     peak = 0
-    watched = psutil.Process(process.pid)
+    watched = psutil.Process(process.process.pid)
     done = threading.Event()
 
     def sample() -> None:
@@ -50,14 +49,13 @@ def run_and_measure_peak_rss(preset: Path) -> tuple[str, float]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        lines = wait_for_line(process, "first stylised frame", timeout=300)
+        lines = process.wait_for_line("first stylised frame", timeout=300)
         process.send_signal(signal.SIGINT)
-        rest = process.communicate(timeout=60)[1]
+        rest = process.finish(timeout=60)
     finally:
         done.set()
         if process.poll() is None:
             process.kill()
-            process.wait()
     sampler.join()
     return "".join(lines) + rest, peak / 2**20
 

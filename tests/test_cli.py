@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.stops import start_vcam, wait_for_line
+from bench.stops import start_vcam
 from tests.media import read_video
 
 
@@ -180,7 +180,7 @@ def test_mjpeg_on_any_free_port_prints_the_url_a_browser_can_open(home: Path) ->
     process = start_vcam({"DISPLAY": "", "XDG_CACHE_HOME": str(home / "cache"),
                           "XDG_STATE_HOME": str(home / "state"), "HF_HUB_OFFLINE": "1"}, "--no-tray")
     try:
-        line = wait_for_line(process, "output: mjpeg", timeout=300)[-1]
+        line = process.wait_for_line("output: mjpeg", timeout=300)[-1]
         url = re.search(r"http://127\.0\.0\.1:(\d+)/stream\.mjpg", line)
         assert url is not None and int(url.group(1)) != 0, line
         snapshot = url.group(0).replace("stream.mjpg", "frame.jpg")
@@ -190,7 +190,7 @@ def test_mjpeg_on_any_free_port_prints_the_url_a_browser_can_open(home: Path) ->
         assert picture is not None and picture.shape == (720, 1280, 3)
     finally:
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=120)
+        process.finish(timeout=120)
 
 
 @pytest.mark.timeout(300)
@@ -251,7 +251,7 @@ def test_frames_with_a_live_output_counts_stylised_frames(home: Path) -> None:
     env = {"DISPLAY": "", "XDG_CACHE_HOME": str(home / "cache"), "XDG_STATE_HOME": str(home / "state"),
            "HF_HUB_OFFLINE": "1"}
     process = start_vcam(env, "--no-tray", "--frames", "3")
-    _, stderr = process.communicate(timeout=500)
+    stderr = process.finish(timeout=500)
     assert process.returncode == 0, stderr
     assert "first stylised frame" in stderr
     assert "vcam: 3 stylised frames" in stderr, stderr
