@@ -29,9 +29,9 @@ T = len(T_INDEX_LIST)
 # that; 0.15 is a gap no coincidence of two photos reaches, yet leaves room for the tiny model's blur.
 STRUCTURE_MARGIN = 0.15
 
-# Where the shipped weights (v3: 31 min of training on a shared machine) do not meet the spec yet. Strict: when
+# Where the shipped weights (autoencoder 23.5 dB; UNet 1500 steps of 8 at 256x256) do not meet the spec yet. Strict: when
 # better-trained weights pass, these turn into failures, and the entry must go. Measured figures in each reason.
-UNDERTRAINED = "the shipped tiny model is undertrained (autoencoder 18 dB on the held-out photo, 1200 UNet steps)"
+UNDERTRAINED = "the shipped tiny model's UNet is undertrained (its x0-prediction is blurry; README 'The trained tiny model')"
 
 
 def known_gap(reason: str):
@@ -79,9 +79,9 @@ def outputs(trained_tiny_engine, photo) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("style", styles_with_gaps({
-    "sepia photograph": "SSIM 0.40 with its own output vs 0.27 with an unrelated photo's",
-    "pencil sketch": "SSIM 0.31 vs 0.25", "neon glow": "SSIM 0.28 vs 0.29", "inverted colours": "SSIM 0.37 vs 0.29",
-    "pixel art": "SSIM 0.39 vs 0.25"}))
+    "sepia photograph": "SSIM 0.37 with its own output vs 0.29 with an unrelated photo's",
+    "pencil sketch": "SSIM 0.30 vs 0.29", "neon glow": "SSIM 0.30 vs 0.30", "inverted colours": "SSIM 0.36 vs 0.30",
+    "pixel art": "SSIM 0.37 vs 0.29"}))
 def test_every_style_keeps_the_shapes_of_the_photo(trained_tiny_engine, photo, outputs, style):
     unrelated = restyle(trained_tiny_engine, square_view(load_photo(UNRELATED_PHOTO), 256), style, T_INDEX_LIST)
     own, other = structure_similarity(photo, outputs[style]), structure_similarity(photo, unrelated)
@@ -89,8 +89,7 @@ def test_every_style_keeps_the_shapes_of_the_photo(trained_tiny_engine, photo, o
 
 
 @pytest.mark.parametrize("style", styles_with_gaps({
-    "sepia photograph": "its output is nearer pixel art's transform (0.099) than sepia's (0.143)",
-    "inverted colours": "its output is nearer pixel art's transform (0.123) than the negative (0.165)"}))
+    "sepia photograph": "its output is nearer pixel art's transform (0.102) than sepia's (0.131)"}))
 def test_each_prompt_gives_its_own_style(photo, outputs, style):
     distances = {name: feature_distance(outputs[style], transform(photo)) for name, transform in STYLES.items()}
     assert min(distances, key=distances.get) == style, f"{style}: distances to each style's transform {distances}"
