@@ -30,8 +30,7 @@ T = len(T_INDEX_LIST)
 STRUCTURE_MARGIN = 0.15
 
 # Where the shipped weights (autoencoder 23.5 dB; UNet 1500 steps of 8 at 256x256) do not meet the spec yet.
-# Strict: when
-# better-trained weights pass, these turn into failures, and the entry must go. Measured figures in each reason.
+# Strict: when better-trained weights pass, these turn into failures, and the entry must go. Measured figures in each reason.
 UNDERTRAINED = ("the shipped tiny model's UNet is undertrained (its x0-prediction is blurry; "
                 "README 'The trained tiny model')")
 
