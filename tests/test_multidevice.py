@@ -327,14 +327,14 @@ def worker_pids(parent: int) -> list[int]:
 @pytest.mark.timeout(1500)  # two processes start torch and time every unit: >500 s at load average 24 on 2 cores
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads the worker's pid from /proc")
 def test_the_service_says_a_worker_died_in_one_line_and_stops_cleanly(tiny_user_cache):
-    from tests.test_service_signals import start_vcam, wait_for_line
+    from bench.stops import start_vcam
 
     process = start_vcam({"DISPLAY": ""}, "--no-tray", "--devices", "cpu:2")
     try:
-        wait_for_line(process, "first stylised frame", timeout=1200)
-        (worker,) = worker_pids(process.pid)
+        process.wait_for_line("first stylised frame", timeout=1200)
+        (worker,) = worker_pids(process.process.pid)
         os.kill(worker, signal.SIGKILL)
-        rest = process.communicate(timeout=60)[1]
+        rest = process.finish(timeout=60)
     finally:
         process.kill()
     lines = [line for line in rest.splitlines() if "stage worker 1" in line]

@@ -133,7 +133,8 @@ def _camera(source: str) -> list[Check]:
         if kind in ("sample", "synthetic") or Path(source).expanduser().exists():
             return [Check("camera", "OK", f"source {source!r} (no camera needed)")]
         return [Check("camera", "FAIL", f"source {source!r} does not exist", "fix [camera] source or --source")]
-    from vcam.sources import SourceError, open_video_capture
+    from vcam.camera_source import open_video_capture
+    from vcam.sources import SourceError
 
     device = int(arg) if arg.strip().isdigit() else (arg.strip() or 0)
     try:
