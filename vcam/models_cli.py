@@ -103,16 +103,19 @@ def _offline_line(repo_id: str, cache: Path, reason: str) -> str:
             f"~/.cache/huggingface/hub/{folder} to {cache / folder}")
 
 
-def _network_error() -> type[Exception]:
-    """What huggingface_hub raises when the endpoint cannot be reached: httpx's (>= 1.0) or requests' (older)."""
-    try:
-        from httpx import TransportError
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What huggingface_hub raises when the endpoint cannot be reached: the transport errors of whichever HTTP
+    client it uses (httpx2 in the newest releases, httpx from 1.0, requests before), each only if installed."""
+    import importlib
 
-        return TransportError
-    except ImportError:
-        from requests.exceptions import ConnectionError as RequestsConnectionError
-
-        return RequestsConnectionError
+    errors: list[type[Exception]] = []
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests.exceptions", "ConnectionError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def pull_repo(repo_id: str, progress: bool) -> Path:
@@ -124,9 +127,12 @@ def pull_repo(repo_id: str, progress: bool) -> Path:
     from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError)
 
+    from huggingface_hub.utils import logging as hub_logging
+
     from engines.base import ModelError
     from engines.loading import hf_hub_cache_dir
 
+    hub_logging.set_verbosity_error()  # its retry warnings would bury the one line that says what to do
     cache = hf_hub_cache_dir()
     try:
         files = files_to_fetch(HfApi().list_repo_files(repo_id))
@@ -138,7 +144,7 @@ def pull_repo(repo_id: str, progress: bool) -> Path:
     except RepositoryNotFoundError:
         raise ModelError(f"no model {repo_id!r} on the Hub (check the name; a gated model needs `hf auth login`)") \
             from None
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError, _network_error()) as error:
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, *_network_errors(), ConnectionError) as error:
         raise ModelError(_offline_line(repo_id, cache, type(error).__name__)) from None
     except HfHubHTTPError as error:
         raise ModelError(_offline_line(repo_id, cache, str(error).splitlines()[0])) from None
