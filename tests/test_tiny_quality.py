@@ -108,7 +108,6 @@ def test_a_prompt_switch_shows_within_T_frames(trained_tiny_engine, photo):
     assert feature_distance(last, STYLES[after](photo)) < feature_distance(last, STYLES[before](photo))
 
 
-@known_gap("the distance to the new style's output first rises (0.069, 0.074, 0.084) and then falls")
 def test_a_blend_moves_the_picture_monotonically_to_the_new_style(trained_tiny_engine, photo):
     before, after, frames = "sepia photograph", "inverted colours", 6
     stream = make_stream(trained_tiny_engine, before, T_INDEX_LIST)
@@ -123,8 +122,7 @@ def test_a_blend_moves_the_picture_monotonically_to_the_new_style(trained_tiny_e
     assert all(later <= earlier + 1e-3 for earlier, later in zip(distances, distances[1:])), distances
 
 
-@pytest.mark.parametrize("style", styles_with_gaps({
-    "neon glow": "its output keeps as little of the photo's gray structure at t_index 40 as at 15"}))
+@pytest.mark.parametrize("style", list(STYLES))
 def test_an_earlier_t_index_changes_the_picture_more(trained_tiny_engine, photo, style):
     strong = restyle(trained_tiny_engine, photo, style, (15, 45))
     weak = restyle(trained_tiny_engine, photo, style, (40, 45))
