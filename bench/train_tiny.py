@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=Path("tiny-train.ckpt"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--ae-steps", type=int, default=1500)
+    parser.add_argument("--ae-steps", type=int, default=2000)
     parser.add_argument("--ae-batch", type=int, default=4)
     parser.add_argument("--ae-lr", type=float, default=1e-3)
     parser.add_argument("--ae-noise", type=float, default=0.2, help="largest std of the noise added to latents")
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moments-weight", type=float, default=0.1,
                         help="weight of the term keeping the raw latents at mean 0 / std 1 per channel")
     parser.add_argument("--bank", type=int, default=512)
-    parser.add_argument("--unet-steps", type=int, default=1200)
+    parser.add_argument("--unet-steps", type=int, default=1500)
     parser.add_argument("--unet-batch", type=int, default=8)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--translation-weight", type=float, default=1.0)
