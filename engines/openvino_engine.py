@@ -11,6 +11,7 @@ which is what they are fast in.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +31,17 @@ KERNEL_CACHE_DIR = "openvino-kernels"  # under the engine cache root: OpenVINO's
 ACCELERATOR_PREFERENCE = ("GPU", "NPU")
 
 
+@functools.lru_cache(maxsize=1)
 def openvino_core() -> Any:
+    """The process's one `openvino.Core`, created on first use and never destroyed.
+
+    Why one: OpenVINO's CPU plugin (one per Core) points the creating thread's alternate signal stack at a buffer
+    of its own and, when the Core goes, puts back the stack it found and frees its buffer (openvinotoolkit/openvino
+    PR 11894, for AMX). Two Cores released in creation order leave the thread on a freed stack, and the next signal
+    handled there (Ctrl+C, `kill`) is a segmentation fault: `vcam run` died on its stop signal after a second
+    OpenVINO engine had come and gone (the auto race, a LoRA rebuild). A Core that lives as long as the process
+    never frees its stack. Raises EngineUnavailableError when OpenVINO is not installed.
+    """
     try:
         import openvino
     except ImportError as error:
@@ -74,9 +85,9 @@ class OpenVinoRequests(GraphRunner):
                  unet_path: str | None = None) -> None:
         super().__init__(graphs, unet_path)
         core = openvino_core()
-        if kernel_cache is not None:
-            core.set_property({"CACHE_DIR": str(kernel_cache)})
         options = compile_options(device, threads)
+        if kernel_cache is not None:
+            options["CACHE_DIR"] = str(kernel_cache)  # per model: the Core is shared by the whole process
         self.requests = {
             name: core.compile_model(self.graph_path(name), device, options).create_infer_request()
             for name in self.specs

@@ -5,6 +5,8 @@ The numbers (same as torch eager within 1e-3) are checked by tests/test_engine_c
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from engines.base import EngineShapes, EngineUnavailableError
 from engines.loading import ModelSpec
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SMALL = EngineShapes(width=64, height=64, frame_batch=1, unet_batch=2)
 
 
@@ -67,3 +70,37 @@ def test_auto_measures_onnxruntime_against_openvino_once_and_reads_the_answer_fr
     assert second.seconds == first.seconds and second.engine.name == first.engine.name
     assert first.engine.name == min(first.seconds, key=first.seconds.__getitem__)  # the faster one
     assert "(cached measurement)" in second.summary and "(measured at build time)" in first.summary
+
+
+SIGNAL_AFTER_TWO_ENGINES = """
+import gc, os, signal, sys, threading, time
+import numpy as np
+import openvino
+from engines.openvino_engine import compile_options, openvino_core
+from vcam.stop_signals import StopSignals
+
+def compiled_relu():
+    parameter = openvino.opset13.parameter([1, 4], np.float32)
+    model = openvino.Model([openvino.opset13.relu(parameter)], [parameter])
+    return openvino_core().compile_model(model, "CPU", compile_options("CPU", 1))
+
+first, second = compiled_relu(), compiled_relu()  # two engines, released in the order they were made
+del first; gc.collect()
+del second; gc.collect()
+received = []
+StopSignals(received.append, threading.Event()).install()
+os.kill(os.getpid(), signal.SIGTERM)
+deadline = time.monotonic() + 30
+while not received and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("stopped by", received)
+"""
+
+
+def test_a_stop_signal_after_openvino_engines_came_and_went_reaches_its_handler() -> None:
+    # OpenVINO's CPU plugin swaps the thread's alternate signal stack per Core: with a Core per engine, releasing two
+    # in creation order left a freed stack behind and the stop signal was a segmentation fault (exit -11).
+    finished = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_TWO_ENGINES], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "stopped by ['SIGTERM']" in finished.stdout
