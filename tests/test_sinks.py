@@ -101,7 +101,7 @@ def test_virtual_camera_is_paced_at_its_fps_when_written_faster(recorder):
         sink.write(frame)
     elapsed = time.perf_counter() - start
     sink.close()
-    assert 5 / 25 * 0.8 <= elapsed < 5 / 25 + 1.0
+    assert 5 / 25 * 0.8 <= elapsed < 5 / 25 + 3.0  # waits between frames (the upper bound only catches a hang)
 
 
 def test_virtual_camera_device_is_passed_through(recorder):
@@ -318,7 +318,7 @@ def test_slow_mjpeg_client_never_blocks_the_pipeline_or_other_clients():
         stalled.close()
         sink.close()
     assert len(publisher.write_seconds) > 20
-    assert max(publisher.write_seconds) < 0.5, "write() only swaps in the newest frame (a blocked one waits 10 s)"
+    assert max(publisher.write_seconds) < 5.0, "write() only swaps in the newest frame (a blocked one waits 10 s)"
 
 
 def test_mjpeg_serves_any_number_of_clients(mjpeg_sink):
@@ -358,7 +358,7 @@ def test_mjpeg_close_ends_open_streams_and_frees_the_port():
     read_multipart_frames(response, 1)
     start = time.perf_counter()
     sink.close()
-    assert time.perf_counter() - start < 3
+    assert time.perf_counter() - start < 4  # the 5 s read timeout is not waited for
     response.read()  # the server ends the stream: this returns instead of hanging until the timeout
     response.close()
     open_sink(f"mjpeg:{sink.port}", SinkConfig(width=32, height=32)).close()

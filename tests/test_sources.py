@@ -58,7 +58,7 @@ def test_live_video_file_is_paced_at_the_files_own_rate(tmp_path):
     read_n(source, 6)
     elapsed = time.perf_counter() - start
     source.close()
-    assert 6 / 40 * 0.9 <= elapsed < 6 / 40 + 1.0
+    assert 6 / 40 * 0.9 <= elapsed < 6 / 40 + 3.0  # waits between frames (the upper bound only catches a hang)
 
 
 @pytest.mark.parametrize("kind", ["video", "image", "synthetic"])
