@@ -74,6 +74,7 @@ class _Frame:
 
     image: np.ndarray
     captured_at: float
+    result: bool = False  # made by a real processor (not a placeholder's pass-through while the model loads)
 
 
 def _lower_this_threads_priority(niceness: int = 5) -> None:
@@ -98,8 +99,12 @@ class FramePipeline:
         sink: FrameSink,
         config: PipelineConfig = PipelineConfig(),
         between_frames: Callable[[], None] | None = None,
+        result_written: threading.Event | None = None,
     ) -> None:
         self.source = source
+        # Set just before the output writes its first frame made by a real processor (not a placeholder's
+        # pass-through): what "first stylised frame" means. Pass one in to wait on it from outside.
+        self.result_written = result_written if result_written is not None else threading.Event()
         self.sink = sink
         self.config = config
         self.between_frames = between_frames
@@ -342,7 +347,7 @@ class FramePipeline:
             outputs = outputs[:max(0, self.config.max_frames - self._results)]
         for index, image in enumerate(outputs):
             captured_at = frames[min(index, len(frames) - 1)].captured_at if frames else float("nan")
-            produced = _Frame(image, captured_at)
+            produced = _Frame(image, captured_at, result=counts)
             with self._counters_lock:
                 self._processed += 1
                 self._results += counts
@@ -392,6 +397,8 @@ class FramePipeline:
                 pacer.sent()
 
     def _write(self, frame: _Frame, first_time: bool) -> None:
+        if frame.result and not self.result_written.is_set():
+            self.result_written.set()
         started = time.monotonic()
         self.sink.write(frame.image)
         written_at = time.monotonic()

@@ -337,6 +337,29 @@ def test_max_frames_does_not_count_the_placeholder_frames_shown_while_the_model_
     assert (pipeline.stats().results, pipeline.stats().processed) == (3, 5)
 
 
+
+def test_result_written_is_set_as_the_first_frame_the_model_made_is_written_not_when_the_model_is_ready():
+    # "first stylised frame" waits on it: the frames written just after the model is swapped in are still cards.
+    source, calls, seen = CameraSource(fps=200), [], []
+    result_written = threading.Event()
+
+    class NotesTheEvent(RecordingSink):
+        def write(self, frame) -> None:
+            seen.append(result_written.is_set())
+            super().write(frame)
+
+    def model_ready_at_the_third_call() -> None:
+        calls.append(len(calls))
+        if len(calls) == 3:
+            pipeline.set_processor(Inverter())
+
+    sink = NotesTheEvent()
+    pipeline = FramePipeline(source, LoadingCard(), sink, PipelineConfig(max_frames=3),
+                             between_frames=model_ready_at_the_third_call, result_written=result_written)
+    run_to_end(pipeline)
+    assert [is_inverted(frame) for frame in sink.frames] == [False, False, True, True, True]
+    assert seen == [False, False, True, True, True] and pipeline.result_written is result_written
+
 # -- the pipeline: paced output -------------------------------------------------------------------------------
 
 

@@ -60,10 +60,6 @@ def test_sigterm_releases_the_devices_when_the_tray_owns_the_main_thread_within_
 
 
 @pytest.mark.timeout(3600)  # 20 runs: seconds each on 2 idle cores, a minute or more each on a heavily loaded machine
-@pytest.mark.xfail(strict=True, reason="open (issue 8): on the merged main the first SIGINT stop exits 0 and "
-                   "releases in 0.08 s but the run had made 0 stylised frames (267 pass-through), so the stop did "
-                   "not land inside a model call: the wait for 'first stylised frame' and the --frames/status "
-                   "changes of issue 12 disagree")
 def test_twenty_stops_in_a_row_inside_a_model_call_each_exit_with_status_0(tiny_user_cache) -> None:
     # After the first stylised frame the inference thread goes straight into the next frame's model call (the live
     # source always has a frame waiting); the service's stop line says how far into that call the stop landed.

@@ -85,6 +85,7 @@ class Service(ServiceCommands, ServiceModel):
         self._stop_into_model_call: float | None = None  # seconds the model call in flight had run at the stop
         self.ready_event = threading.Event()  # the diffusion processor is live
         self.stylised_event = threading.Event()  # the output received its first stylised frame
+        self.result_written = threading.Event()  # the output is writing its first frame the model made
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
         # The newest one-line notices (for tests and embedding applications): bounded, as a long run with a flaky
@@ -247,7 +248,7 @@ class Service(ServiceCommands, ServiceModel):
             source.close()
             raise
         self._file_sink = sink if hasattr(sink, "frames_written") and hasattr(sink, "path") else None
-        sink = self._tee = TeeSink(self._wrap_overlay(sink), self.ready_event, self._first_stylised_frame,
+        sink = self._tee = TeeSink(self._wrap_overlay(sink), self.result_written, self._first_stylised_frame,
                                    on_preview_failed=self.notice)
         # A live sink (virtual camera, window, MJPEG: paced) must never starve, so it starts at once on a
         # pass-through card while the model loads. An offline sink (a file, null) has no viewer: load first, so
@@ -270,6 +271,7 @@ class Service(ServiceCommands, ServiceModel):
             sink,
             PipelineConfig(max_frames=self.settings.frames),
             between_frames=self._between_frames,
+            result_written=self.result_written,
         )
         self.pipeline.start()
         threads = [

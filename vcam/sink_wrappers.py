@@ -36,21 +36,22 @@ class OverlaySink:
 class TeeSink:
     """The main sink plus an optional preview window opened later from the tray. A preview whose write fails is
     closed and dropped, and `on_preview_failed` says so in one line: the virtual camera goes on either way.
-    Calls `on_first_stylised` once, after the first frame written once the model is ready."""
+    Calls `on_first_stylised` once, after the first frame written once `stylised` is set (the pipeline sets it as
+    the output writes the first frame the model made: a frame written just after loading may still be a pass-through)."""
 
-    def __init__(self, sink: FrameSink, ready: threading.Event, on_first_stylised: Callable[[], None],
+    def __init__(self, sink: FrameSink, stylised: threading.Event, on_first_stylised: Callable[[], None],
                  on_preview_failed: Callable[[str], None] = log.warning) -> None:
         self.sink = sink
         self.fps = sink.fps
         self.pacer = getattr(sink, "pacer", None)
         self.preview: FrameSink | None = None
-        self._ready = ready
+        self._stylised = stylised
         self._on_first_stylised: Callable[[], None] | None = on_first_stylised
         self._on_preview_failed = on_preview_failed
 
     def write(self, frame: np.ndarray) -> None:
         self.sink.write(frame)
-        if self._on_first_stylised is not None and self._ready.is_set():
+        if self._on_first_stylised is not None and self._stylised.is_set():
             callback, self._on_first_stylised = self._on_first_stylised, None
             callback()
         preview = self.preview
