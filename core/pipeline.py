@@ -134,6 +134,7 @@ class FramePipeline:
         self._output_time = RollingStats(window)
         self._latency = RollingStats(window)
         self._processed_rate = RateMeter()
+        self._result_rate = RateMeter()  # only a real processor's frames: the model's rate, not the loading card's
         self._written_rate = RateMeter()
 
     # -- control -----------------------------------------------------------------------------------------
@@ -231,6 +232,7 @@ class FramePipeline:
             output_ms=self._output_time.summary().scaled(1000),
             latency_ms=self._latency.summary().scaled(1000),
             fps=self._processed_rate.rate(),
+            result_fps=self._result_rate.rate() if self._result_rate.measured else None,
             output_fps=self._written_rate.rate(),
         )
 
@@ -345,13 +347,16 @@ class FramePipeline:
         counts = not getattr(processor, "placeholder", False)
         if counts and self.config.max_frames is not None:
             outputs = outputs[:max(0, self.config.max_frames - self._results)]
+        if outputs:  # one tick per call: its F frames came out at one instant
+            self._processed_rate.tick(events=len(outputs))
+            if counts:
+                self._result_rate.tick(events=len(outputs))
         for index, image in enumerate(outputs):
             captured_at = frames[min(index, len(frames) - 1)].captured_at if frames else float("nan")
             produced = _Frame(image, captured_at, result=counts)
             with self._counters_lock:
                 self._processed += 1
                 self._results += counts
-            self._processed_rate.tick()
             if self.sink.fps is None:
                 if not self._output.put_wait(produced):
                     return

@@ -69,41 +69,48 @@ class RollingStats:
 class RateMeter:
     """Events per second, time-weighted over the last `window_seconds` (e.g. frames produced).
 
-    The rate is (events - 1) / the time they span, always over at least the last two events, so a slow stream
-    (fewer than one event per window) still reads its true rate instead of 0. Once the gap since the last event
-    outgrows the mean interval, that excess counts as time spanned: a stream that stalls reads a rate that falls
-    with the stall instead of the stale rate of its last window. 0.0 until two events.
+    A tick may carry several events at one instant (a model call that returns F frames), so a stream of bursts
+    reads its true rate: the events after the first tick in the window, over the time the ticks span. It is taken
+    over at least the last two ticks, so a slow stream (fewer than one tick per window) still reads its true rate
+    instead of 0. Once the gap since the last tick outgrows the mean interval between ticks, that excess counts as
+    time spanned: a stream that stalls reads a rate that falls with the stall instead of the stale rate of its
+    last window. 0.0 until two ticks (`measured` says when there are).
     """
 
     def __init__(self, window_seconds: float = 2.0) -> None:
         self._window = window_seconds
-        self._times: deque[float] = deque()
+        self._ticks: deque[tuple[float, int]] = deque()  # (time, events at that time)
         self._lock = threading.Lock()
 
-    def tick(self, now: float | None = None) -> None:
+    def tick(self, now: float | None = None, events: int = 1) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._times.append(now)
-            while len(self._times) > 2 and now - self._times[0] > self._window:
-                self._times.popleft()
+            self._ticks.append((now, events))
+            while len(self._ticks) > 2 and now - self._ticks[0][0] > self._window:
+                self._ticks.popleft()
+
+    @property
+    def measured(self) -> bool:
+        """True from the second tick on: before it there is no rate to read, only a start."""
+        return len(self._ticks) >= 2
 
     def rate(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
         with self._lock:
-            times = [t for t in self._times if now - t <= self._window] if len(self._times) > 2 else []
-            times = times if len(times) >= 2 else list(self._times)[-2:]
-        if len(times) < 2:
+            ticks = [t for t in self._ticks if now - t[0] <= self._window] if len(self._ticks) > 2 else []
+            ticks = ticks if len(ticks) >= 2 else list(self._ticks)[-2:]
+        if len(ticks) < 2:
             return 0.0
-        intervals = len(times) - 1
-        span = times[-1] - times[0]
-        stalled = max(0.0, (now - times[-1]) - span / intervals)  # the open gap beyond one mean interval
-        return intervals / (span + stalled) if span + stalled > 0 else 0.0
+        events = sum(count for _, count in ticks[1:])  # the first tick only starts the clock
+        span = ticks[-1][0] - ticks[0][0]
+        stalled = max(0.0, (now - ticks[-1][0]) - span / (len(ticks) - 1))  # the open gap beyond one mean interval
+        return events / (span + stalled) if span + stalled > 0 else 0.0
 
     def idle_seconds(self, now: float | None = None) -> float | None:
-        """Seconds since the last event; None before the first."""
+        """Seconds since the last tick; None before the first."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            return now - self._times[-1] if self._times else None
+            return now - self._ticks[-1][0] if self._ticks else None
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,9 @@ class PipelineStats:
     inference_ms: Summary  # per processor call (frames_per_call frames)
     output_ms: Summary  # per sink.write()
     latency_ms: Summary  # capture -> written, per produced frame
-    fps: float  # frames out of inference per second, recent window
+    fps: float  # frames out of inference per second, recent window (a loading card's frames included)
+    result_fps: float | None  # frames out of a real processor (the model) per second, recent window; None until
+    # two of its calls gave frames
     output_fps: float  # sink writes per second (repeats included), recent window
 
     @property

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import skimage.data
 
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -66,3 +67,18 @@ def mean_colour(frame: np.ndarray) -> np.ndarray:
 
 def close_colour(frame: np.ndarray, colour: tuple[int, int, int], tolerance: float = 25.0) -> bool:
     return bool(np.abs(mean_colour(frame) - np.array(colour)).max() <= tolerance)
+
+
+def photo_camera_clip(path: Path, width: int = 640, height: int = 480) -> tuple[Path, np.ndarray]:
+    """A short video of a real photograph (skimage's cat) at a camera's size, and the picture it shows."""
+    photo = cv2.resize(skimage.data.chelsea(), (width, height), interpolation=cv2.INTER_AREA)
+    return write_video(path, [photo] * 3), photo
+
+
+def notice_pixels(noticed: np.ndarray, clean: np.ndarray) -> int:
+    """How many pixels of the output's top-left notice area (where `draw_status` writes) are bright with the notice
+    and were not bright in the same output without it: the notice's text, not the picture's own highlights."""
+    height, width = noticed.shape[:2]
+    corner = (slice(0, height // 20), slice(0, width // 5))
+    bright_with, bright_without = (image[corner].min(axis=2) > 160 for image in (noticed, clean))
+    return int((bright_with & ~bright_without).sum())

@@ -127,6 +127,13 @@ def test_status_overlay_writes_text_on_a_copy_and_leaves_the_rest_alone():
     assert np.array_equal(draw_status(frame, []), frame)
 
 
+def test_status_text_shrinks_to_fit_a_narrow_output_instead_of_running_off_its_edge():
+    portrait = np.full((1280, 360, 3), 255, dtype=np.uint8)  # a phone-shaped output: text sized by height is wide
+    out = draw_status(portrait, ["camera lost - reconnecting..."])
+    assert out[:40].mean() < 200, "the notice is drawn"
+    assert (out[:, -2:] == 255).all(), "and ends inside the frame: its box never reaches the right edge"
+
+
 def test_large_shrink_averages_fine_detail_instead_of_aliasing():
     stripes = np.zeros((720, 1280, 3), dtype=np.uint8)
     stripes[:, ::2] = 255  # one-pixel stripes: the worst case for a sampling (non-averaging) resize

@@ -250,6 +250,22 @@ def test_rate_meter_falls_during_a_stall_instead_of_showing_the_last_window():
     assert meter.idle_seconds(now=112.0) == pytest.approx(10.0)
 
 
+def test_rate_meter_reads_a_stream_of_bursts_at_its_true_rate():
+    meter = RateMeter(window_seconds=2.0)
+    for call in range(9):
+        meter.tick(100.0 + call / 4, events=2)  # a model call every 0.25 s giving two frames: 8 frames per second
+    assert meter.rate(now=102.01) == pytest.approx(8.0)
+
+
+def test_rate_meter_has_no_rate_until_its_second_tick():
+    meter = RateMeter()
+    assert not meter.measured
+    meter.tick(100.0)
+    assert not meter.measured and meter.rate(now=100.5) == 0.0
+    meter.tick(101.0)
+    assert meter.measured and meter.rate(now=101.0) == pytest.approx(1.0)
+
+
 # -- the pipeline: sources -----------------------------------------------------------------------------------
 
 
@@ -335,6 +351,27 @@ def test_max_frames_does_not_count_the_placeholder_frames_shown_while_the_model_
     run_to_end(pipeline)
     assert [is_inverted(frame) for frame in sink.frames] == [False, False, True, True, True]
     assert (pipeline.stats().results, pipeline.stats().processed) == (3, 5)
+
+
+def test_the_models_rate_is_counted_apart_from_the_loading_cards_frames():
+    """Right after the switch the card's 200 fps are still inside the rate window: the model's own rate must not
+    read them (a status line said "25.2 fps | live" while the model made a few frames a second)."""
+    source, sink, calls = CameraSource(fps=200), RecordingSink(fps=200), []
+
+    def model_ready_after_a_hundred_cards() -> None:
+        calls.append(len(calls))
+        if len(calls) == 100:
+            pipeline.set_processor(Inverter(seconds=0.2))  # at most 5 frames a second
+
+    pipeline = FramePipeline(source, LoadingCard(), sink, PipelineConfig(max_frames=3),
+                             between_frames=model_ready_after_a_hundred_cards)
+    rates = []
+    with pipeline:
+        while not pipeline.wait(timeout=0.02):
+            rates.append(pipeline.stats().result_fps)
+    results = [rate for rate in rates if rate is not None]
+    assert rates[0] is None, "no rate before the model's second call"
+    assert results and max(results) <= 5.0, "the model's rate, never the card's"
 
 
 

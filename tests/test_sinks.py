@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import pyvirtualcam
 
-from tests.media import close_colour, coloured_frame, distinct_colours, read_video
+from tests.media import close_colour, coloured_frame, distinct_colours, notice_pixels, photo_camera_clip, read_video
 from vcam.framing import fit_frame
+from vcam.overlay import with_notices
 from vcam.sinks import SinkConfig, SinkError, detect_sinks, open_sink
 from vcam.virtual_camera import virtual_camera_fix
 
@@ -424,11 +425,16 @@ def test_window_status_overlay_is_drawn_on_the_frames_that_follow(qt_host):
     sink.write(frame)
     qt_host.run_for(0.1)
     with_status = sink.shown_image()
+    sink.write(with_notices(frame, ["camera lost"]))
+    qt_host.run_for(0.1)
+    with_notice_too = sink.shown_image()
     sink.close()
     qt_host.run_for(0.05)
     assert np.array_equal(plain, frame)
     assert with_status[:30, :50].mean() < plain[:30, :50].mean() - 50, "text box in the top-left corner"
     assert np.array_equal(with_status[60:, 80:], plain[60:, 80:])
+    below_status = (slice(40, 48), slice(0, 30))  # under the three status lines' box
+    assert with_notice_too[below_status].mean() < with_status[below_status].mean() - 50, "one box, a line longer"
 
 
 # --- with the real frame pipeline ------------------------------------------------------------------------------
@@ -535,3 +541,43 @@ def test_the_loading_notice_shows_on_the_output_whatever_the_source_shape_and_fi
     white_text = (corner.min(axis=2) > 200).sum()
     assert white_text > 100, "the notice is on the output"
     assert (shown(None)[:60, :420].min(axis=2) > 200).sum() == 0  # and only the notice makes those pixels
+
+
+@pytest.mark.parametrize("fit", ["crop", "letterbox"])
+@pytest.mark.parametrize("width, height", [(1280, 720), (720, 1280), (256, 256)])
+def test_a_lost_4_3_camera_shows_its_notice_on_the_output_for_every_shape_and_fit(tmp_path: Path, fit: str,
+                                                                                 width: int, height: int) -> None:
+    """The real chain: a 640x480 capture that stops delivering (its clip ends) -> the reconnecting source -> the
+    output. The notice is drawn after fitting: a 16:9 crop cuts the camera's top rows, never the notice."""
+    from vcam.camera_source import open_video_capture
+    from vcam.reconnecting_source import ReconnectingSource, RetryPolicy
+
+    clip, _ = photo_camera_clip(tmp_path / "camera.avi")
+    camera = ReconnectingSource(lambda: open_video_capture(str(clip)), fps=100, retry=RetryPolicy(first_delay=60))
+    frames = [camera.read() for _ in range(4)]  # three pictures, then the capture is dry: the camera is lost
+    camera.close()
+    assert camera.lost
+
+    def shown(frame: np.ndarray, name: str) -> np.ndarray:
+        out = tmp_path / f"{name}.avi"
+        sink = open_sink(str(out), SinkConfig(width=width, height=height, fit=fit))
+        sink.write(frame)
+        sink.close()
+        return read_video(out)[0]
+
+    assert notice_pixels(shown(frames[3], "lost"), shown(frames[2], "live")) >= 25, "the notice is on the output"
+
+
+def test_a_camera_lost_while_the_model_loads_shows_both_notices(tmp_path: Path) -> None:
+    from vcam.camera_source import open_video_capture
+    from vcam.overlay import notices_of
+    from vcam.processor import PassThroughProcessor
+    from vcam.reconnecting_source import CAMERA_LOST_NOTICE, ReconnectingSource, RetryPolicy
+
+    clip, _ = photo_camera_clip(tmp_path / "camera.avi")
+    camera = ReconnectingSource(lambda: open_video_capture(str(clip)), fps=100, retry=RetryPolicy(first_delay=60))
+    lost = [camera.read() for _ in range(4)][-1]
+    camera.close()
+    card = PassThroughProcessor().process([lost])[0]
+    assert notices_of(card) == (*CAMERA_LOST_NOTICE, "loading model...")
+

@@ -23,8 +23,8 @@ def draw_status(frame: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     lines = [line for line in lines if line]
     if not lines:
         return out
-    height = out.shape[0]
-    scale = max(0.3, height / 720 * 0.8)
+    height, width = out.shape[:2]
+    scale = _text_scale(lines, height, width)
     thickness = max(1, round(scale * 2))
     margin = max(2, round(6 * scale))
     sizes = [cv2.getTextSize(line, _FONT, scale, thickness) for line in lines]
@@ -37,6 +37,15 @@ def draw_status(frame: np.ndarray, lines: Sequence[str]) -> np.ndarray:
         baseline_y = margin + line_height * index + sizes[index][0][1]
         cv2.putText(out, line, (margin, baseline_y), _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return out
+
+
+def _text_scale(lines: Sequence[str], height: int, width: int) -> float:
+    """The font scale: from the frame height, smaller where the widest line would run off a narrow frame (a
+    portrait output), never below the smallest readable size (a line longer than a tiny frame is cut instead)."""
+    readable, by_height = 0.3, max(0.3, height / 720 * 0.8)
+    widest = max(cv2.getTextSize(line, _FONT, by_height, max(1, round(by_height * 2)))[0][0] for line in lines)
+    room = width - 2 * max(2, round(6 * by_height))
+    return max(readable, min(by_height, by_height * room / widest)) if widest > 0 else by_height
 
 
 class NoticedFrame(np.ndarray):

@@ -11,12 +11,20 @@ import torch
 
 from core.stream import DiffusionStream
 from vcam.framing import fit_frame
+from vcam.overlay import notices_of, with_notices
 
 
 def frames_to_tensor(frames: list[np.ndarray], width: int, height: int, fit: str) -> torch.Tensor:
     """F frames of any size -> (F, 3, height, width) float32 in [0, 1], cropped or letterboxed, never stretched."""
     fitted = np.stack([fit_frame(f, width, height, fit) for f in frames])  # (F, H, W, 3) uint8
     return torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def carry_notices(outputs: list[np.ndarray], inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """`outputs`, each carrying the notice lines of the newest input ("camera lost" on the frozen last picture):
+    the model works on the picture alone, and a notice says what is true now, not T-1 calls ago."""
+    lines = notices_of(inputs[-1]) if inputs else ()
+    return [with_notices(output, lines) for output in outputs] if lines else outputs
 
 
 def tensor_to_frames(images: torch.Tensor) -> list[np.ndarray]:
@@ -55,7 +63,7 @@ class DiffusionProcessor:
             return list(frames)
         cfg = self.stream.config
         images = frames_to_tensor(frames, cfg.width, cfg.height, self.fit)
-        outputs = tensor_to_frames(self.stream.process(images))
+        outputs = carry_notices(tensor_to_frames(self.stream.process(images)), frames)
         if not self.aligned or cfg.mode == "txt2img":
             return outputs
         self._last = list(frames)
@@ -71,7 +79,7 @@ class DiffusionProcessor:
         cfg = self.stream.config
         for _ in range(inside if self._last else 0):
             images = frames_to_tensor(self._last, cfg.width, cfg.height, self.fit)
-            outputs += tensor_to_frames(self.stream.process(images))
+            outputs += carry_notices(tensor_to_frames(self.stream.process(images)), self._last)
         return outputs
 
 
@@ -89,6 +97,5 @@ class PassThroughProcessor:
     def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
         if not self.notice:
             return list(frames)
-        from vcam.overlay import with_notices
-
-        return [with_notices(frame, [self.notice]) for frame in frames]  # drawn by the sink, after fitting
+        # drawn by the sink, after fitting; a notice the frame already carries ("camera lost") is kept
+        return [with_notices(frame, [*notices_of(frame), self.notice]) for frame in frames]

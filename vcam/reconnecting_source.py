@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from core.pacing import FramePacer
-from vcam.overlay import draw_status
+from vcam.overlay import with_notices
 from vcam.source_base import SourceError, to_rgb
 
 CAMERA_LOST_NOTICE = ("camera lost - reconnecting...",)
@@ -73,7 +73,6 @@ class ReconnectingSource:
         self._blank_size = blank_size  # (width, height) of the notice frame if the camera never gave one
         self._capture: Capture | None = opener()  # errors of the first open reach the caller as they are
         self._last_good: np.ndarray | None = None
-        self._notice_frame: np.ndarray | None = None
         self._recovered: tuple[Capture, np.ndarray] | None = None  # handed over by the retry thread
         self._lock = threading.Lock()  # guards `_recovered`, shared with the retry thread
         self._reading = threading.Lock()  # held for the whole of a read
@@ -118,17 +117,15 @@ class ReconnectingSource:
 
     def _accept(self, bgr: np.ndarray) -> np.ndarray:
         self._last_good = to_rgb(bgr)
-        self._notice_frame = None
         return self._last_good
 
     def _notice(self) -> np.ndarray:
-        if self._notice_frame is None:  # drawn once per loss: the notice frame is sent many times per second
-            if self._last_good is not None:
-                base = self._last_good
-            else:
-                base = np.zeros((self._blank_size[1], self._blank_size[0], 3), dtype=np.uint8)
-            self._notice_frame = draw_status(base, self._notice_lines)
-        return self._notice_frame
+        """The last good picture (black if there never was one), unchanged, carrying the notice lines: the output
+        draws them once it has fitted the picture to its size (`vcam.overlay.with_notices`), so a 4:3 camera
+        cropped to 16:9 still shows them, and the model stylises the picture, not the text."""
+        width, height = self._blank_size
+        base = self._last_good if self._last_good is not None else np.zeros((height, width, 3), dtype=np.uint8)
+        return with_notices(base, self._notice_lines)
 
     def _start_reconnecting(self) -> None:
         capture, self._capture = self._capture, None

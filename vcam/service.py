@@ -35,6 +35,7 @@ from vcam.service_model import ServiceModel
 from vcam.settings import RunSettings
 from vcam.sink_wrappers import OverlaySink, TeeSink
 from vcam.sinks import SinkConfig, open_first_sink, open_sink
+from vcam.status_line import RunState, status_line
 from vcam.sources import open_first_source
 from vcam.stop_signals import StopSignals
 
@@ -176,11 +177,10 @@ class Service(ServiceCommands, ServiceModel):
     def status_text(self) -> str:
         if self.pipeline is None:
             return "starting"
-        stats = self.pipeline.stats()
         skip = self.stream.similarity.skip_rate if self.stream is not None and self.stream.similarity else 0.0
         # "live" from the first stylised frame the output received (the model being built is not yet live)
-        state = "paused" if self.paused else ("live" if self.stylised_event.is_set() else "loading")
-        return f"{stats.fps:5.1f} fps | skip {skip:4.0%} | {self.prompt_label} | {state}"
+        state: RunState = "paused" if self.paused else ("live" if self.stylised_event.is_set() else "loading")
+        return status_line(self.pipeline.stats(), skip, self.prompt_label, state)
 
     def _status_loop(self) -> None:
         interactive = sys.stderr.isatty()

@@ -6,7 +6,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from vcam.overlay import draw_status
+from vcam.overlay import notices_of, with_notices
 from vcam.sink_base import SinkConfig, fit_to_config
 
 
@@ -42,8 +42,9 @@ class WindowSink:
         self._status = tuple(lines)
 
     def write(self, frame: np.ndarray) -> None:
-        fitted = fit_to_config(frame, self._config)
-        fitted = draw_status(fitted, self._status) if self._status else np.array(fitted)  # own copy for Qt
+        # the status lines join the frame's notices in one box, drawn after fitting (two boxes would overlap)
+        noticed = with_notices(frame, [*notices_of(frame), *self._status]) if self._status else frame
+        fitted = np.array(fit_to_config(noticed, self._config))  # own copy for Qt
         with self._lock:
             self._pending = fitted
             queue_repaint = not self._repaint_queued
