@@ -65,6 +65,22 @@ def test_a_preset_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith("vcam: error:")
 
 
+def test_without_preset_doctor_checks_the_users_default_preset_and_says_whose_choice_it_is(
+        isolated_home: Path) -> None:
+    chosen = subprocess.run([sys.executable, "-m", "vcam.cli", "presets", "default", "tiny"], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert chosen.returncode == 0, chosen.stderr
+    result = _doctor(["--json"], isolated_home)
+    report = json.loads(result.stdout)
+    assert report["preset"] == "tiny" and _checks(result)["model"]["status"] == "OK" and result.returncode == 0
+    stored = isolated_home / ".config" / "vcam" / "default-preset"
+    assert result.stderr.splitlines() == [f"vcam: note: preset 'tiny': your default, set in {stored}"]
+
+
+def test_without_any_choice_doctor_checks_vcams_own_default(isolated_home: Path) -> None:
+    result = _doctor(["--json"], isolated_home)
+    assert json.loads(result.stdout)["preset"] == "sd-turbo-1step" and "note" not in result.stderr
+
 # -- the OBS check, against a real OBS (its WebSocket always asks for a password) --------------------------------
 
 
