@@ -135,3 +135,31 @@ def test_installing_a_misspelt_preset_is_one_line_and_writes_nothing(tmp_path: P
     result = _vcam(["service", "install", "--preset", "no-such-preset"], env)
     assert result.returncode == 2 and result.stderr.startswith("vcam: error:") and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "config" / "systemd").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the systemd entry is Linux's")
+def test_installed_without_preset_the_service_runs_the_users_default_preset_as_it_is_at_each_start(
+        tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    assert _vcam(["presets", "default", "tiny"], env).returncode == 0
+    installed = _vcam(["service", "install", "--no-start"], env)
+    unit = (tmp_path / "config" / "systemd" / "user" / "vcam.service").read_text()
+    [exec_start] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start.endswith(" run --quiet") and "--preset" not in unit  # `vcam run` reads the default itself
+    assert "Description=vcam real-time diffusion virtual camera (the default preset)" in unit
+    assert "the service runs the default preset, now tiny" in installed.stdout
+    assert _vcam(["service", "uninstall"], env).returncode == 0
+
+
+def test_a_service_install_on_a_default_preset_deleted_since_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    presets = tmp_path / "config" / "vcam" / "presets"
+    presets.mkdir(parents=True)
+    (presets / "mine.toml").write_text('[[prompts]]\nname = "a"\ntext = "a style"\n')
+    assert _vcam(["presets", "default", "mine"], env).returncode == 0
+    (presets / "mine.toml").unlink()
+    result = _vcam(["service", "install"], env)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "your default preset 'mine'" in result.stderr and "`vcam presets default NAME`" in result.stderr
+    assert not (tmp_path / "config" / "systemd").exists()

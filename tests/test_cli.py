@@ -99,6 +99,22 @@ def test_bad_input_is_one_clear_line_not_a_traceback(home: Path, tmp_path: Path,
         assert word in errors[0]
 
 
+@pytest.mark.timeout(400)
+def test_run_without_preset_runs_the_users_default_preset_and_says_so_once(tmp_path: Path) -> None:
+    presets = tmp_path / "config" / "vcam" / "presets"
+    presets.mkdir(parents=True)
+    (presets / "small.toml").write_text('[model]\nmodel = "tiny"\n\n[stream]\nwidth = 256\nheight = 256\n\n'
+                                        '[output]\nwidth = 320\nheight = 240\n\n'
+                                        '[[prompts]]\nname = "a"\ntext = "a watercolour painting"\n')
+    assert run_vcam("presets", "default", "small", env_home=tmp_path).returncode == 0
+    out = tmp_path / "out.mp4"
+    result = run_vcam("run", "--source", "synthetic", "--sink", str(out), "--frames", "2", "--no-tray",
+                      "--no-hotkeys", "--quiet", env_home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [frame.shape for frame in read_video(out)] == [(240, 320, 3)] * 2  # the default preset's output size
+    notes = [line for line in result.stderr.splitlines() if "your default" in line]
+    assert notes == [f"vcam: note: preset 'small': your default, set in {tmp_path / 'config' / 'vcam' / 'default-preset'}"]
+
 def test_presets_lists_the_shipped_presets(home: Path) -> None:
     result = run_vcam("presets", env_home=home)
     assert result.returncode == 0, result.stderr

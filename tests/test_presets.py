@@ -280,3 +280,79 @@ def test_a_negative_prompt_with_full_guidance_above_1_is_not_noted(tmp_path: Pat
 def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, value: str) -> None:
     assert f"stream.guidance_scale: must be a finite number, got {float(value)}" in preset_error(
         tmp_path, f"[stream]\nguidance_scale = {value}\n" + MINIMAL)
+
+
+# -- the user's default preset: `vcam presets default [NAME]`, a real `vcam` process in an isolated home -----------
+
+
+def vcam_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`vcam ARGS` in this test's environment (`isolated_home` has set HOME and the XDG folders)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "vcam.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=120)
+
+
+def test_without_a_choice_the_default_is_vcams_own_and_both_listings_say_how_to_set_yours(isolated_home: Path) -> None:
+    shown = vcam_cli("presets", "default")
+    expected = "default preset: sd-turbo-1step (vcam's built-in default; `vcam presets default NAME` sets yours)"
+    assert shown.returncode == 0 and shown.stdout.strip() == expected
+    assert vcam_cli("presets").stdout.splitlines()[-1] == expected
+
+
+def test_setting_the_default_stores_it_beside_the_user_presets_and_says_which_commands_use_it(
+        isolated_home: Path) -> None:
+    result = vcam_cli("presets", "default", "tiny")
+    stored = isolated_home / ".config" / "vcam" / "default-preset"
+    assert result.returncode == 0 and stored.read_text() == "tiny\n"
+    assert all(command in result.stdout for command in ("`vcam run`", "`vcam doctor`", "`vcam service install`"))
+    assert vcam_cli("presets", "default").stdout.strip() == f"default preset: tiny (your default, set in {stored})"
+
+
+def test_an_unknown_name_is_one_line_naming_vcam_presets_and_keeps_the_previous_default(isolated_home: Path) -> None:
+    assert vcam_cli("presets", "default", "tiny").returncode == 0
+    result = vcam_cli("presets", "default", "tiyn")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "unknown preset 'tiyn'" in result.stderr and "`vcam presets`" in result.stderr
+    assert result.stderr.rstrip().endswith("the default preset is unchanged")
+    assert (isolated_home / ".config" / "vcam" / "default-preset").read_text() == "tiny\n"
+
+
+def test_a_broken_preset_cannot_become_the_default(isolated_home: Path) -> None:
+    user_preset_dir().mkdir(parents=True)
+    mine = write_preset(user_preset_dir(), "mine", "[stream\n")
+    result = vcam_cli("presets", "default", "mine")
+    assert result.returncode == 2 and str(mine) in result.stderr and "not valid TOML" in result.stderr
+    assert not (isolated_home / ".config" / "vcam" / "default-preset").exists()
+
+
+def test_a_preset_file_is_stored_by_its_absolute_path_so_it_works_from_any_folder(isolated_home: Path,
+                                                                                 tmp_path: Path) -> None:
+    (tmp_path / "shows").mkdir()
+    show = write_preset(tmp_path / "shows", "show", MINIMAL)
+    assert vcam_cli("presets", "default", "shows/show.toml", cwd=tmp_path).returncode == 0
+    assert (isolated_home / ".config" / "vcam" / "default-preset").read_text() == f"{show}\n"
+    assert vcam_cli("presets", "default", cwd=isolated_home).stdout.startswith(f"default preset: {show} (")
+
+
+def test_a_default_preset_deleted_since_it_was_chosen_is_one_line_naming_the_file_that_chose_it(
+        isolated_home: Path) -> None:
+    user_preset_dir().mkdir(parents=True)
+    mine = write_preset(user_preset_dir(), "mine", MINIMAL)
+    assert vcam_cli("presets", "default", "mine").returncode == 0
+    mine.unlink()
+    result = vcam_cli("run", "--source", "synthetic", "--sink", "null", "--frames", "1", "--no-tray", "--no-hotkeys")
+    stored = isolated_home / ".config" / "vcam" / "default-preset"
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert f"your default preset 'mine' (set in {stored}) cannot be used: unknown preset 'mine'" in result.stderr
+    assert "`vcam presets default NAME` sets another" in result.stderr
+
+
+def test_a_hand_edited_default_that_holds_no_name_is_one_line_and_the_listing_still_works(isolated_home: Path) -> None:
+    stored = isolated_home / ".config" / "vcam" / "default-preset"
+    stored.parent.mkdir(parents=True)
+    stored.write_text("\n\n")
+    shown = vcam_cli("presets", "default")
+    assert shown.returncode == 2 and len(shown.stderr.splitlines()) == 1
+    assert f"{stored}: should hold one preset name" in shown.stderr
+    listing = vcam_cli("presets")
+    assert listing.returncode == 0 and "tiny" in listing.stdout and "should hold one preset name" in listing.stdout

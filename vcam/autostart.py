@@ -1,5 +1,6 @@
 """The background-service entries `vcam service install` writes: a systemd user unit (Linux), a LaunchAgent
-(macOS) and a Task Scheduler task (Windows), each starting `vcam run --preset NAME --quiet` with the tray at log-in.
+(macOS) and a Task Scheduler task (Windows), each starting `vcam run --quiet` with the tray at log-in: with
+`--preset NAME` when one was given at install time, else on the user's default preset as it is at each start.
 
 Pure text: no file is written and no command run here (that is `vcam.autostart_cli`), so each platform's entry is
 generated and checked on any machine. Every entry restarts vcam when it fails (a crash, a non-zero exit) and not
@@ -28,22 +29,28 @@ TASK_NAMESPACE = "http://schemas.microsoft.com/windows/2004/02/mit/task"
 
 @dataclass(frozen=True)
 class ServiceCommand:
-    """What the service runs: the installed `vcam` (or `python -m vcam.cli`) with `run --preset NAME --quiet`."""
+    """What the service runs: the installed `vcam` (or `python -m vcam.cli`) with `run [--preset NAME] --quiet`."""
 
     argv: tuple[str, ...]
     log_file: Path  # where launchd sends stdout/stderr (systemd: the journal; Windows: vcam's own log only)
 
     @property
-    def preset(self) -> str:
-        return self.argv[self.argv.index("--preset") + 1]
+    def preset(self) -> str | None:
+        """The preset pinned at install time; None: the user's default preset when the service starts."""
+        return self.argv[self.argv.index("--preset") + 1] if "--preset" in self.argv else None
+
+    def describe_preset(self) -> str:
+        return f"preset {self.preset}" if self.preset else "the default preset"
 
 
-def service_command(preset: str, log_dir: Path, executable: str = sys.executable) -> ServiceCommand:
-    """The command for `preset`, through the `vcam` launcher beside `executable` when pip installed one."""
+def service_command(preset: str | None, log_dir: Path, executable: str = sys.executable) -> ServiceCommand:
+    """The command for `preset` (None: no --preset, so each start reads the user's default preset), through the
+    `vcam` launcher beside `executable` when pip installed one."""
     scripts = Path(executable).parent
     launcher = scripts / ("vcam.exe" if sys.platform == "win32" else "vcam")
     prefix = (str(launcher),) if launcher.is_file() else (executable, "-m", "vcam.cli")
-    return ServiceCommand((*prefix, "run", "--preset", preset, "--quiet"), log_dir / SERVICE_LOG_NAME)
+    pinned = ("--preset", preset) if preset is not None else ()
+    return ServiceCommand((*prefix, "run", *pinned, "--quiet"), log_dir / SERVICE_LOG_NAME)
 
 
 def _systemd_word(word: str) -> str:
@@ -64,7 +71,7 @@ def systemd_unit(command: ServiceCommand) -> str:
     """
     exec_start = " ".join(_systemd_word(word) for word in command.argv)
     return f"""[Unit]
-Description=vcam real-time diffusion virtual camera (preset {command.preset})
+Description=vcam real-time diffusion virtual camera ({command.describe_preset()})
 After=graphical-session.target
 PartOf=graphical-session.target
 
@@ -110,7 +117,7 @@ def scheduled_task(command: ServiceCommand, user: str) -> str:
     return f"""<?xml version="1.0" encoding="UTF-16"?>
 <Task version="1.2" xmlns="{TASK_NAMESPACE}">
   <RegistrationInfo>
-    <Description>vcam real-time diffusion virtual camera (preset {escape(command.preset)})</Description>
+    <Description>vcam real-time diffusion virtual camera ({escape(command.describe_preset())})</Description>
   </RegistrationInfo>
   <Triggers>
     <LogonTrigger>

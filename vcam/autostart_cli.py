@@ -19,11 +19,13 @@ from vcam.autostart import LAUNCHD_LABEL, SERVICE_LOG_NAME, SERVICE_NAME, entry_
 LOG_LINES = 40
 
 
-def add_service_parser(sub: argparse._SubParsersAction, default_preset: str) -> None:
+def add_service_parser(sub: argparse._SubParsersAction) -> None:
     service = sub.add_parser("service", help="run vcam in the background at log-in: install | uninstall | status | logs")
     actions = service.add_subparsers(dest="service_action", metavar="ACTION", required=True)
     install = actions.add_parser("install", help="start vcam with the tray at every log-in, restarted on failure")
-    install.add_argument("--preset", default=default_preset, help=f"the preset it runs ({default_preset})")
+    install.add_argument("--preset", metavar="NAME|FILE",
+                         help="the preset it always runs (default: your default preset at each start, see "
+                              "`vcam presets default`)")
     install.add_argument("--no-start", action="store_true", help="write and enable the entry, but do not start it now")
     uninstall = actions.add_parser("uninstall", help="stop the service and remove its entry")
     uninstall.add_argument("--only-for", metavar="PREFIX", help=argparse.SUPPRESS)  # install.sh --uninstall: ours only
@@ -71,11 +73,18 @@ def _tell_manager(commands: list[list[str]]) -> str:
     return ""
 
 
-def install(preset: str, start: bool) -> int:
+def install(preset: str | None, start: bool) -> int:
+    """Write and enable the entry; without `preset` it runs the user's default preset as it is at each start."""
+    from vcam.default_preset import default_preset
     from vcam.logs import log_dir
     from vcam.presets import load_preset
 
-    load_preset(preset)  # a misspelt preset is refused now, not at the next log-in
+    # A misspelt preset (or a default preset deleted since it was chosen) is refused now, not at the next log-in.
+    if preset is None:
+        print(f"vcam: the service runs the default preset, now {default_preset().name} "
+              "(`vcam presets default NAME` changes it from the service's next start)")
+    else:
+        load_preset(preset)
     kind = platform_kind()
     place = entry_for(kind, Path.home())
     command = service_command(preset, log_dir())

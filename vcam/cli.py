@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from vcam.autostart_cli import add_service_parser, run_service_action
 from vcam.models_cli import add_models_parser, run_models_action
 from vcam.options import NOTICES, add_stream_options
+from vcam.presets_cli import add_presets_parser, run_presets_action
 
-# `vcam run` with no arguments: a real model if it is on this machine (else the service falls back to `tiny`),
-# camera 0 (else the sample photo), the virtual camera (else a window, else MJPEG).
-DEFAULT_RUN_PRESET = "sd-turbo-1step"
+if TYPE_CHECKING:
+    from vcam.default_preset import DefaultPreset
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -80,26 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_options(demo)
     demo.add_argument("--out", default=".", help="folder for vcam-demo.mp4 and vcam-demo.png (default: here)")
 
-    sub.add_parser("presets", help="list the shipped and user presets")
+    add_presets_parser(sub)
     doctor = sub.add_parser("doctor", help="check this machine for a preset: OK / WARN / FAIL per check, with the fix")
-    doctor.add_argument("--preset", default=DEFAULT_RUN_PRESET, help=f"the preset to check for ({DEFAULT_RUN_PRESET})")
+    doctor.add_argument("--preset", metavar="NAME|FILE",
+                        help="the preset to check for (default: your default preset, see `vcam presets default`)")
     doctor.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
-    add_service_parser(sub, DEFAULT_RUN_PRESET)
+    add_service_parser(sub)
     add_models_parser(sub)
     return parser
 
 
-def _cmd_presets() -> int:
-    from vcam.presets import list_presets, user_preset_dir
-
-    for info in list_presets():
-        print(f"{info.name:<20} {info.origin:<8} {info.description}")
-    print(f"(user presets: {user_preset_dir()})")
-    return 0
-
-
 def _say(notice: str) -> None:
-    """Old spellings still work for one release; each is said once, as one line, before the run starts."""
+    """A note on how this run differs from the plain one (an old spelling, still accepted for one release; the
+    user's default preset): each said once, as one line, before the run starts."""
     print(f"vcam: note: {notice}", file=sys.stderr)
 
 
@@ -122,7 +115,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vcam.settings import resolve_settings
 
     # `--model tiny` without a preset means the offline demo: the tiny preset's resolution and steps suit it.
-    default_preset = "tiny" if getattr(args, "model.model") == "tiny" else DEFAULT_RUN_PRESET
+    default_preset = "tiny"
+    if args.preset is None and getattr(args, "model.model") != "tiny":
+        default_preset = _default_preset().name
     settings = resolve_settings(args, default_preset=default_preset, notify=_say)
     options = ServiceOptions(
         tray=not args.no_tray,
@@ -136,10 +131,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return Service(settings, options).run()
 
 
+def _default_preset() -> DefaultPreset:
+    """The user's default preset (checked to load), said in one line when it is the user's own choice: it is why
+    this run differs from what the README says a plain `vcam run` does."""
+    from vcam.default_preset import default_preset
+
+    chosen = default_preset()
+    if chosen.is_users:
+        _say(f"preset {chosen.name!r}: {chosen.origin()}")
+    return chosen
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from vcam.doctor import run_doctor
 
-    return run_doctor(args.preset, as_json=args.json)
+    return run_doctor(args.preset or _default_preset().name, as_json=args.json)
 
 
 def quiet_libraries() -> None:
@@ -170,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = setup_logging()
     try:
         if args.command == "presets":
-            return _cmd_presets()
+            return run_presets_action(args)
         if args.command == "doctor":
             return _cmd_doctor(args)
         if args.command == "service":

@@ -191,28 +191,30 @@ def _tray_host_problem() -> str | None:
 
 
 def _obs(enabled: bool, host: str, port: int) -> list[Check]:
+    """One handshake and log-in, as `vcam run --obs` makes. Nothing listening is a WARN even for a preset that uses
+    OBS (vcam connects whenever OBS starts); a refused password is a FAIL for such a preset (it never connects)."""
+    from vcam.controls.obs import START_OBS_FIX, ObsConfig, explain_connect_failure, quiet_obsws_logging
+    from vcam.secrets import lookup_secret
+
     where = f"{host}:{port}"
     try:
         socket.create_connection((host, port), timeout=OBS_TIMEOUT_S).close()
     except OSError:
         if not enabled:
             return [Check("obs", "OK", f"not used by this preset (nothing listens at {where})")]
-        return [Check("obs", "FAIL", f"OBS WebSocket is not reachable at {where}",
-                      "start OBS and enable Tools > WebSocket Server Settings > Enable WebSocket server")]
-    from vcam.controls.obs import ObsConfig, describe_connect_failure
-    from vcam.secrets import lookup_secret
-
+        return [Check("obs", "WARN", f"nothing listens at {where}: vcam connects when OBS starts", START_OBS_FIX)]
     config = ObsConfig(host=host, port=port)
     secret = lookup_secret(config.password_env, "obs", config.use_keyring)
+    quiet_obsws_logging()
     try:
         import obsws_python
 
         client = obsws_python.ReqClient(host=host, port=port, password=secret.value, timeout=OBS_TIMEOUT_S)
         version = client.get_version().obs_version
         client.disconnect()
-    except Exception as error:  # noqa: BLE001 - obsws-python raises bare exceptions; describe_connect_failure reads them
-        reason, _ = describe_connect_failure(error, config, secret.origin)
-        return [Check("obs", "FAIL" if enabled else "WARN", reason.removesuffix("; retrying"))]
+    except Exception as error:  # noqa: BLE001 - obsws-python raises bare exceptions; explain_connect_failure reads them
+        failure = explain_connect_failure(error, config, secret.origin)
+        return [Check("obs", "FAIL" if enabled else "WARN", failure.problem, failure.fix)]
     return [Check("obs", "OK", f"OBS {version} at {where}, password accepted")]
 
 

@@ -112,7 +112,7 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
         g = _group(parser, group.title)
         if group.key == "model":
             g.add_argument("--preset", metavar="NAME|FILE",
-                           help="a preset name (see `vcam presets`) or a .toml file; run: sd-turbo-1step, bench: tiny")
+                           help="a preset name (see `vcam presets`) or a .toml file; run: your default (`vcam presets default`), bench: tiny")
         for cls in group.classes:
             for f, hint in user_fields(cls, where="cli"):
                 _add_field(g, group, f, hint)

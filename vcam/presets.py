@@ -161,7 +161,8 @@ def load_preset(name_or_path: str | Path, user_dir: Path | None = None) -> Prese
         return parse_preset(_read_toml(candidate), name=candidate.stem, source=candidate)
     files = {**_shipped_preset_files(), **_user_preset_files(user_dir)}
     if str(name_or_path) not in files:
-        raise PresetError(f"unknown preset {str(name_or_path)!r}; available: {', '.join(sorted(files))}")
+        raise PresetError(f"unknown preset {str(name_or_path)!r}; available: {', '.join(sorted(files))} "
+                          "(`vcam presets` describes them)")
     path = files[str(name_or_path)]
     return parse_preset(_read_toml(path), name=path.stem, source=path)
 

@@ -39,6 +39,7 @@ log = logging.getLogger("vcam")
 
 EVENT_KEY = "vcam"
 OBS_SETTINGS_HINT = "OBS > Tools > WebSocket Server Settings"
+START_OBS_FIX = f"start OBS and enable {OBS_SETTINGS_HINT} > Enable WebSocket server"
 HEARTBEAT_SECONDS = 2.0  # silence after which a WebSocket ping asks OBS for a sign of life
 SILENCE_LIMIT_SECONDS = 6.0  # no frame at all for this long (pong included): the connection is dead
 RECEIVE_POLL_SECONDS = 0.5  # how often the reader looks at the clock and the stop flag
@@ -69,36 +70,37 @@ class ObsConfig:
             )
 
 
-def describe_connect_failure(error: Exception, config: ObsConfig, password_origin: str) -> tuple[str, bool]:
-    """A one-line reason for a failed connection, and whether it is an authentication problem (retrying those
-    fast cannot help: the supervisor then waits `retry_max` between tries).
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why a connection to OBS failed, and the fix, apart: the control says them as one line, `vcam doctor` puts
+    the fix after its `->`. `is_auth`: a password problem (retrying fast cannot help)."""
 
-    obsws-python 1.8 raises a bare OBSSDKError for both; OBS closes with code 4009 on a wrong password, which
-    reaches obsws-python as an unreadable identify answer ("failed to identify client").
-    """
+    problem: str
+    fix: str
+    is_auth: bool
+
+    def line(self) -> str:
+        return f"{self.problem}: {self.fix}" if self.is_auth else f"{self.problem}; {self.fix}; retrying"
+
+
+def explain_connect_failure(error: Exception, config: ObsConfig, password_origin: str) -> ConnectFailure:
+    """obsws-python 1.8 raises a bare OBSSDKError for both password problems; OBS closes with code 4009 on a wrong
+    password, which reaches obsws-python as an unreadable identify answer ("failed to identify client")."""
     where = f"{config.host}:{config.port}"
     text = str(error)
     if "no password provided" in text:
-        return (
-            f"OBS at {where} asks for a WebSocket password: set {config.password_env} (or `keyring set vcam obs`) "
-            f"to the password shown in {OBS_SETTINGS_HINT}",
-            True,
-        )
+        return ConnectFailure(f"OBS at {where} asks for a WebSocket password",
+                              f"set {config.password_env} (or `keyring set vcam obs`) to the password shown in "
+                              f"{OBS_SETTINGS_HINT}", True)
     if "failed to identify" in text:
-        origin = {"environment": f"from {config.password_env}", "keyring": "from the keyring"}.get(password_origin, "")
-        return (
-            f"OBS rejected the WebSocket password {origin}: set {config.password_env} to the password shown in "
-            f"{OBS_SETTINGS_HINT}".replace("  ", " "),
-            True,
-        )
-    return (
-        f"OBS is not reachable at {where} ({type(error).__name__}); start OBS and enable {OBS_SETTINGS_HINT} > "
-        f"Enable WebSocket server; retrying",
-        False,
-    )
+        origin = {"environment": f" from {config.password_env}", "keyring": " from the keyring"}.get(password_origin, "")
+        return ConnectFailure(f"OBS rejected the WebSocket password{origin}",
+                              f"set {config.password_env} to the password shown in {OBS_SETTINGS_HINT}", True)
+    return ConnectFailure(f"OBS is not reachable at {where} ({type(error).__name__})",
+                          START_OBS_FIX, False)
 
 
-def _quiet_obsws_logging() -> None:
+def quiet_obsws_logging() -> None:
     """obsws-python logs the password at INFO and a traceback per refused connection at ERROR: keep both out."""
     logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
 
@@ -131,7 +133,7 @@ class ObsControl:
     def start(self) -> None:
         if self._thread is not None:
             return
-        _quiet_obsws_logging()
+        quiet_obsws_logging()
         self._stop.clear()
         self._thread = threading.Thread(target=self._supervise, name="vcam-obs-control", daemon=True)
         self._thread.start()
@@ -159,11 +161,12 @@ class ObsControl:
             try:
                 client = self._connect()
             except Exception as error:  # every failure is reported as a line; none may end the supervisor
-                report, is_auth = describe_connect_failure(error, self.config, self._password_origin)
+                failure = explain_connect_failure(error, self.config, self._password_origin)
+                report = failure.line()
                 if report != last_report:  # one line per kind of problem, not one per retry
                     self._on_status(one_line(report))
                     last_report = report
-                self._stop.wait(self.config.retry_max if is_auth else delay)
+                self._stop.wait(self.config.retry_max if failure.is_auth else delay)
                 delay = min(delay * 2, self.config.retry_max)
                 continue
             with self._lock:
