@@ -35,6 +35,10 @@ COMMANDS = [
 ]
 
 
+# Threads a run may start once, late, without leaking (a runtime's worker pool growing on a later call, the first
+# encode of a new prompt): a leak per command would add one for every few of the soak's commands, dozens in all.
+ONE_OFF_THREADS = 2
+
 def free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
@@ -154,7 +158,7 @@ def main() -> int:
     report = soak(args.minutes)
     print(json.dumps(report, indent=None if args.json else 2))
     ok = report["alive_until_quit"] and report["rss_growth"] < 0.05 and report["threads_end"] <= report[
-        "threads_after_warmup"] and report["fds_end"] <= report["fds_after_warmup"]
+        "threads_after_warmup"] + ONE_OFF_THREADS and report["fds_end"] <= report["fds_after_warmup"]
     return 0 if ok else 1
 
 

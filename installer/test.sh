@@ -7,4 +7,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VCAM_VENV:-$here/.venv}"
 "$here/installer/linux/test-deps.sh"
 cd "$here"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist): many specs wait on a real process, a display or a socket, so two at a time keep both
+# cores busy; VCAM_TEST_WORKERS=0 runs them in this one process.
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${VCAM_TEST_WORKERS:-2}" --dist worksteal "$@"

@@ -108,7 +108,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_restyles_the_sample_source_into_a_video(home, tmp_path):
     out = tmp_path / "out.mp4"
     result = run_vcam("run", "--model", "tiny", "--source", "sample", "--sink", str(out), "--frames", "10",
-                      "--no-tray", "--no-hotkeys", "--quiet", env_home=home)
+                      "--width", "128", "--height", "128", "--no-tray", "--no-hotkeys", "--quiet", env_home=home)
     assert result.returncode == 0, result.stderr
     frames = read_video(out)
     assert len(frames) == 10 and frames[0].shape == (720, 1280, 3)
