@@ -184,7 +184,7 @@ def _from_hf_cache(repo_id: str, what: str) -> Path:
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         raise ModelError(
             f"{what} {repo_id!r} is neither a local path nor in the Hugging Face cache at {cache}; download it once with "
-            f"`huggingface-cli download {repo_id}` on a machine with internet, or pass a folder") from None
+            f"`hf download {repo_id}` on a machine with internet, or pass a folder") from None
 
 
 def _locate(name: str, what: str) -> Path:

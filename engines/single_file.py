@@ -281,7 +281,7 @@ def load_tokenizer(arch: SingleFileArchitecture, checkpoint_path: Path, tokenize
             return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), **settings)
     repo = arch.cached_tokenizers[0][0]
     raise ModelError(f"no tokenizer found for this {arch.name} checkpoint; put vocab.json and merges.txt next to it, "
-                     f"pass --tokenizer FOLDER, or run `huggingface-cli download {repo}` once while online")
+                     f"pass --tokenizer FOLDER, or run `hf download {repo}` once while online")
 
 
 def _has_vocabulary(folder: Path) -> bool:

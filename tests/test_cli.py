@@ -262,3 +262,14 @@ def test_frames_with_a_live_output_counts_stylised_frames(home: Path) -> None:
     assert process.returncode == 0, stderr
     assert "first stylised frame" in stderr
     assert "vcam: 3 stylised frames" in stderr, stderr
+
+
+def test_a_reader_that_leaves_the_pipe_early_is_not_reported_as_a_bug(home: Path) -> None:
+    # `vcam presets | head -1`: the reader is gone before vcam writes; a piped tool just ends (status 141).
+    env = dict(os.environ, XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"))
+    process = subprocess.Popen([sys.executable, "-m", "vcam.cli", "presets"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    process.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141, stderr
+    assert stderr == ""

@@ -121,7 +121,7 @@ def test_hf_home_locates_the_hub_cache(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_model_id_missing_from_hf_cache_names_the_download_command(hf_cache: Path) -> None:
     message = refusal(ModelSpec(model="someone/not-downloaded"))
-    assert str(hf_cache) in message and "huggingface-cli download someone/not-downloaded" in message
+    assert str(hf_cache) in message and "hf download someone/not-downloaded" in message
 
 
 def test_missing_path_says_what_can_be_passed(tmp_path: Path) -> None:

@@ -86,9 +86,12 @@ def test_pull_offline_says_in_one_line_what_to_copy_where(tmp_path: Path, offlin
     result = _vcam(["models", "pull", "sd-turbo-1step"], {**env, "HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()
-    assert line.startswith("vcam: error: cannot reach the Hugging Face Hub for stabilityai/sd-turbo")
-    assert "huggingface-cli download stabilityai/sd-turbo" in line
-    assert str(tmp_path / "hf" / "hub" / "models--stabilityai--sd-turbo") in line
+    # the preset's model and its VAE: everything still needed, not only the first repository tried
+    assert line.startswith("vcam: error: cannot reach the Hugging Face Hub for stabilityai/sd-turbo and "
+                           "madebyollin/taesd")
+    assert "hf download stabilityai/sd-turbo " in line and "hf download madebyollin/taesd " in line
+    assert "models--stabilityai--sd-turbo" in line and "models--madebyollin--taesd" in line
+    assert line.endswith(f"into {tmp_path / 'hf' / 'hub'}")
 
 
 def test_list_shows_each_presets_model_with_its_size_or_how_to_get_it(tmp_path: Path) -> None:

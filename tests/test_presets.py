@@ -345,6 +345,11 @@ def test_a_default_preset_deleted_since_it_was_chosen_is_one_line_naming_the_fil
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert f"your default preset 'mine' (set in {stored}) cannot be used: unknown preset 'mine'" in result.stderr
     assert "`vcam presets default NAME` sets another" in result.stderr
+    shown = vcam_cli("presets", "default")  # the command that shows the default says it as well
+    assert shown.returncode == 2 and len(shown.stderr.splitlines()) == 1 and "cannot be used" in shown.stderr
+    listing = vcam_cli("presets")
+    assert listing.returncode == 0 and "tiny" in listing.stdout
+    assert listing.stdout.splitlines()[-1].startswith("default preset: your default preset 'mine'")
 
 
 def test_a_hand_edited_default_that_holds_no_name_is_one_line_and_the_listing_still_works(isolated_home: Path) -> None:

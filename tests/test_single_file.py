@@ -268,7 +268,7 @@ def test_tokenizer_next_to_the_checkpoint_wins_over_the_cache(tiny_model_dir: Ti
 def test_missing_tokenizer_error_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as error:
         load_tokenizer(ARCH["sd21"], tmp_path / "model.safetensors", hf_cache_dir=tmp_path / "empty-hub")
-    _assert_one_line_model_error(error, "--tokenizer", "huggingface-cli download stabilityai/sd-turbo")
+    _assert_one_line_model_error(error, "--tokenizer", "hf download stabilityai/sd-turbo")
 
 
 def test_tokenizer_folder_without_vocabulary_is_refused(tmp_path: Path) -> None:

@@ -192,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left (`vcam models list | head -1`): not an error. Python's recipe: point stdout at devnull so
+        # the interpreter's final flush does not raise again, and end as a piped tool does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe closed on
     except Exception as error:  # noqa: BLE001 - one line on the terminal, the traceback in the log file
         log_traceback(error, f"vcam {args.command} ended with an error")
         if isinstance(error, _user_errors()):

@@ -96,11 +96,21 @@ def files_to_fetch(repo_files: list[str]) -> list[str]:
     return sorted(set(chosen))
 
 
-def _offline_line(repo_id: str, cache: Path, reason: str) -> str:
-    folder = f"models--{repo_id.replace('/', '--')}"
-    return (f"cannot reach the Hugging Face Hub for {repo_id} ({reason}): on a machine with internet run "
-            f"`huggingface-cli download {repo_id} --include '*.json' '*.txt' '*.safetensors'`, then copy its folder "
-            f"~/.cache/huggingface/hub/{folder} to {cache / folder}")
+def _offline_line(repo_ids: list[str], cache: Path, reason: str) -> str:
+    """One line for every repository still needed (a preset's model and its VAE): what to run, what to copy."""
+    commands = " and ".join(f"`hf download {r} --include '*.json' '*.txt' '*.safetensors'`" for r in repo_ids)
+    folders = " and ".join(f"~/.cache/huggingface/hub/models--{r.replace('/', '--')}" for r in repo_ids)
+    its = "its folder" if len(repo_ids) == 1 else "their folders"
+    return (f"cannot reach the Hugging Face Hub for {' and '.join(repo_ids)} ({reason}): on a machine with internet "
+            f"run {commands}, then copy {its} {folders} into {cache}")
+
+
+class HubUnreachable(Exception):
+    """The Hub could not be reached for a repository; `reason` is the transport's one-line cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _network_errors() -> tuple[type[Exception], ...]:
@@ -119,7 +129,8 @@ def _network_errors() -> tuple[type[Exception], ...]:
 
 
 def pull_repo(repo_id: str, progress: bool) -> Path:
-    """Fetch `repo_id`'s loadable files into the Hub cache; raises ModelError (one line) when offline or unknown."""
+    """Fetch `repo_id`'s loadable files into the Hub cache; raises HubUnreachable when the Hub cannot be reached,
+    ModelError (one line) when the repository is unknown or has no safetensors."""
     if progress and "huggingface_hub" not in sys.modules:
         # `vcam` turns the Hub's progress bars off for every command (noise on a live run); here they are the point.
         os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
@@ -145,9 +156,9 @@ def pull_repo(repo_id: str, progress: bool) -> Path:
         raise ModelError(f"no model {repo_id!r} on the Hub (check the name; a gated model needs `hf auth login`)") \
             from None
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, *_network_errors(), ConnectionError) as error:
-        raise ModelError(_offline_line(repo_id, cache, type(error).__name__)) from None
+        raise HubUnreachable(type(error).__name__) from None
     except HfHubHTTPError as error:
-        raise ModelError(_offline_line(repo_id, cache, str(error).splitlines()[0])) from None
+        raise HubUnreachable(str(error).splitlines()[0]) from None
 
 
 def pull(name: str, progress: bool) -> int:
@@ -167,8 +178,13 @@ def pull(name: str, progress: bool) -> int:
     if not repos:
         print(f"vcam: {name} needs nothing from the Hub (its model ships with vcam or is a local path)")
         return 0
-    for repo_id in repos:
-        path = pull_repo(repo_id, progress)
+    from engines.loading import hf_hub_cache_dir
+
+    for index, repo_id in enumerate(repos):
+        try:
+            path = pull_repo(repo_id, progress)
+        except HubUnreachable as error:  # the line names every repository still needed, not only this one
+            raise ModelError(_offline_line(repos[index:], hf_hub_cache_dir(), error.reason)) from None
         print(f"vcam: {repo_id} is in {path}")
     return 0
 

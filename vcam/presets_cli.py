@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vcam.default_preset import DefaultPreset, read_default_preset, set_default_preset
+from vcam.default_preset import DefaultPreset, default_preset, set_default_preset
 from vcam.presets import PresetError, list_presets, user_preset_dir
 
 # Who reads the default: said when it is set, so the user knows what the choice changes.
@@ -26,7 +26,7 @@ def _list() -> int:
         print(f"{info.name:<20} {info.origin:<8} {info.description}")
     print(f"(user presets: {user_preset_dir()})")
     try:
-        print(_default_line(read_default_preset()))
+        print(_default_line(default_preset()))  # checked: a default deleted since it was chosen is said here too
     except PresetError as error:  # the listing still helps to choose another
         print(f"default preset: {error}")
     return 0
@@ -37,7 +37,7 @@ def run_presets_action(args: argparse.Namespace) -> int:
     if args.presets_action is None:
         return _list()
     if args.name is None:
-        print(_default_line(read_default_preset()))
+        print(_default_line(default_preset()))  # one line (exit 2) when it no longer loads, as `vcam run` says it
         return 0
     chosen = set_default_preset(args.name)
     print(f"vcam: default preset is now {chosen.name} (in {chosen.set_in}); {DEFAULT_USERS} use it")

@@ -309,12 +309,14 @@ class Service(ServiceCommands, ServiceModel):
             log.info("stop requested (%s)%s", self._stop_reason,
                      "" if into_call is None else f" {into_call:.1f} s into a model call")
         self.pipeline.stop(timeout=RELEASE_SECONDS)  # the camera and the virtual camera are released first
-        if self.pipeline.released_after is not None:
+        if self.pipeline.released_after is not None and self._stop_reason is not None:
             log.info("camera and virtual camera released %.2f s after the stop request",
                      self.pipeline.released_after)
+        elif self.pipeline.released_after is not None:  # the run ended by itself (--frames, the end of a file)
+            log.info("camera and virtual camera released")
         stats = self.pipeline.stats()
         loading = stats.processed - stats.results
-        log.info("%d stylised frames%s", stats.results,
+        log.info("%d stylised frame%s%s", stats.results, "" if stats.results == 1 else "s",
                  f" (and {loading} pass-through frames while the model loaded)" if loading else "")
         if self._file_sink is not None:  # closed: what the file holds
             log.info("%s: %d frames written", self._file_sink.path, self._file_sink.frames_written)
