@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from vcam.commands import Command, CommandQueue, SetPaused, SetSimilarityFilter, SwitchPrompt
@@ -199,10 +200,15 @@ class HotkeyControl:
     def stop(self) -> None:
         """Stop listening; safe to call twice or when `start()` found no backend."""
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()
+        if listener is None:
+            return
+        listener.stop()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while listener.is_alive() and time.monotonic() < deadline:
+            # Repeated: a stop right after start() can disable the recording before the listener thread has
+            # enabled it (pynput marks itself ready first), and that thread would then wait for the next key.
             _end_x_recording(listener)
-            listener.join(timeout=READY_TIMEOUT_S)
+            listener.join(timeout=0.1)
 
 
 def _end_x_recording(listener: object) -> None:
