@@ -85,7 +85,6 @@ class Service(ServiceCommands, ServiceModel):
         self._stop_reason: str | None = None
         self._stop_into_model_call: float | None = None  # seconds the model call in flight had run at the stop
         self.ready_event = threading.Event()  # the diffusion processor is live
-        self.stylised_event = threading.Event()  # the output received its first stylised frame
         self.result_written = threading.Event()  # the output is writing its first frame the model made
         self.prompt_index = 0
         self.prompt_label = settings.prompts[0].name if settings.prompts else "custom"
@@ -179,7 +178,7 @@ class Service(ServiceCommands, ServiceModel):
             return "starting"
         skip = self.stream.similarity.skip_rate if self.stream is not None and self.stream.similarity else 0.0
         # "live" from the first stylised frame the output received (the model being built is not yet live)
-        state: RunState = "paused" if self.paused else ("live" if self.stylised_event.is_set() else "loading")
+        state: RunState = "paused" if self.paused else ("live" if self.result_written.is_set() else "loading")
         return status_line(self.pipeline.stats(), skip, self.prompt_label, state)
 
     def _status_loop(self) -> None:
@@ -342,7 +341,6 @@ class Service(ServiceCommands, ServiceModel):
 
     def _first_stylised_frame(self) -> None:
         """Said once: how long from launching the process to the first stylised frame the output received."""
-        self.stylised_event.set()
         import psutil  # a dependency; imported here as only this line needs it
 
         try:
