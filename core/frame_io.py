@@ -1,4 +1,5 @@
-"""The one contract of frame sources and frame sinks, shared by the pipeline and every source and sink in `vcam`."""
+"""The one contract of frame sources, processors and frame sinks, shared by the pipeline and every source, processor
+and sink in `vcam`."""
 from __future__ import annotations
 
 from typing import Protocol
@@ -34,3 +35,15 @@ class FrameSink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class FrameProcessor(Protocol):
+    """The work between capture and output. Gets `frames_per_call` frames per call and returns as many, or fewer
+    while it fills (a stream batch holds T-1 calls' worth, see `vcam.processor.DiffusionProcessor`). It may
+    expose `skipped: int` (frames whose inference it skipped) for the statistics; `placeholder = True` (a loading
+    card while the model loads: its frames do not count toward `max_frames`); and `flush() -> list[frames]`, the
+    frames still inside it, called once when the source ends."""
+
+    frames_per_call: int
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]: ...

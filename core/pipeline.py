@@ -13,40 +13,30 @@ virtual camera must keep receiving frames at its rate even while the model is la
   one is repeated; when far behind the clock is resynced instead of bursting. An unpaced sink (`fps` None) gets every produced frame exactly once, in order.
 - `between_frames` runs on the inference thread before each processor call: the service applies its queued
   commands there, so a command never lands in the middle of a UNet call. `set_processor` swaps the processor at
-  the same boundary (pass-through or loading card while the model loads, then the diffusion processor).
+  the same boundary (pass-through or loading card while the model loads, then the diffusion processor); in front of
+  a live output the model's first call runs beside the pass-through, so the picture never freezes while it runs
+  (`core.processor_swap`), and commands wait for it.
 - An exception in any stage is kept in `error` (with `error_stage`) and ends the run; `stop()` then joins the
   threads and closes the source and sink. A paced sink keeps getting the last frame until `stop()`.
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
-from core.frame_io import FrameSink, FrameSource
+from core.frame_io import FrameProcessor, FrameSink, FrameSource
 from core.pacing import FramePacer
+from core.processor_swap import ProcessorSwap, is_placeholder
 from core.slots import LatestSlot
-from core.stats import PipelineStats, RateMeter, RollingStats
+from core.stats import PipelineMeters, PipelineStats
+from core.thread_priority import lower_this_threads_priority
 
 POLL_SECONDS = 0.05  # how often blocked threads look at the stop flag
 STOP_GRACE_SECONDS = 0.5  # stop() lets a stage finish its read / write this long before closing under it
-
-
-class FrameProcessor(Protocol):
-    """The work between capture and output. Gets `frames_per_call` frames per call and returns as many, or fewer
-    while it fills (a stream batch holds T-1 calls' worth, see `vcam.processor.DiffusionProcessor`). It may
-    expose `skipped: int` (frames whose inference it skipped) for the statistics; `placeholder = True` (a loading
-    card while the model loads: its frames do not count toward `max_frames`); and `flush() -> list[frames]`, the
-    frames still inside it, called once when the source ends."""
-
-    frames_per_call: int
-
-    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -63,11 +53,6 @@ class PipelineConfig:
             raise ValueError(f"max_frames must be at least 1 or None, got {self.max_frames}")
 
 
-def _skipped(processor: FrameProcessor) -> int:
-    """How many frames the processor has skipped so far (0 if it does not say)."""
-    return int(getattr(processor, "skipped", 0))
-
-
 @dataclass(frozen=True)
 class _Frame:
     """A frame on its way through, with the time it was captured (for latency)."""
@@ -75,18 +60,6 @@ class _Frame:
     image: np.ndarray
     captured_at: float
     result: bool = False  # made by a real processor (not a placeholder's pass-through while the model loads)
-
-
-def _lower_this_threads_priority(niceness: int = 5) -> None:
-    """Let the model's threads win the cores: on a machine whose cores the model fills, a capture thread that
-    prepares the next frame at the same priority steals time from the frame being computed. Linux schedules
-    threads as tasks, so this lowers only the calling thread; elsewhere (or without permission) nothing happens."""
-    if not hasattr(os, "setpriority") or not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except OSError:
-        pass
 
 
 class FramePipeline:
@@ -111,12 +84,8 @@ class FramePipeline:
         self.error: BaseException | None = None
         self.error_stage: str | None = None
         self.released_after: float | None = None  # seconds from stop() until the source and sink were closed
-        self._processor = processor
-        self._next_processor: FrameProcessor | None = None
+        self._swap = ProcessorSwap(processor, overlap_first_call=sink.fps is not None)
         self._call_started_at: float | None = None  # monotonic start of the processor call in flight
-        self._swap_lock = threading.Lock()
-        self._skipped_before_swaps = 0  # skips counted by processors swapped out (or in again) earlier
-        self._skipped_at_swap_in = _skipped(processor)
         self._input: LatestSlot[_Frame] = LatestSlot(1)
         self._output: LatestSlot[_Frame] = LatestSlot(max(1, processor.frames_per_call))
         self._halt = threading.Event()  # capture and inference stop (end, max_frames, error, stop)
@@ -128,25 +97,17 @@ class FramePipeline:
         self._frames_in = self._consumed = self._processed = self._written = self._repeated = 0
         self._results = 0  # processed by a processor that is not a placeholder
         self._pacer: FramePacer | None = None  # the output's clock, for a paced sink
-        window = config.stats_window
-        self._capture_time = RollingStats(window)
-        self._inference_time = RollingStats(window)
-        self._output_time = RollingStats(window)
-        self._latency = RollingStats(window)
-        self._processed_rate = RateMeter()
-        self._result_rate = RateMeter()  # only a real processor's frames: the model's rate, not the loading card's
-        self._written_rate = RateMeter()
+        self._meters = PipelineMeters(config.stats_window)
 
     # -- control -----------------------------------------------------------------------------------------
 
     @property
     def processor(self) -> FrameProcessor:
-        return self._processor
+        return self._swap.current
 
     def set_processor(self, processor: FrameProcessor) -> None:
         """Use `processor` from the next frame boundary on (the current call finishes with the old one)."""
-        with self._swap_lock:
-            self._next_processor = processor
+        self._swap.request(processor)
 
     def start(self) -> None:
         if self._threads:
@@ -194,7 +155,8 @@ class FramePipeline:
     def seconds_into_call(self) -> float | None:
         """How long the processor call in flight has run, in seconds; None between calls. (A stop reports it: a
         call into the model cannot be interrupted, see `join`.)"""
-        started = self._call_started_at
+        first = self._swap.first_call
+        started = first.started_at if first is not None and not first.finished else self._call_started_at
         return None if started is None else time.monotonic() - started
 
     def join(self, timeout: float | None = None) -> bool:
@@ -213,27 +175,13 @@ class FramePipeline:
             frames_in, consumed, processed, results = self._frames_in, self._consumed, self._processed, self._results
             written, repeated = self._written, self._repeated
             resyncs = self._pacer.resyncs if self._pacer is not None else 0
-            skipped = self._skipped_before_swaps + _skipped(self._processor) - self._skipped_at_swap_in
+        skipped = self._swap.skipped()
         dropped = self._input.dropped
         return PipelineStats(
-            frames_in=frames_in,
-            consumed=consumed,
-            processed=processed,
-            results=results,
-            written=written,
-            repeated=repeated,
-            dropped=dropped,
-            output_dropped=self._output.dropped,
+            frames_in=frames_in, consumed=consumed, processed=processed, results=results, written=written,
+            repeated=repeated, dropped=dropped, output_dropped=self._output.dropped,
             pending=max(0, frames_in - consumed - dropped),  # the slot counts apart: may lag by one frame
-            skipped=skipped,
-            resyncs=resyncs,
-            capture_ms=self._capture_time.summary().scaled(1000),
-            inference_ms=self._inference_time.summary().scaled(1000),
-            output_ms=self._output_time.summary().scaled(1000),
-            latency_ms=self._latency.summary().scaled(1000),
-            fps=self._processed_rate.rate(),
-            result_fps=self._result_rate.rate() if self._result_rate.measured else None,
-            output_fps=self._written_rate.rate(),
+            skipped=skipped, resyncs=resyncs, **self._meters.readings(),
         )
 
     # -- the three stages ----------------------------------------------------------------------------------
@@ -256,7 +204,7 @@ class FramePipeline:
                 self.error, self.error_stage = error, stage
 
     def _capture_loop(self) -> None:
-        _lower_this_threads_priority()
+        lower_this_threads_priority()
         limit = None if self.source.live else self.config.max_frames  # a file is read no further than needed
         while not self._halt.is_set() and (limit is None or self._frames_in < limit):
             started = time.monotonic()
@@ -264,7 +212,7 @@ class FramePipeline:
             if image is None or self._halt.is_set():
                 break
             captured_at = time.monotonic()
-            self._capture_time.add(captured_at - started)
+            self._meters.capture.add(captured_at - started)
             frame = _Frame(image, captured_at)
             with self._counters_lock:
                 self._frames_in += 1
@@ -279,19 +227,31 @@ class FramePipeline:
     def _inference_loop(self) -> None:
         try:
             while not self._halt.is_set() and not self._reached_max_frames():
-                if self.between_frames is not None:
+                first = self._swap.first_call
+                if first is not None and first.finished:
+                    self._take_first_call()
+                    continue
+                if first is None and self.between_frames is not None:  # never while a model call runs beside
                     self.between_frames()
-                processor = self._apply_pending_swap()
+                processor = self._swap.next_call()
                 frames = self._gather(processor.frames_per_call)
                 if not frames:
+                    if self._swap.first_call is not None:
+                        self._take_first_call()
+                    processor = self._swap.current
                     if not self._halt.is_set() and hasattr(processor, "flush"):  # the source ended: drain
                         self._emit(processor, processor.flush(), None)
                     break
+                if processor is not self._swap.current:  # a new processor's first call, beside the placeholder
+                    self._swap.start_first_call(processor, self._padded(processor, frames), frames)
+                    continue
                 self._run_processor(processor, frames)
         finally:
             self._halt.set()  # a live camera is read no longer than inference runs
             self._input.close()
             self._output.close()
+            if self._swap.first_call is not None:  # this thread ends once the model call beside it returned
+                self._swap.first_call.result()
 
     def _output_loop(self) -> None:
         if self.sink.fps is None:
@@ -304,16 +264,11 @@ class FramePipeline:
     def _reached_max_frames(self) -> bool:
         return self.config.max_frames is not None and self._results >= self.config.max_frames
 
-    def _apply_pending_swap(self) -> FrameProcessor:
-        with self._swap_lock:
-            incoming, self._next_processor = self._next_processor, None
-        if incoming is not None:
-            with self._counters_lock:  # stats() must never see the skip counts half-updated
-                self._skipped_before_swaps += _skipped(self._processor) - self._skipped_at_swap_in
-                self._skipped_at_swap_in = _skipped(incoming)
-                self._processor = incoming
-            self._output.set_capacity(max(1, incoming.frames_per_call))
-        return self._processor
+    def _take_first_call(self) -> None:
+        first = self._swap.take_first_call()
+        self._output.set_capacity(max(1, first.processor.frames_per_call))
+        self._meters.inference.add(first.seconds)
+        self._emit(first.processor, first.result()[:len(first.frames)], first.frames)
 
     def _gather(self, count: int) -> list[_Frame]:
         """Up to `count` frames; fewer only at the end of the stream or on stop (empty: nothing left)."""
@@ -329,28 +284,30 @@ class FramePipeline:
         return frames
 
     def _run_processor(self, processor: FrameProcessor, frames: list[_Frame]) -> None:
-        # a short last batch is padded with its last frame; the outputs of the padding are discarded
-        real = len(frames)
-        images = [frame.image for frame in frames]
-        images += [images[-1]] * (processor.frames_per_call - real)
         started = self._call_started_at = time.monotonic()
         try:
-            outputs = processor.process(images)
+            outputs = processor.process(self._padded(processor, frames))
         finally:
             self._call_started_at = None
-        self._inference_time.add(time.monotonic() - started)
-        self._emit(processor, outputs[:real], frames)
+        self._meters.inference.add(time.monotonic() - started)
+        self._emit(processor, outputs[:len(frames)], frames)
+
+    @staticmethod
+    def _padded(processor: FrameProcessor, frames: list[_Frame]) -> list[np.ndarray]:
+        """The images of `frames`; a short last batch is padded with its last frame (those outputs are discarded)."""
+        images = [frame.image for frame in frames]
+        return images + [images[-1]] * (processor.frames_per_call - len(images))
 
     def _emit(self, processor: FrameProcessor, outputs: list[np.ndarray], frames: list[_Frame] | None) -> None:
         """Hand `outputs` to the output stage, up to max_frames; `frames` gives their capture times (None for a
         flush: the frames that went in earlier, so their latency is not measured)."""
-        counts = not getattr(processor, "placeholder", False)
+        counts = not is_placeholder(processor)
         if counts and self.config.max_frames is not None:
             outputs = outputs[:max(0, self.config.max_frames - self._results)]
         if outputs:  # one tick per call: its F frames came out at one instant
-            self._processed_rate.tick(events=len(outputs))
+            self._meters.processed_rate.tick(events=len(outputs))
             if counts:
-                self._result_rate.tick(events=len(outputs))
+                self._meters.result_rate.tick(events=len(outputs))
         for index, image in enumerate(outputs):
             captured_at = frames[min(index, len(frames) - 1)].captured_at if frames else float("nan")
             produced = _Frame(image, captured_at, result=counts)
@@ -407,15 +364,15 @@ class FramePipeline:
         started = time.monotonic()
         self.sink.write(frame.image)
         written_at = time.monotonic()
-        self._output_time.add(written_at - started)
-        self._written_rate.tick(written_at)
+        self._meters.output.add(written_at - started)
+        self._meters.written_rate.tick(written_at)
         with self._counters_lock:
             if first_time:
                 self._written += 1
             else:
                 self._repeated += 1
         if first_time and frame.captured_at == frame.captured_at:  # not NaN: a flushed frame has no capture time
-            self._latency.add(written_at - frame.captured_at)
+            self._meters.latency.add(written_at - frame.captured_at)
 
     # -- shutdown helpers ----------------------------------------------------------------------------------
 

@@ -147,3 +147,23 @@ class PipelineStats:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+class PipelineMeters:
+    """The pipeline's timings (seconds) and rates, one of each, filled by its three threads."""
+
+    def __init__(self, window: int) -> None:
+        self.capture, self.inference, self.output, self.latency = (RollingStats(window) for _ in range(4))
+        self.processed_rate = RateMeter()
+        self.result_rate = RateMeter()  # only a real processor's frames: the model's rate, not the loading card's
+        self.written_rate = RateMeter()
+
+    def readings(self) -> dict[str, object]:
+        """The timing and rate fields of `PipelineStats` (times in ms)."""
+        return dict(
+            capture_ms=self.capture.summary().scaled(1000), inference_ms=self.inference.summary().scaled(1000),
+            output_ms=self.output.summary().scaled(1000), latency_ms=self.latency.summary().scaled(1000),
+            fps=self.processed_rate.rate(),
+            result_fps=self.result_rate.rate() if self.result_rate.measured else None,
+            output_fps=self.written_rate.rate(),
+        )

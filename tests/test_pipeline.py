@@ -441,6 +441,95 @@ def test_paced_sink_keeps_receiving_frames_while_the_processor_is_swapped_for_th
     assert is_inverted(sink.frames[0]) is False and is_inverted(sink.frames[-1]) is True
 
 
+class HeldModel(Inverter):
+    """A model whose calls wait for `release` (a first call that takes seconds), then invert."""
+
+    def __init__(self, frames_per_call: int = 1) -> None:
+        super().__init__(frames_per_call=frames_per_call)
+        self.release = threading.Event()
+
+    def process(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        self.started.set()
+        self.release.wait()
+        return super().process(frames)
+
+
+def swapped_in_during_a_live_run(model, between_frames=None) -> tuple[FramePipeline, RecordingSink]:
+    """A live camera through a loading card to a paced output; `model` is handed in once frames flow."""
+    sink = RecordingSink(fps=100)
+    pipeline = FramePipeline(CameraSource(fps=100), LoadingCard(), sink, PipelineConfig(),
+                             between_frames=between_frames)
+    pipeline.start()
+    deadline = time.monotonic() + 30.0
+    while len(sink.frames) < 3:
+        assert time.monotonic() < deadline, "no frame came through the loading card"
+        time.sleep(0.01)
+    pipeline.set_processor(model)
+    assert model.started.wait(30.0)
+    return pipeline, sink
+
+
+def test_in_front_of_a_live_output_the_camera_keeps_moving_while_the_models_first_call_runs():
+    # A model's first call takes seconds at real sizes: the picture must not freeze on the last card meanwhile.
+    model = HeldModel()
+    pipeline, sink = swapped_in_during_a_live_run(model)
+    written_when_the_call_began = len(sink.frames)
+    deadline = time.monotonic() + 30.0
+    while len({number_of(frame) for frame in sink.frames[written_when_the_call_began:]}) < 3:
+        assert time.monotonic() < deadline, "the output froze while the model's first call ran"
+        time.sleep(0.01)
+    model.release.set()
+    while not pipeline.result_written.is_set():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pipeline.stop()
+    first_result = next(i for i, frame in enumerate(sink.frames) if is_inverted(frame))
+    model_input = model.log[0][1][0]
+    cards_during_the_call = [number_of(frame) for frame in sink.frames[:first_result] if number_of(frame) > model_input]
+    assert cards_during_the_call, "camera frames newer than the model's input were shown while it ran"
+    assert not any(is_inverted(frame) for frame in sink.frames[:first_result])
+    assert number_of(255 - sink.frames[first_result]) == model_input  # then the model's own first frame
+
+
+def test_commands_wait_while_the_models_first_call_runs_beside_the_card():
+    # "a command never lands in the middle of a model call", also when that call runs beside the pass-through
+    model, hook_calls = HeldModel(), []
+    pipeline, _ = swapped_in_during_a_live_run(model, between_frames=lambda: hook_calls.append(model.log[:]))
+    called_before_release = len(hook_calls)
+    time.sleep(0.3)  # the card goes on at 100 fps meanwhile
+    assert len(hook_calls) == called_before_release
+    model.release.set()
+    deadline = time.monotonic() + 30.0
+    while len(hook_calls) == called_before_release:
+        assert time.monotonic() < deadline, "commands were never applied after the first call"
+        time.sleep(0.01)
+    pipeline.stop()
+    assert hook_calls[called_before_release], "the next command came after the call returned"
+
+
+def test_a_stop_during_the_models_first_call_waits_for_it_like_any_model_call():
+    model = HeldModel()
+    pipeline, sink = swapped_in_during_a_live_run(model)
+    assert pipeline.seconds_into_call() is not None
+    pipeline.stop(timeout=0.5)
+    assert sink.closed
+    assert pipeline.join(timeout=0.1) is False  # the inference thread ends only once the call returned
+    model.release.set()
+    assert pipeline.join(timeout=30.0) is True
+
+
+def test_a_models_first_call_that_fails_ends_the_run_as_an_inference_error():
+    class FailsAtOnce(HeldModel):
+        def process(self, frames):
+            self.started.set()
+            raise RuntimeError("UNet exploded")
+
+    pipeline, _ = swapped_in_during_a_live_run(FailsAtOnce())
+    assert pipeline.wait(30.0)
+    pipeline.stop()
+    assert isinstance(pipeline.error, RuntimeError) and pipeline.error_stage == "inference"
+
+
 # -- the pipeline: frame boundaries ------------------------------------------------------------------------------
 
 
