@@ -186,3 +186,19 @@ class StreamConfig:
         if not self.guidance_active:
             return t * f
         return {"none": t * f, "self": t * f, "full": 2 * t * f, "initialize": (t + 1) * f}[self.guidance]
+
+
+@dataclass(frozen=True)
+class SimilarityFilterConfig:
+    """`threshold`: cosine at and below which a frame is always processed; `max_skip`: longest run of skips."""
+
+    enabled: bool = True
+    threshold: float = 0.98
+    max_skip: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"similarity threshold must be in [0, 1), got {self.threshold}")
+        if self.max_skip < 0:
+            raise ConfigError(f"similarity max_skip must be 0 or more, got {self.max_skip}")

@@ -19,30 +19,13 @@ offset that pushes the cosine of a moving scene up towards 1 (an 8-pixel pan sco
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from core.config import ConfigError
+from core.config import SimilarityFilterConfig  # settings live with the other settings (no torch to read them)
 
 COMPARE_SIZE = 32  # side of the pooled copy the cosine is computed on
-
-
-@dataclass(frozen=True)
-class SimilarityFilterConfig:
-    """`threshold`: cosine at and below which a frame is always processed; `max_skip`: longest run of skips."""
-
-    enabled: bool = True
-    threshold: float = 0.98
-    max_skip: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"similarity threshold must be in [0, 1), got {self.threshold}")
-        if self.max_skip < 0:
-            raise ConfigError(f"similarity max_skip must be 0 or more, got {self.max_skip}")
 
 
 def skip_probability(cosine: float, threshold: float) -> float:

@@ -13,13 +13,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from engines.base import ModelError, NoiseScheduleConfig
-from engines.lora import fuse_lora
 from engines.weight_files import check_safetensors, component_variant, component_weights, refuse_pickle
+
+if TYPE_CHECKING:  # torch is imported where a model loads: resolving and checking settings must not pay for it
+    import torch
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer")
 HF_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -340,6 +340,8 @@ def _load_vae(resolved: ResolvedModel, dtype: torch.dtype) -> Any:
 
 
 def _fuse_loras(resolved: ResolvedModel, unet: Any, text_encoder: Any) -> None:
+    from engines.lora import fuse_lora
+
     for lora in resolved.lora_paths:
         fuse_lora(unet, text_encoder, lora, resolved.lora_scale)
 
@@ -353,6 +355,8 @@ def own_weight_memory(module: torch.nn.Module) -> None:
     10-50% slower from the mapping (issue 14); the reference implementation's loader copies them. Costs one copy of
     the weights at load time; on GPUs moving them to the device already copies.
     """
+    import torch
+
     with torch.no_grad():
         for tensor in (*module.parameters(), *module.buffers()):
             tensor.data = tensor.data.clone()
@@ -360,6 +364,8 @@ def own_weight_memory(module: torch.nn.Module) -> None:
 
 def load_components(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype) -> DiffusionComponents:
     """Resolve and load a model for inference: eval mode, no grads, on `device` in `dtype`, strictly offline."""
+    import torch
+
     resolved = resolve_model(spec)
     device = torch.device(device)
     if resolved.kind == "single_file":

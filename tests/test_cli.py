@@ -140,17 +140,32 @@ def test_version_prints_the_installed_version(home: Path) -> None:
     assert result.stdout.strip() == f"vcam {version('vcam')}"
 
 
-@pytest.mark.parametrize("args", [("--help",), ("--version",), ("presets",), ("run", "--cfg", "bogus"),
-                                  ("bench", "--width", "abc")])
-def test_quick_answers_never_import_torch(args: tuple[str, ...], home: Path) -> None:
-    """--help, --version, presets and option mistakes answer at once: torch (seconds to import) stays unloaded."""
+def imported_modules(args: tuple[str, ...], home: Path) -> set[str]:
+    """The modules `vcam ARGS` imported (python -X importtime), after checking it answered (0) or refused (2)."""
     env = {**os.environ, "XDG_STATE_HOME": str(home / "state"), "XDG_CONFIG_HOME": str(home / "config")}
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "vcam", *args], capture_output=True,
                             text=True, timeout=120, env=env)
     assert result.returncode in (0, 2), result.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "vcam.cli" in imported  # the measurement saw the program's own imports
-    assert not {"torch", "diffusers", "transformers", "onnxruntime", "cv2"} & imported
+    return imported
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("presets",), ("run", "--cfg", "bogus"),
+                                  ("bench", "--width", "abc")])
+def test_quick_answers_never_import_torch(args: tuple[str, ...], home: Path) -> None:
+    """--help, --version, presets and option mistakes answer at once: torch (seconds to import) stays unloaded."""
+    assert not {"torch", "diffusers", "transformers", "onnxruntime", "cv2"} & imported_modules(args, home)
+
+
+@pytest.mark.parametrize("args", [("run", "--width", "130"), ("bench", "--t-index-list", "99"),
+                                  ("run", "--model", "/no/such/model"), ("presets", "default", "no-such-preset"),
+                                  ("doctor", "--preset", "no-such-preset")])
+def test_mistakes_found_in_the_settings_or_the_model_files_answer_before_torch_loads(args, home: Path) -> None:
+    """The settings (and the model's files) are checked before the model libraries load: a mistake there is one
+    line in well under a second, not after seconds of importing torch. (OpenCV, milliseconds, loads with the
+    settings' sources and sinks.)"""
+    assert not {"torch", "diffusers", "transformers", "onnxruntime"} & imported_modules(args, home)
 
 
 @pytest.mark.timeout(400)

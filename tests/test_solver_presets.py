@@ -7,7 +7,8 @@ import pytest
 
 from vcam.cli import build_parser
 from vcam.presets import load_preset
-from vcam.fallbacks import with_tiny_model
+from engines.base import ModelError
+from vcam.fallbacks import settle_model, with_tiny_model
 from vcam.settings import resolve_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,3 +69,27 @@ def test_the_fallback_to_tiny_changes_the_model_and_keeps_every_typed_option(arg
     untyped = load_preset("tiny").stream_config()
     if "--width" not in args:  # what was not typed is the fallback preset's (its resolution suits the model)
         assert (fallback.stream.width, fallback.stream.height) == (untyped.width, untyped.height)
+
+
+def test_a_missing_preset_model_is_said_in_one_line_naming_what_was_kept_and_the_prompts_that_stay(
+        isolated_home, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(isolated_home / "empty-hf"))  # sd-turbo is not on this machine
+    settings = resolve_settings(build_parser().parse_args(["run", "--preset", "sd-turbo-1step", "--width", "128"]))
+    said: list[str] = []
+    settled = settle_model(settings, said.append)
+    assert settled.model.model == "tiny" and settled.stream.width == 128
+    [line] = said
+    assert "stabilityai/sd-turbo" in line and "'tiny' preset's model" in line
+    assert "kept from the command line: --width" in line
+    assert "sd-turbo-1step's prompts ('anime'" in line and "--preset tiny" in line  # the tiny model draws 5 styles
+
+
+def test_a_typed_model_that_is_missing_is_an_error_not_a_fallback(isolated_home):
+    settings = resolve_settings(build_parser().parse_args(["run", "--model", str(isolated_home / "no-model")]))
+    with pytest.raises(ModelError, match="does not exist"):
+        settle_model(settings, lambda line: pytest.fail(f"said {line!r}"))
+
+
+def test_a_model_on_this_machine_is_kept_without_a_word():
+    settings = resolve_settings(build_parser().parse_args(["run", "--preset", "tiny"]))
+    assert settle_model(settings, lambda line: pytest.fail(f"said {line!r}")) is settings

@@ -7,6 +7,7 @@ never with a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
@@ -20,19 +21,17 @@ if TYPE_CHECKING:
     from vcam.default_preset import DefaultPreset
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exception classes whose message is meant for the user (imported lazily: `vcam --help` stays fast)."""
-    from core.config import ConfigError
-    from engines.base import EngineUnavailableError, ModelError
-    from vcam.commands import CommandError
-    from vcam.demo import DemoError
-    from vcam.presets import PresetError
-    from vcam.settings import SettingsError
-    from vcam.sinks import SinkError
-    from vcam.sources import SourceError
+USER_ERRORS = (  # the exception classes whose message is meant for the user, by module
+    ("core.config", "ConfigError"), ("engines.base", "ModelError"), ("engines.base", "EngineUnavailableError"),
+    ("vcam.presets", "PresetError"), ("vcam.settings", "SettingsError"), ("vcam.sinks", "SinkError"),
+    ("vcam.sources", "SourceError"), ("vcam.commands", "CommandError"), ("vcam.demo", "DemoError"),
+)
 
-    return (ConfigError, ModelError, EngineUnavailableError, PresetError, SettingsError, SinkError, SourceError,
-            CommandError, DemoError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error classes among the modules loaded so far: an error can only be raised by a loaded module, and
+    importing the others (vcam.demo loads torch) would add seconds to a one-line answer."""
+    return tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -97,10 +96,11 @@ def _say(notice: str) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from vcam.bench import run_bench
     from vcam.settings import resolve_settings
 
-    settings = resolve_settings(args, default_preset="tiny", notify=_say)
+    settings = resolve_settings(args, default_preset="tiny", notify=_say)  # before torch loads: mistakes answer fast
+    from vcam.bench import run_bench
+
     result = run_bench(settings, progress=not args.no_progress, model_only=not args.no_model_only, owns_process=True)
     if args.json:
         print(result.to_json())
@@ -111,14 +111,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from vcam.service import Service, ServiceOptions
+    from vcam.fallbacks import settle_model
     from vcam.settings import resolve_settings
 
     # `--model tiny` without a preset means the offline demo: the tiny preset's resolution and steps suit it.
     default_preset = "tiny"
     if args.preset is None and getattr(args, "model.model") != "tiny":
         default_preset = _default_preset().name
-    settings = resolve_settings(args, default_preset=default_preset, notify=_say)
+    settings = resolve_settings(args, default_preset=default_preset, notify=_say)  # before torch loads (see bench)
+    settings = settle_model(settings, notify=logging.getLogger("vcam").info)  # as the service would say it
+    from vcam.service import Service, ServiceOptions
+
     options = ServiceOptions(
         tray=not args.no_tray,
         hotkeys=not args.no_hotkeys,

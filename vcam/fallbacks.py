@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
+from engines.base import ModelError
 from vcam.settings import RunSettings
 from vcam.settings import fallback_preset_name as name_for
 
@@ -25,6 +27,33 @@ def with_tiny_model(settings: RunSettings) -> RunSettings:
     return replace(settings, model=fallback.model, engine=fallback.engine, device=fallback.device,
                    threads=fallback.threads, stream=replace(fallback.stream, prompt=settings.stream.prompt),
                    fallback=None)
+
+
+def settle_model(settings: RunSettings, notify: Callable[[str], None]) -> RunSettings:
+    """The settings a run goes on with: its own when its model is on this machine; else, for a model the preset
+    named, the tiny fallback (`with_tiny_model`), said in one line that names what was kept. Raises the one-line
+    ModelError for a model typed on the command line. Reads files only (no torch): the CLI settles before it loads
+    the service, so a missing model answers in well under a second, before any camera or device is opened."""
+    from engines.loading import resolve_model
+
+    try:
+        resolve_model(settings.model)  # `tiny` is built into the user cache here if it is not there yet
+        return settings
+    except ModelError as error:
+        if not settings.model_from_preset:
+            raise
+        missing = error
+    fallback = with_tiny_model(settings)
+    typed = settings.given_options
+    kept = f"; kept from the command line: {', '.join(typed)}" if typed else ""
+    line = (f"{missing} -- using the offline '{fallback_preset_name(settings)}' preset's model and stream settings "
+            f"instead{kept}")
+    if settings.preset is not None and settings.preset.prompts:
+        names = ", ".join(repr(prompt.name) for prompt in settings.preset.prompts)
+        line += (f"; {settings.preset.name}'s prompts ({names}) stay, and the tiny model does not know them: it draws "
+                 f"its five styles (`--preset {fallback_preset_name(settings)}` names them)")
+    notify(line)
+    return fallback
 
 
 def is_offline_sink(spec: str) -> bool:

@@ -13,8 +13,7 @@ import sys
 import threading
 import time
 
-from engines.base import ModelError
-from vcam.fallbacks import fallback_preset_name, with_tiny_model
+from vcam.fallbacks import settle_model
 from vcam.logs import log_traceback
 from vcam.processor import DiffusionProcessor
 
@@ -27,18 +26,7 @@ class ServiceModel:
     """Mixed into `Service`: builds the engine, the stream and the diffusion processor, and waits for model calls."""
 
     def _settle_model(self) -> None:
-        from vcam.runtime import check_model
-
-        try:
-            check_model(self.settings)
-        except ModelError as error:
-            if not self.settings.model_from_preset:
-                raise
-            typed = self.settings.given_options
-            kept = f" (kept from the command line: {', '.join(typed)})" if typed else ""
-            self.notice(f"{error} -- using the offline '{fallback_preset_name(self.settings)}' preset's model and "
-                        f"stream settings instead{kept}")
-            self.settings = with_tiny_model(self.settings)
+        self.settings = settle_model(self.settings, self.notice)
 
     def _build_processor(self) -> None:
         """Build the engine and the stream, then swap the processor in at a frame boundary. Raises user errors."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from core.config import StreamConfig, stream_steps
-from core.similarity import SimilarityFilterConfig
+from core.config import SimilarityFilterConfig
 from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings
 from vcam.options import given_values, option_name
