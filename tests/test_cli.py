@@ -288,3 +288,34 @@ def test_a_reader_that_leaves_the_pipe_early_is_not_reported_as_a_bug(home: Path
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 141, stderr
     assert stderr == ""
+
+
+@pytest.mark.timeout(400)
+def test_on_a_terminal_every_notice_starts_a_line_of_its_own_beside_the_status_line(home: Path) -> None:
+    """The status line is redrawn in place (no newline): notices said while it is up ("model ready", "first
+    stylised frame") must erase it and take their own line, not be glued onto it."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "XDG_CACHE_HOME": str(home / "cache"), "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_STATE_HOME": str(home / "state"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    env.pop("DISPLAY", None)
+    run = subprocess.Popen([sys.executable, "-m", "vcam.cli", "run", "--model", "tiny", "--width", "64", "--height",
+                            "64", "--sink", "mjpeg:0", "--frames", "3", "--no-tray", "--no-hotkeys"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+    os.close(secondary)
+    said = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the process closed its end of the terminal
+            break
+        if not chunk:
+            break
+        said += chunk
+    os.close(primary)
+    assert run.wait(timeout=120) == 0
+    text = said.decode("utf-8", "replace")
+    assert " fps | " in text, "a status line was drawn"
+    starts = [index for index in range(len(text)) if text.startswith("vcam: ", index)]
+    assert starts and all(index == 0 or text[:index].endswith(("\n", "\x1b[2K")) for index in starts), text

@@ -34,3 +34,28 @@ def test_a_model_slower_than_one_frame_in_two_seconds_reads_its_rate_not_zero():
 
 def test_paused_shows_the_rate_the_output_gets_and_says_paused():
     assert status_line(replace(RUN, result_fps=30.0), 0.0, "anime", "paused") == " 30.0 fps | skip   0% | anime | paused"
+
+
+def test_a_notice_on_a_terminal_is_printed_above_the_status_line_never_glued_onto_it():
+    import io
+    import logging
+
+    from vcam.logs import CLEAR_LINE, TerminalHandler
+
+    terminal = io.StringIO()
+    handler = TerminalHandler()
+    handler.setStream(terminal)
+    handler.setFormatter(logging.Formatter("vcam: %(message)s"))
+    logger = logging.getLogger("vcam-status-line-spec")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        handler.show_status("  4.1 fps | live")
+        logger.warning("model ready")
+        handler.show_status("  4.2 fps | live")
+        handler.end_status()
+        logger.warning("released")
+    finally:
+        logger.removeHandler(handler)
+    assert terminal.getvalue() == (CLEAR_LINE + "  4.1 fps | live" + CLEAR_LINE + "vcam: model ready\n" + "  4.1 fps | live"
+                                   + CLEAR_LINE + "  4.2 fps | live" + "\n" + "vcam: released\n")

@@ -28,7 +28,7 @@ from core.frame_io import FrameSink, FrameSource
 from core.pipeline import FramePipeline, PipelineConfig
 from vcam.commands import CommandQueue
 from vcam.fallbacks import is_offline_sink
-from vcam.logs import log_traceback, setup_logging
+from vcam.logs import log_traceback, setup_logging, terminal_handler
 from vcam.processor import DiffusionProcessor, PassThroughProcessor
 from vcam.service_commands import ServiceCommands
 from vcam.service_model import ServiceModel
@@ -182,19 +182,18 @@ class Service(ServiceCommands, ServiceModel):
         return status_line(self.pipeline.stats(), skip, self.prompt_label, state)
 
     def _status_loop(self) -> None:
-        interactive = sys.stderr.isatty()
+        terminal = terminal_handler() if sys.stderr.isatty() and self.options.status_line else None
         last_logged = 0.0
         while not self.stop_event.wait(1.0):
             text = self.status_text()
-            if interactive and self.options.status_line:
-                sys.stderr.write("\r\x1b[2K" + text)
-                sys.stderr.flush()
+            if terminal is not None:
+                terminal.show_status(text)  # notices are printed above it, never glued onto it
             elif time.monotonic() - last_logged > 10:
                 # Not a terminal (a service, a pipe): a status line every 10 s; with --quiet in the log file only.
                 log.log(logging.INFO if self.options.status_line else logging.DEBUG, text)
                 last_logged = time.monotonic()
-        if interactive and self.options.status_line:
-            sys.stderr.write("\n")
+        if terminal is not None:
+            terminal.end_status()
 
     # ----------------------------------------------------------------------------------------------- lifecycle
     def request_stop(self, reason: str) -> None:
