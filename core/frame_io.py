@@ -31,7 +31,8 @@ class FrameSink(Protocol):
     fps: float | None
 
     def write(self, frame: np.ndarray) -> None:
-        """(H, W, 3) uint8 RGB."""
+        """(H, W, 3) uint8 RGB, never modified after it was written: the same array object written again is the
+        same picture (a paced repeat), which a sink may send again without preparing it again."""
         ...
 
     def close(self) -> None: ...

@@ -18,6 +18,7 @@ from tests.media import close_colour, coloured_frame, distinct_colours, notice_p
 from vcam.framing import fit_frame
 from vcam.overlay import with_notices
 from vcam.sinks import SinkConfig, SinkError, detect_sinks, open_sink
+import vcam.virtual_camera as virtual_camera_module
 from vcam.virtual_camera import virtual_camera_fix
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,6 +80,20 @@ def test_virtual_camera_receives_frames_fitted_to_the_configured_size_in_rgb(rec
     for sent, frame in zip(recorder.frames, source_frames):
         assert sent.dtype == np.uint8 and sent.size == 72 * 128 * 3
         assert np.array_equal(sent.reshape(72, 128, 3), fit_frame(frame, 128, 72, "crop"))
+
+
+def test_virtual_camera_sends_a_paced_repeat_again_without_fitting_and_converting_it_again(recorder, monkeypatch):
+    fits = []
+    real_fit = virtual_camera_module.fit_to_config
+    monkeypatch.setattr(virtual_camera_module, "fit_to_config", lambda *args: fits.append(1) or real_fit(*args))
+    sink = open_sink("vcam", SinkConfig(width=128, height=72, fps=200, backend=RECORDER, pixel_format="I420"))
+    frame = noisy_frame(256, 256)
+    for _ in range(4):  # the model is slower than the camera: the pipeline writes its last frame again
+        sink.write(frame)
+    sink.write(frame.copy())  # a new frame is prepared anew
+    sink.close()
+    assert len(recorder.frames) == 5 and all(np.array_equal(sent, recorder.frames[0]) for sent in recorder.frames)
+    assert len(fits) == 2
 
 
 def test_virtual_camera_can_take_bgr_or_i420_for_backends_that_want_them(recorder):
@@ -300,6 +315,25 @@ def test_mjpeg_stream_is_paced_at_the_configured_fps(mjpeg_sink):
         elapsed = time.perf_counter() - start
     publisher.stop()
     assert elapsed >= 10 / 50 * 0.85, "a client never gets more than fps frames per second"
+
+
+def test_a_paced_repeat_of_the_last_frame_is_streamed_again_without_encoding_it_again(mjpeg_sink, monkeypatch):
+    # While the model is slower than the output, the pipeline writes the same frame again at every tick: fitting
+    # and JPEG-encoding it each time would take CPU from the model for a picture the viewers already have.
+    encodes = []
+    real_imencode = cv2.imencode
+    monkeypatch.setattr(cv2, "imencode", lambda *args: encodes.append(1) or real_imencode(*args))
+    frame = coloured_frame((30, 200, 30), 300, 200)
+    with urllib.request.urlopen(mjpeg_sink.url, timeout=5) as response:
+        mjpeg_sink.write(frame)
+        first = read_multipart_frames(response, 1)[0]
+        for _ in range(5):
+            mjpeg_sink.write(frame)
+            [again] = read_multipart_frames(response, 1)
+            assert np.array_equal(again, first)
+        mjpeg_sink.write(frame.copy())  # a new frame (even with the same pixels) is encoded
+        read_multipart_frames(response, 1)
+    assert len(encodes) == 2
 
 
 def test_slow_mjpeg_client_never_blocks_the_pipeline_or_other_clients():

@@ -73,8 +73,10 @@ class LatestFrame:
         self.closed = False
 
     def publish(self, rgb: np.ndarray) -> None:
+        """A new part for the viewers; the same array object again (a paced repeat) keeps its JPEG: no re-encoding."""
         with self._changed:
-            self._frame, self._jpeg = rgb, None
+            if rgb is not self._frame:
+                self._frame, self._jpeg = rgb, None
             self._sequence += 1
             self._changed.notify_all()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from vcam.mjpeg import MjpegServer, MjpegServerError
-from vcam.sink_base import SinkConfig, SinkError, fit_to_config
+from vcam.sink_base import PreparedOnce, SinkConfig, SinkError, fit_to_config
 
 DEFAULT_MJPEG_PORT = 8090
 
@@ -21,11 +21,15 @@ class MjpegSink:
             raise SinkError(str(error)) from None
         self.port = self._server.port
         self.url = self._server.url
+        self._prepared = PreparedOnce(self._fitted)  # a paced repeat is neither fitted nor JPEG-encoded again
 
-    def write(self, frame: np.ndarray) -> None:
+    def _fitted(self, frame: np.ndarray) -> np.ndarray:
         fitted = fit_to_config(frame, self._config)
         # JPEG encoding happens later on a client thread: it must not see a buffer the pipeline reuses.
-        self._server.publish(fitted.copy() if np.may_share_memory(fitted, frame) else fitted)
+        return fitted.copy() if np.may_share_memory(fitted, frame) else fitted
+
+    def write(self, frame: np.ndarray) -> None:
+        self._server.publish(self._prepared(frame))  # the same array again keeps its JPEG (vcam.mjpeg)
 
     def close(self) -> None:
         self._server.close()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -41,3 +41,20 @@ def fit_to_config(frame: np.ndarray, config: SinkConfig) -> np.ndarray:
     fitted = np.asarray(fit_frame(frame, config.width, config.height, config.fit, config.mirror))
     lines = notices_of(frame)
     return draw_status(fitted, lines) if lines else fitted
+
+
+class PreparedOnce:
+    """What a sink makes of a frame (fitted, converted), made once per frame: while the model is slower than the
+    output, the pipeline writes the same frame object again at every tick of the output's clock, and fitting and
+    converting it again (a 1280x720 resize and colour conversion: milliseconds, 30 times a second) would take CPU
+    from the model for a picture the sink already has."""
+
+    def __init__(self, prepare: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._prepare = prepare
+        self._frame: np.ndarray | None = None
+        self._prepared: np.ndarray | None = None
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if frame is not self._frame or self._prepared is None:
+            self._frame, self._prepared = frame, self._prepare(frame)
+        return self._prepared

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from core.pacing import FramePacer
-from vcam.sink_base import SinkConfig, SinkError, fit_to_config
+from vcam.sink_base import PreparedOnce, SinkConfig, SinkError, fit_to_config
 
 
 def virtual_camera_fix() -> str:
@@ -39,7 +39,9 @@ class VirtualCameraSink:
                             f"this platform has: {', '.join(names) or 'none'}")
         self.fps = config.fps
         self._config = config
-        self._convert = _PIXEL_CONVERSIONS[config.pixel_format]
+        convert = _PIXEL_CONVERSIONS[config.pixel_format]
+        # fitted and converted once per frame: a paced repeat (the model slower than the camera) reuses it
+        self._prepared = PreparedOnce(lambda frame: convert(fit_to_config(frame, config)))
         try:
             self._camera = pyvirtualcam.Camera(config.width, config.height, config.fps,
                                                fmt=getattr(pyvirtualcam.PixelFormat, config.pixel_format),
@@ -53,7 +55,7 @@ class VirtualCameraSink:
         self.pacer = FramePacer(config.fps)
 
     def write(self, frame: np.ndarray) -> None:
-        converted = self._convert(fit_to_config(frame, self._config))
+        converted = self._prepared(frame)
         self.pacer.wait()
         self._camera.send(converted)
         self.pacer.sent()
