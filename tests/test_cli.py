@@ -319,3 +319,17 @@ def test_on_a_terminal_every_notice_starts_a_line_of_its_own_beside_the_status_l
     assert " fps | " in text, "a status line was drawn"
     starts = [index for index in range(len(text)) if text.startswith("vcam: ", index)]
     assert starts and all(index == 0 or text[:index].endswith(("\n", "\x1b[2K")) for index in starts), text
+
+
+def test_the_cli_makes_openmp_threads_wait_without_spinning_unless_the_user_chose(monkeypatch) -> None:
+    # a live run on a busy machine was 6x slower than the benchmark with spinning OpenMP waits (README, Benchmarks)
+    from vcam.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

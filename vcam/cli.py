@@ -165,8 +165,18 @@ def quiet_libraries() -> None:
         os.environ.setdefault(name, value)
 
 
+def wait_without_spinning() -> None:
+    """Set before torch loads: OpenMP threads that wait at a barrier sleep instead of spinning
+    (OMP_WAIT_POLICY=PASSIVE). vcam shares the machine with the apps it feeds (a video call, OBS). With spinning
+    waits, on a 2-core machine that something else kept busy, a live run made 0.5 stylised frames a second where
+    `vcam bench` made 3.1 (torch's two OpenMP threads spinning on the core the other one needed, the capture and
+    output threads in between); with passive waits it made 3.3. The user's own setting wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
+    wait_without_spinning()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
