@@ -86,8 +86,10 @@ def resolve_folders(model: str, vae: str | None) -> tuple[Path, Path | None]:
 
 def run_json(command: list[str]) -> dict:
     """Run one side in a fresh process and return the JSON object it prints last."""
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    # Both sides wait at OpenMP barriers the way vcam's CLI sets it (`vcam.cli.wait_without_spinning`), so the
+    # ratio compares the two programs, not two wait policies (which differ most on a busy machine).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
         sys.exit(f"reference: {command[0]} {' '.join(command[1:4])}... failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
