@@ -22,10 +22,10 @@ from typing import Any, Literal, Mapping
 
 import platformdirs
 
-from core.config import ConfigError, StreamConfig, stream_steps
+from core.config import ConfigError, SimilarityFilterConfig, StreamConfig, stream_steps
 from engines.parallel_settings import DeviceSettings
 from vcam.controls.hotkeys import parse_hotkey
-from vcam.sections import (GROUPS, CameraSection, Fail, FilterSection, HotkeysSection, ModelSection, ObsSection,
+from vcam.sections import (GROUPS, CameraSection, Fail, HotkeysSection, ModelSection, ObsSection,
                            OscSection, OutputSection, SlotChoice, check_value, type_name, user_fields)
 
 if sys.version_info >= (3, 11):
@@ -65,7 +65,7 @@ class Preset:
     model: ModelSection = ModelSection()
     stream: StreamConfig = StreamConfig()
     slots: SlotChoice = SlotChoice()
-    filter: FilterSection = FilterSection()
+    filter: SimilarityFilterConfig = SimilarityFilterConfig()
     camera: CameraSection = CameraSection()
     output: OutputSection = OutputSection()
     hotkeys: HotkeysSection = HotkeysSection()

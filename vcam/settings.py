@@ -8,13 +8,12 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from core.config import StreamConfig, stream_steps
-from core.config import SimilarityFilterConfig
+from core.config import SimilarityFilterConfig, StreamConfig, stream_steps
 from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings
 from vcam.options import given_values, option_name
 from vcam.presets import Preset, PromptSpec, load_preset
-from vcam.sections import (GROUPS_BY_KEY, CameraSection, FilterSection, ModelSection, OutputSection, SlotChoice,
+from vcam.sections import (GROUPS_BY_KEY, CameraSection, ModelSection, OutputSection, SlotChoice,
                            check_value, user_fields)
 from vcam.sinks import SinkConfig
 from vcam.sources import SourceConfig
@@ -113,9 +112,7 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
     if "prompt" in given_values(args, GROUPS_BY_KEY["stream"], StreamConfig):
         prompts = (PromptSpec(name="custom", text=stream.prompt, hotkey=None),) + prompts
 
-    flt = _merged(args, "filter", FilterSection, preset.filter)
-    filt = SimilarityFilterConfig(enabled=flt.enabled, threshold=flt.threshold, max_skip=flt.max_skip,
-                                  seed=stream.seed)
+    filt = replace(_merged(args, "filter", SimilarityFilterConfig, preset.filter), seed=stream.seed)
     size = dict(zip(("width", "height"), _size(args.output_size))) if args.output_size is not None else {}
     out = _merged(args, "output", OutputSection, preset.output, size)
     sink_config = SinkConfig(width=out.width, height=out.height, fps=out.fps, fit=out.fit, mirror=out.mirror,
