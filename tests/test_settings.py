@@ -91,6 +91,15 @@ def test_command_line_values_are_checked_like_preset_values_and_name_the_option(
         settings_for("--guidance", "half")
 
 
+def test_camera_size_and_rate_0_ask_the_camera_for_nothing_and_keep_its_own_mode() -> None:
+    default = resolve_settings(build_parser().parse_args(["run"]), "tiny").source_config  # tiny: no camera size
+    assert (default.width, default.height) == (0, 0)
+    typed = resolve_settings(build_parser().parse_args(["run", "--camera-width", "0", "--camera-height", "0",
+                                                        "--camera-fps", "0"]), "tiny").source_config
+    assert (typed.width, typed.height, typed.fps) == (0, 0, None)
+    assert typed.pattern_size == (1280, 720), "a generated source (sample, synthetic) still has a size"
+
+
 def test_every_preset_key_is_also_an_option() -> None:
     parser = build_parser()
     settings = resolve_settings(parser.parse_args(

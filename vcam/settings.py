@@ -118,9 +118,7 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
     sink_config = SinkConfig(width=out.width, height=out.height, fps=out.fps, fit=out.fit, mirror=out.mirror,
                              backend=out.backend or None)
     cam = _merged(args, "camera", CameraSection, preset.camera)
-    source_config = SourceConfig(
-        width=cam.width or SourceConfig.width, height=cam.height or SourceConfig.height, fps=cam.fps or None
-    )
+    source_config = SourceConfig(width=cam.width, height=cam.height, fps=cam.fps or None)  # 0: the camera's own
     if args.frames is not None and args.frames < 1:
         raise SettingsError(f"--frames must be at least 1, got {args.frames}")
     model_from_preset = "model" not in model_args
