@@ -122,6 +122,19 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
             g.add_argument("--frames", type=int, metavar="N", help="stop after this many output frames")
 
 
+def add_run_options(parser: argparse.ArgumentParser, title: str, keys: tuple[str, ...]) -> None:
+    """The settings of the sections `keys` that only `vcam run` has on its command line (`--obs`, `--osc`: what
+    turns a control on; their other keys are preset only), in the `--help` group `title`. Generated from the
+    schema like every other option and merged with the preset by `vcam.settings.resolve_settings`; a command
+    without them keeps the preset's value."""
+    g = _group(parser, title)
+    for group in GROUPS:
+        if group.key in keys:
+            for cls in group.classes:
+                for f, hint in user_fields(cls, where="cli"):
+                    _add_field(g, group, f, hint)
+
+
 def _shown(value: Any) -> str:
     """A default as the user would type it ("" for none): tuples as 32,45."""
     if isinstance(value, tuple):

@@ -98,21 +98,21 @@ class HotkeysSection:
 class ObsSection:
     """OBS WebSocket control. No password here: it comes from VCAM_OBS_PASSWORD or the keyring."""
 
-    enabled: bool = setting(False, "connect to OBS WebSocket (or --obs)")
-    host: str = setting("127.0.0.1", "OBS's address")
-    port: int = setting(4455, "OBS WebSocket port", low=1, high=65535)
+    enabled: bool = setting(False, "connect to OBS WebSocket (host and port: the preset's [obs])", cli="--obs")
+    host: str = setting("127.0.0.1", "OBS's address", cli="")
+    port: int = setting(4455, "OBS WebSocket port", low=1, high=65535, cli="")
     scenes: Mapping[str, str] = field(  # scene -> prompt name
         default_factory=lambda: types.MappingProxyType({}),
-        metadata={"help": 'program scene -> prompt, e.g. { "Intro" = "anime" }', "range": (None, None)})
+        metadata={"help": 'program scene -> prompt, e.g. { "Intro" = "anime" }', "range": (None, None), "cli": ""})
 
 
 @dataclass(frozen=True)
 class OscSection:
     """OSC control over UDP."""
 
-    enabled: bool = setting(False, "listen for OSC commands (or --osc)")
-    host: str = setting("127.0.0.1", "address to listen on")
-    port: int = setting(9000, "UDP port", low=1, high=65535)
+    enabled: bool = setting(False, "listen for OSC commands (host and port: the preset's [osc])", cli="--osc")
+    host: str = setting("127.0.0.1", "address to listen on", cli="")
+    port: int = setting(9000, "UDP port", low=1, high=65535, cli="")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Group:
 
     key: str
     classes: tuple[type, ...]
-    title: str = ""  # the --help group; "" = preset only (no command-line options)
+    title: str = ""  # the --help group of run, bench and demo; "" = none (obs, osc: `vcam.options.add_run_options`)
     prefix: str = ""  # --{prefix}{field-name} unless the field names its option
 
 

@@ -50,8 +50,6 @@ MODEL_THREADS = ("vcam-model", "vcam-commands")  # threads that call the model (
 class ServiceOptions:
     tray: bool = True
     hotkeys: bool = True
-    obs: bool | None = None  # None: as the preset says
-    osc: bool | None = None
     overlay: bool = False
     status_line: bool = True
     # True when this run is the whole process (the CLI): a model call still running after the shutdown is then

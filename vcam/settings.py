@@ -13,7 +13,7 @@ from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings
 from vcam.options import given_values, option_name
 from vcam.presets import Preset, PromptSpec, load_preset
-from vcam.sections import (GROUPS_BY_KEY, CameraSection, ModelSection, OutputSection, SlotChoice,
+from vcam.sections import (GROUPS_BY_KEY, CameraSection, ModelSection, ObsSection, OscSection, OutputSection, SlotChoice,
                            check_value, user_fields)
 from vcam.sinks import SinkConfig
 from vcam.sources import SourceConfig
@@ -38,6 +38,8 @@ class RunSettings:
     threads: int | None = None
     precision: str = "fp32"  # the UNet's: "fp32" or "int8" (engines.quantize)
     devices: DeviceSettings = DeviceSettings()
+    obs: ObsSection = ObsSection()  # the OBS control: the preset's [obs] with `vcam run --obs / --no-obs`
+    osc: OscSection = OscSection()  # the OSC control: the preset's [osc] with `vcam run --osc / --no-osc`
     frames: int | None = None
     preset: Preset | None = None
     model_from_preset: bool = False  # the model came from a preset (not --model): fall back to tiny if absent
@@ -141,6 +143,8 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
         threads=m.threads,
         precision=m.precision,
         devices=_merged(args, "devices", DeviceSettings, preset.devices),
+        obs=_merged(args, "obs", ObsSection, preset.obs),
+        osc=_merged(args, "osc", OscSection, preset.osc),
         frames=args.frames,
         preset=preset,
         model_from_preset=model_from_preset,
