@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 
 from vcam.framing import FitMode, fit_frame
 from vcam.overlay import draw_status, notices_of
-
-PixelFormatName = Literal["RGB", "BGR", "I420"]
-
 
 class SinkError(Exception):
     """A sink that cannot be opened; the one-line message says how to make it work."""
@@ -21,7 +18,6 @@ class SinkConfig:
     """How output frames are shaped and paced.
 
     `backend` picks a pyvirtualcam backend by name (v4l2loopback, obs, unitycapture); None tries each.
-    `pixel_format` is what we hand pyvirtualcam; it converts to the device's native format itself.
     """
 
     width: int = 1280
@@ -30,7 +26,6 @@ class SinkConfig:
     fit: FitMode = "crop"
     mirror: bool = False
     backend: str | None = None
-    pixel_format: PixelFormatName = "RGB"
     jpeg_quality: int = 80
 
 
