@@ -53,14 +53,18 @@ def check_ranges(instance: Any, owner: str) -> None:
             raise ConfigError(f"{owner} {f.name} {problem}")
 
 
-def stream_steps(scheduler: str, strength: float | None, steps: int | None, default_steps: int) -> dict[str, Any]:
+def stream_steps(scheduler: str, strength: float | None, steps: int | None,
+                 default_steps: int | None = None) -> dict[str, Any]:
     """The StreamConfig fields the img2img `strength` + `steps` knob sets, by scheduler.
 
     lcm: `t_index_list` on the consistency grid (`steps` slots; see `t_index_list_from_strength`). ddim /
     dpmsolver++: `num_inference_steps` = steps and `strength`, of which img2img runs the last int(steps *
-    strength), as diffusers' StableDiffusionImg2ImgPipeline does. Missing values: strength 0.5, `default_steps`.
+    strength), as diffusers' StableDiffusionImg2ImgPipeline does. Missing values: strength 0.5, `default_steps`,
+    else StreamConfig's own default for the scheduler (lcm: as many as its default t_index_list has).
     """
     strength = 0.5 if strength is None else strength
+    if default_steps is None:
+        default_steps = len(StreamConfig.t_index_list) if scheduler == "lcm" else StreamConfig.num_inference_steps
     steps = default_steps if steps is None else steps
     if scheduler == "lcm":
         return {"t_index_list": t_index_list_from_strength(strength, steps)}

@@ -273,11 +273,8 @@ def _build_stream(values: dict[str, Any], slots: SlotChoice, prompts: tuple[Prom
     if scheduler == "lcm" and slots.steps is not None and slots.strength is None:
         raise fail("stream.steps", "steps needs strength too (e.g. strength = 0.5), or use t_index_list")
     try:
-        if scheduler != "lcm":
-            default = StreamConfig.num_inference_steps
-            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps, default)}
-        elif slots.strength is not None:
-            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps, 2)}
+        if scheduler != "lcm" or slots.strength is not None:  # missing steps: StreamConfig's default
+            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps)}
         return StreamConfig(**values, prompt=prompts[0].text)
     except ConfigError as error:
         raise fail("stream", str(error)) from None

@@ -33,10 +33,10 @@ class RunSettings:
     sink: str
     sink_config: SinkConfig
     prompts: tuple[PromptSpec, ...]
-    engine: str = "auto"
-    device: str = "auto"
-    threads: int | None = None
-    precision: str = "fp32"  # the UNet's: "fp32" or "int8" (engines.quantize)
+    engine: str  # these four are ModelSection's (defaults there): how the model runs
+    device: str
+    threads: int | None
+    precision: str  # the UNet's: "fp32" or "int8" (engines.quantize)
     devices: DeviceSettings = DeviceSettings()
     obs: ObsSection = ObsSection()  # the OBS control: the preset's [obs] with `vcam run --obs / --no-obs`
     osc: OscSection = OscSection()  # the OSC control: the preset's [osc] with `vcam run --osc / --no-osc`
@@ -169,8 +169,8 @@ def _merged_stream(args: argparse.Namespace, preset: Preset) -> StreamConfig:
     if slot_args or scheduler != preset.stream.scheduler:
         strength = slots.strength if slots.strength is not None else preset.slots.strength
         steps = slots.steps if slots.steps is not None else preset.slots.steps
-        if scheduler == "lcm":
-            default_steps = preset.stream.steps if preset.stream.scheduler == "lcm" else 2
+        if scheduler == "lcm":  # the preset's own slot count, else StreamConfig's default
+            default_steps = preset.stream.steps if preset.stream.scheduler == "lcm" else None
         else:
             default_steps = preset.stream.num_inference_steps
         extra.update(stream_steps(scheduler, strength, steps, default_steps))

@@ -8,6 +8,7 @@ import numpy as np
 
 from vcam.framing import FitMode, fit_frame
 from vcam.overlay import draw_status, notices_of
+from vcam.sections import OutputSection
 
 class SinkError(Exception):
     """A sink that cannot be opened; the one-line message says how to make it work."""
@@ -20,12 +21,12 @@ class SinkConfig:
     `backend` picks a pyvirtualcam backend by name (v4l2loopback, obs, unitycapture); None tries each.
     """
 
-    width: int = 1280
-    height: int = 720
-    fps: float = 30.0
-    fit: FitMode = "crop"
-    mirror: bool = False
-    backend: str | None = None
+    width: int = OutputSection.width  # the defaults are the schema's ([output]), written once there
+    height: int = OutputSection.height
+    fps: float = OutputSection.fps
+    fit: FitMode = OutputSection.fit
+    mirror: bool = OutputSection.mirror
+    backend: str | None = None  # OutputSection's "" (try each backend in order)
     jpeg_quality: int = 80
 
 
