@@ -316,23 +316,36 @@ def cached_or_exported_graphs(
     raise AssertionError("unreachable: the plan is never empty")
 
 
+def onnxruntime_load_errors() -> tuple[type[BaseException], ...]:
+    """What creating an ONNX Runtime session raises for a graph it refuses: its own error classes (they derive
+    from Exception alone, not RuntimeError), and OSError for a file it cannot read."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
+             "RuntimeException", "NotImplemented", "EPFail", "EngineError")
+    return (OSError, RuntimeError, *(getattr(state, name) for name in names if hasattr(state, name)))
+
+
 def open_graph_engine(
     make_engine: Callable[[OnnxGraphSet], GraphEngine], spec: ModelSpec, shapes: EngineShapes, cache: EngineCache,
     plan: Sequence[OnnxExportOptions], threads: int, check_in_background: bool = True, runtime: str = "ONNX Runtime",
+    load_errors: tuple[type[BaseException], ...] = (OSError, RuntimeError),
 ) -> GraphEngine:
     """Graphs from the cache (exported on a miss), then `make_engine(graphs)`; an entry that does not load is
     rebuilt once; a warm-started entry gets its full checksum (engines.cache_check). Shared by every runtime that
-    runs the cached graphs (ONNX Runtime, OpenVINO)."""
+    runs the cached graphs (ONNX Runtime, OpenVINO): `runtime` names it in what is said, `load_errors` are what
+    it raises for a graph it refuses (OpenVINO: RuntimeError; ONNX Runtime: `onnxruntime_load_errors`), so a
+    programming error in `make_engine` is not taken for a damaged cache entry."""
     graphs = cached_or_exported_graphs(spec, shapes, cache, plan, threads)
     try:
         engine = make_engine(graphs)
-    except Exception as error:  # checksums matched but the runtime refused the graph: rebuild rather than use it
+    except load_errors as error:  # checksums matched but the runtime refused the graph: rebuild rather than use it
         if graphs.cache_entry.built:
             raise EngineBuildError(
                 f"{runtime} cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
             ) from error
         reason = f"cached graphs failed to load ({type(error).__name__})"
-        log.warning("engine cache: ONNX Runtime cannot load the cached %s (%s); rebuilding it",
+        log.warning("engine cache: %s cannot load the cached %s (%s); rebuilding it", runtime,
                     cache.describe(graphs.cache_key), one_line(error))
         graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
         engine = make_engine(graphs)
@@ -357,7 +370,8 @@ def create_onnxruntime_engine(
     providers = choose_providers(options.providers, onnxruntime.get_available_providers(), device)
     engine = open_graph_engine(
         lambda graphs: OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning), spec, shapes,
-        EngineCache(options.cache_root), export_plan(options.export, providers), threads, options.check_in_background)
+        EngineCache(options.cache_root), export_plan(options.export, providers), threads, options.check_in_background,
+        load_errors=onnxruntime_load_errors())
     assert isinstance(engine, OnnxRuntimeEngine)
     return engine
 

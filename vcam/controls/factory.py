@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from vcam.logs import log_traceback
 from vcam.presets import Preset
 
 
@@ -100,6 +101,7 @@ def start_controls(service: ServiceView, preset: Preset | None, options: Any) ->
             control = start()
         except Exception as error:  # noqa: BLE001 - a control that cannot start never stops the camera
             service.notice(f"control not started: {error}")
+            log_traceback(error, "control not started")  # the terminal has one line; the log keeps the cause
             continue
         if control is not None:
             started.append(control)
