@@ -19,7 +19,7 @@ from engines.engine_cache import EngineCache, log
 from engines.loading import ModelSpec
 from engines.graph_engine import GraphEngine
 from engines.onnx_engine import build_graph_set
-from engines.onnx_export import one_line
+from engines.onnx_export import first_line
 
 
 def start_cache_check(engine: GraphEngine, spec: ModelSpec, shapes: EngineShapes, cache: EngineCache
@@ -55,7 +55,7 @@ def check_and_repair(engine: GraphEngine, spec: ModelSpec, shapes: EngineShapes,
     except Exception as error:  # noqa: BLE001 - a background thread: say it, keep the stream running
         still = "torch keeps running" if fell_back else "the graphs in use keep running"
         log.warning(f"engine cache: the check or rebuild of the {cache.describe(graphs.cache_key)} failed "
-                    f"({one_line(error)}); {still}; delete the cache folder to rebuild at the next start")
+                    f"({first_line(error)}); {still}; delete the cache folder to rebuild at the next start")
     finally:
         engine.checked.set()
 

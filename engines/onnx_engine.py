@@ -23,7 +23,7 @@ from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFi
 from engines.loading import ModelSpec, resolve_model
 from engines.onnx_export import (
     EXPORTER_VERSION, GRAPH_COUNT, TEXT_TOKENS, CallAsModule, EngineBuildError, GraphSpec, ModelDims,
-    OnnxExportOptions, export_checked_graphs, graph_specs, log_build_step, one_line,
+    OnnxExportOptions, export_checked_graphs, graph_specs, log_build_step, first_line,
 )
 
 # Best first. ORT assigns each node to the first provider in the list that supports it, CPU catching the rest.
@@ -342,11 +342,11 @@ def open_graph_engine(
     except load_errors as error:  # checksums matched but the runtime refused the graph: rebuild rather than use it
         if graphs.cache_entry.built:
             raise EngineBuildError(
-                f"{runtime} cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
+                f"{runtime} cannot load the freshly exported graphs ({first_line(error)}); use --engine torch"
             ) from error
         reason = f"cached graphs failed to load ({type(error).__name__})"
         log.warning("engine cache: %s cannot load the cached %s (%s); rebuilding it", runtime,
-                    cache.describe(graphs.cache_key), one_line(error))
+                    cache.describe(graphs.cache_key), first_line(error))
         graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
         engine = make_engine(graphs)
     if not engine.checked.is_set():
