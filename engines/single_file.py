@@ -5,7 +5,7 @@ diffusers folders. Such a file carries weights only, so the architecture is reco
 and its configuration comes from a folder bundled under `engines/configs/<arch>/` — nothing is fetched from the hub.
 Only safetensors is read: a pickled `.ckpt` can run code when opened, so it is refused, never unpickled.
 
-The reverse (diffusers folder -> LDM single file), with the key names of `engines.ldm_keys`, lives with the tests
+The reverse (diffusers folder -> LDM single file), with the renaming rules of `engines.ldm_keys`, lives with the tests
 (`tests/ldm_export.py`): it is how the tiny test model becomes a single file.
 """
 from __future__ import annotations
