@@ -126,12 +126,15 @@ def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOpt
 
 def _export_from_torch(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions, threads: int):
     """The cache builder: load the torch engine on the CPU in fp32, export + check every graph, save the tokenizer."""
-    from engines.devices import configure_cpu
+    from engines.devices import flush_denormals_on_this_thread
     from engines.loading import load_components
     from engines.torch_engine import TorchEngine
 
     def build(directory: Path) -> dict:
-        configure_cpu(threads)
+        # Not `configure_cpu(threads)`: torch's thread count is process-wide, and this runs inside an embedding
+        # application or, for a cache repair, beside a live stream (engines.cache_check). The export runs on the
+        # pool the process has; only the process's owner sizes it (vcam.runtime). Flush-to-zero is per thread.
+        flush_denormals_on_this_thread()
         log_build_step(0, 1 + GRAPH_COUNT, f"loading {spec.model} in torch to export it")
         components = load_components(spec, "cpu", torch.float32)
         engine = TorchEngine(components, shapes)
