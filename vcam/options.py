@@ -225,8 +225,9 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
-def rewrite_readme(path: str) -> bool:
-    """Put the generated tables between their markers in the README at `path`; True when it changed."""
+def rewrite_readme(path: str, write: bool = True) -> bool:
+    """Put the generated tables between their markers in the README at `path`; True when it changed (with
+    `write=False`: when it would change, the file left as it is)."""
     from vcam.cli import build_parser  # the real parsers, so the table is what `--help` shows
 
     parsers = _subparsers(build_parser())
@@ -237,7 +238,7 @@ def rewrite_readme(path: str) -> bool:
         head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
         text = f"{head}{begin}\n{table}\n{end}{tail}"
-    if text != original:
+    if text != original and write:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     return text != original
@@ -257,4 +258,14 @@ README_MARKERS = {
 if __name__ == "__main__":
     import sys
 
-    sys.exit(0 if not rewrite_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md") else 0)
+    # `python -m vcam.options [--check] [README.md]`: rewrite the tables (exit 0 either way, the line says which),
+    # or with --check only compare them (exit 1 when they differ: the README must be regenerated).
+    check = "--check" in sys.argv[1:]
+    paths = [arg for arg in sys.argv[1:] if arg != "--check"]
+    readme = paths[0] if paths else "README.md"
+    differs = rewrite_readme(readme, write=not check)
+    if check:
+        fix = f"differ from the schema: run python -m vcam.options {readme}"
+        print(f"{readme}: tables {fix if differs else 'match the schema'}")
+        sys.exit(1 if differs else 0)
+    print(f"{readme}: tables {'rewritten from' if differs else 'already match'} the schema")
