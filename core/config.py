@@ -22,13 +22,13 @@ def setting(default: Any, help: str, *, low: float | None = None, high: float | 
     `--help` line and its row in the README (vcam generates all four from the field; core never reads them).
 
     `help` is the one-line meaning; `low`/`high` the allowed range (inclusive; `high_excluded` leaves `high`
-    itself out, for a bound a formula divides by); `cli` replaces the option name
-    derived from the field name ("" = not on the command line); `preset=False` keeps it out of preset files;
+    itself out, for a bound a formula divides by); `cli` replaces the option name derived from the field name
+    ("" = not on the command line); `preset=False` keeps it out of preset files;
     `old`/`old_cli` are a previous preset key / option still accepted for one release with a notice; `flag`
     makes the option a switch that sets this value; `metavar` names the value in `--help`.
     """
-    metadata = {"help": help, "range": (low, high), "high_excluded": high_excluded, "cli": cli, "preset": preset, "old": old, "old_cli": old_cli,
-                "metavar": metavar, "flag": flag}
+    metadata = {"help": help, "range": (low, high), "high_excluded": high_excluded, "cli": cli, "preset": preset,
+                "old": old, "old_cli": old_cli, "metavar": metavar, "flag": flag}
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are shared between instances; use a tuple or a mapping proxy")
     return field(default=default, metadata=metadata)

@@ -13,8 +13,8 @@ from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings
 from vcam.options import given_values, option_name
 from vcam.presets import Preset, PromptSpec, load_preset
-from vcam.sections import (GROUPS_BY_KEY, CameraSection, ModelSection, ObsSection, OscSection, OutputSection, SlotChoice,
-                           check_value, user_fields)
+from vcam.sections import (GROUPS_BY_KEY, CameraSection, ModelSection, ObsSection, OscSection, OutputSection,
+                           SlotChoice, check_value, user_fields)
 from vcam.sinks import SinkConfig
 from vcam.sources import SourceConfig
 
