@@ -38,7 +38,8 @@ def moving_scene_skips(args: argparse.Namespace, frames: int) -> dict:
 
     moving = args.source.replace(":static", "")
     source = open_source(moving, SourceConfig(width=args.width, height=args.height, live=False))
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=args.ssf_threshold, max_skip=args.ssf_max_skip))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=args.ssf_threshold,
+                                                         max_skip=args.ssf_max_skip))
     longest = 0
     try:
         for _ in range(frames):

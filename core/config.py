@@ -1,6 +1,7 @@
 """`StreamConfig`: every setting of the stream-batch core, frozen and passed explicitly."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,31 +16,55 @@ class ConfigError(ValueError):
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            cli: str | None = None, preset: bool = True, old: str | None = None, old_cli: str | None = None,
-            metavar: str | None = None, flag: Any = None) -> Any:
+            high_excluded: bool = False, cli: str | None = None, preset: bool = True, old: str | None = None,
+            old_cli: str | None = None, metavar: str | None = None, flag: Any = None) -> Any:
     """A dataclass field that users set: this one declaration is its preset key, its command-line option, its
     `--help` line and its row in the README (vcam generates all four from the field; core never reads them).
 
-    `help` is the one-line meaning; `low`/`high` the allowed range (inclusive); `cli` replaces the option name
-    derived from the field name ("" = not on the command line); `preset=False` keeps it out of preset files;
+    `help` is the one-line meaning; `low`/`high` the allowed range (inclusive; `high_excluded` leaves `high`
+    itself out, for a bound a formula divides by); `cli` replaces the option name derived from the field name
+    ("" = not on the command line); `preset=False` keeps it out of preset files;
     `old`/`old_cli` are a previous preset key / option still accepted for one release with a notice; `flag`
     makes the option a switch that sets this value; `metavar` names the value in `--help`.
     """
-    metadata = {"help": help, "range": (low, high), "cli": cli, "preset": preset, "old": old, "old_cli": old_cli,
-                "metavar": metavar, "flag": flag}
+    metadata = {"help": help, "range": (low, high), "high_excluded": high_excluded, "cli": cli, "preset": preset,
+                "old": old, "old_cli": old_cli, "metavar": metavar, "flag": flag}
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable defaults are shared between instances; use a tuple or a mapping proxy")
     return field(default=default, metadata=metadata)
 
 
-def stream_steps(scheduler: str, strength: float | None, steps: int | None, default_steps: int) -> dict[str, Any]:
+def range_problem(value: Any, metadata: Any) -> str | None:
+    """What is wrong with `value` against a `setting`'s range ("must be from 0.0 to 1.0, got 1.5"), or None.
+    The schema's validator and a core dataclass's own check both ask this, so a range is written once."""
+    low, high = metadata.get("range", (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"must be from {low} to {high}, got {value}"
+    if metadata.get("high_excluded") and value == high:
+        return f"must be below {high}, got {value}"
+    return None
+
+
+def check_ranges(instance: Any, owner: str) -> None:
+    """Raise `ConfigError` naming `owner` and the field for the first field of `instance` out of its range."""
+    for f in dataclasses.fields(instance):
+        problem = range_problem(getattr(instance, f.name), f.metadata)
+        if problem:
+            raise ConfigError(f"{owner} {f.name} {problem}")
+
+
+def stream_steps(scheduler: str, strength: float | None, steps: int | None,
+                 default_steps: int | None = None) -> dict[str, Any]:
     """The StreamConfig fields the img2img `strength` + `steps` knob sets, by scheduler.
 
     lcm: `t_index_list` on the consistency grid (`steps` slots; see `t_index_list_from_strength`). ddim /
     dpmsolver++: `num_inference_steps` = steps and `strength`, of which img2img runs the last int(steps *
-    strength), as diffusers' StableDiffusionImg2ImgPipeline does. Missing values: strength 0.5, `default_steps`.
+    strength), as diffusers' StableDiffusionImg2ImgPipeline does. Missing values: strength 0.5, `default_steps`,
+    else StreamConfig's own default for the scheduler (lcm: as many as its default t_index_list has).
     """
     strength = 0.5 if strength is None else strength
+    if default_steps is None:
+        default_steps = len(StreamConfig.t_index_list) if scheduler == "lcm" else StreamConfig.num_inference_steps
     steps = default_steps if steps is None else steps
     if scheduler == "lcm":
         return {"t_index_list": t_index_list_from_strength(strength, steps)}
@@ -190,15 +215,20 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class SimilarityFilterConfig:
-    """`threshold`: cosine at and below which a frame is always processed; `max_skip`: longest run of skips."""
+    """The stochastic similarity filter: skip the UNet when the camera image barely changed.
 
-    enabled: bool = True
-    threshold: float = 0.98
-    max_skip: int = 10
-    seed: int = 0
+    This dataclass is also the preset's [filter] section and the CLI's --ssf options (see `setting`), so its
+    defaults and ranges are the product's and are written once. `threshold`: cosine at and below which a frame is
+    always processed (below 1: the skip probability divides by 1 - threshold); `max_skip`: longest run of skips;
+    `seed`: the skip draws' own random stream (a run takes the stream's seed).
+    """
+
+    enabled: bool = setting(False, "the similarity filter (--no-ssf processes every frame)", cli="--ssf")
+    threshold: float = setting(0.98, "cosine similarity above which frames may be skipped (below 1)", low=0.0,
+                               high=1.0, high_excluded=True)
+    # no upper bound: a larger max_skip only refreshes a perfectly still scene less often
+    max_skip: int = setting(10, "at most this many skipped frames in a row", low=0)
+    seed: int = field(default=0, metadata={"internal": True})
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"similarity threshold must be in [0, 1), got {self.threshold}")
-        if self.max_skip < 0:
-            raise ConfigError(f"similarity max_skip must be 0 or more, got {self.max_skip}")
+        check_ranges(self, "similarity")

@@ -19,7 +19,7 @@ from engines.engine_cache import EngineCache, log
 from engines.loading import ModelSpec
 from engines.graph_engine import GraphEngine
 from engines.onnx_engine import build_graph_set
-from engines.onnx_export import one_line
+from engines.onnx_export import first_line
 
 
 def start_cache_check(engine: GraphEngine, spec: ModelSpec, shapes: EngineShapes, cache: EngineCache
@@ -45,17 +45,15 @@ def check_and_repair(engine: GraphEngine, spec: ModelSpec, shapes: EngineShapes,
         if on_cpu:
             engine.use_runner(_torch_fallback(spec, shapes))
             fell_back = True
-        torch_threads = torch.get_num_threads()  # the export sets its own; the stream's glue keeps what it had
-        try:
-            rebuilt = build_graph_set(spec, shapes, cache, graphs.export, engine.threads, force_rebuild=reason)
-        finally:
-            torch.set_num_threads(torch_threads)
+        # The rebuild leaves torch's process-wide thread count alone (see onnx_engine._export_from_torch): setting
+        # and restoring it from this thread would resize the pool the live stream's glue is running on meanwhile.
+        rebuilt = build_graph_set(spec, shapes, cache, graphs.export, engine.threads, force_rebuild=reason)
         engine.use_runner(engine.make_runner(rebuilt))
         log.info(f"engine cache: the rebuilt {cache.describe(graphs.cache_key)} is in use")
     except Exception as error:  # noqa: BLE001 - a background thread: say it, keep the stream running
         still = "torch keeps running" if fell_back else "the graphs in use keep running"
         log.warning(f"engine cache: the check or rebuild of the {cache.describe(graphs.cache_key)} failed "
-                    f"({one_line(error)}); {still}; delete the cache folder to rebuild at the next start")
+                    f"({first_line(error)}); {still}; delete the cache folder to rebuild at the next start")
     finally:
         engine.checked.set()
 

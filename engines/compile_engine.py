@@ -16,7 +16,7 @@ import torch
 
 from engines.base import EngineShapes, EngineUnavailableError
 from engines.loading import DiffusionComponents, ModelSpec, load_components
-from engines.onnx_export import EngineBuildError, one_line
+from engines.onnx_export import EngineBuildError, first_line
 from engines.torch_engine import TorchEngine
 
 CompiledPart = Literal["unet", "vae"]
@@ -80,7 +80,7 @@ class CompiledTorchEngine:
                 torch.zeros(shapes.unet_batch, 77, self.embed_dim),
             )
         except Exception as error:  # inductor raises many types; the user needs one line and a way out
-            raise EngineBuildError(f"torch.compile failed ({one_line(error)}); use --engine torch") from error
+            raise EngineBuildError(f"torch.compile failed ({first_line(error)}); use --engine torch") from error
         return round(time.perf_counter() - started, 2)
 
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""diffusers -> LDM weight names of the Stable Diffusion UNet and VAE: LoRA files name their layers in either layout
-(`engines.lora`), and the tests' single-file exporter writes LDM checkpoints with these names."""
+"""diffusers -> LDM weight names of the Stable Diffusion UNet: LoRA files name their layers in either layout
+(`engines.lora`). `rename_by_rules` is shared with the tests' single-file exporter, which adds the VAE's rules."""
 from __future__ import annotations
 
 import re
@@ -9,12 +9,11 @@ from engines.base import ModelError
 
 _RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                   "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_VAE_ATTENTION_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 Rule = tuple[re.Pattern, Callable[[re.Match], str], Mapping[str, str]]
 
 
-def _rename(key: str, rules: list[Rule], what: str) -> str:
+def rename_by_rules(key: str, rules: list[Rule], what: str) -> str:
     """Apply the first rule whose pattern matches the start of `key`; the rule's table renames the layer after it."""
     for pattern, new_prefix, inner in rules:
         match = pattern.match(key)
@@ -54,34 +53,7 @@ def _unet_rules(layers_per_block: int, up_blocks_with_attention: set[int]) -> li
     ]
 
 
-def _vae_rules(num_up_blocks: int) -> list[Rule]:
-    """diffusers AutoencoderKL -> LDM `down.i.block.j` / `mid.block_k` / `up.i` (decoder blocks numbered in reverse)."""
-    c = re.compile
-    return [
-        (c(r"(encoder|decoder|quant_conv|post_quant_conv)\.(conv_in\.|conv_out\.|weight|bias)"), lambda m: m[0], {}),
-        (c(r"(encoder|decoder)\.conv_norm_out\."), lambda m: f"{m[1]}.norm_out.", {}),
-        (c(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"encoder.down.{m[1]}.block.{m[2]}.",
-         {"conv_shortcut": "nin_shortcut"}),
-        (c(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\."), lambda m: f"encoder.down.{m[1]}.downsample.conv.",
-         {}),
-        (c(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\."), lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.",
-         {"conv_shortcut": "nin_shortcut"}),
-        (c(r"(encoder|decoder)\.mid_block\.attentions\.0\."), lambda m: f"{m[1]}.mid.attn_1.", _VAE_ATTENTION_TO_LDM),
-        (c(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\."),
-         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.block.{m[2]}.", {"conv_shortcut": "nin_shortcut"}),
-        (c(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\."),
-         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.upsample.conv.", {}),
-    ]
-
-
 def ldm_unet_key(key: str, unet_config: Mapping) -> str:
     """The LDM name (`input_blocks.4.1.proj_in.weight`) of a diffusers UNet weight, for a UNet of `unet_config`."""
     up_with_attention = {i for i, kind in enumerate(unet_config["up_block_types"]) if "CrossAttn" in kind}
-    return _rename(key, _unet_rules(int(unet_config["layers_per_block"]), up_with_attention), "UNet")
-
-
-
-
-def ldm_vae_key(key: str, vae_config: Mapping) -> str:
-    """The LDM name (`decoder.up.1.block.0.nin_shortcut.weight`) of a diffusers VAE weight, for a VAE of `vae_config`."""
-    return _rename(key, _vae_rules(len(vae_config["up_block_types"])), "VAE")
+    return rename_by_rules(key, _unet_rules(int(unet_config["layers_per_block"]), up_with_attention), "UNet")

@@ -139,7 +139,9 @@ def _check_vae_config(vae_dir: Path) -> bool:
     return kind == "AutoencoderTiny"
 
 
-def _noise_schedule(folder: Path) -> NoiseScheduleConfig:
+def read_noise_schedule(folder: Path) -> NoiseScheduleConfig:
+    """The training noise schedule in `folder`/scheduler/scheduler_config.json (a diffusers model folder, or the
+    config folder shipped for a single-file family), checked: the one reader of that file."""
     path = folder / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         return NoiseScheduleConfig()  # the SD 1.x training schedule
@@ -320,7 +322,7 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, Any, Any, 
     vae = vae_class.from_pretrained(folder / "vae", **diffusers_options, **options("vae"))
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype, **options("text_encoder"))
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-    return unet, vae, text_encoder, tokenizer, _noise_schedule(folder)
+    return unet, vae, text_encoder, tokenizer, read_noise_schedule(folder)
 
 
 def _load_single_file(resolved: ResolvedModel, device: torch.device, dtype: torch.dtype) -> tuple[Any, ...]:

@@ -23,7 +23,7 @@ from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFi
 from engines.loading import ModelSpec, resolve_model
 from engines.onnx_export import (
     EXPORTER_VERSION, GRAPH_COUNT, TEXT_TOKENS, CallAsModule, EngineBuildError, GraphSpec, ModelDims,
-    OnnxExportOptions, export_checked_graphs, graph_specs, log_build_step, one_line,
+    OnnxExportOptions, export_checked_graphs, graph_specs, log_build_step, first_line,
 )
 
 # Best first. ORT assigns each node to the first provider in the list that supports it, CPU catching the rest.
@@ -126,12 +126,15 @@ def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOpt
 
 def _export_from_torch(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions, threads: int):
     """The cache builder: load the torch engine on the CPU in fp32, export + check every graph, save the tokenizer."""
-    from engines.devices import configure_cpu
+    from engines.devices import flush_denormals_on_this_thread
     from engines.loading import load_components
     from engines.torch_engine import TorchEngine
 
     def build(directory: Path) -> dict:
-        configure_cpu(threads)
+        # Not `configure_cpu(threads)`: torch's thread count is process-wide, and this runs inside an embedding
+        # application or, for a cache repair, beside a live stream (engines.cache_check). The export runs on the
+        # pool the process has; only the process's owner sizes it (vcam.runtime). Flush-to-zero is per thread.
+        flush_denormals_on_this_thread()
         log_build_step(0, 1 + GRAPH_COUNT, f"loading {spec.model} in torch to export it")
         components = load_components(spec, "cpu", torch.float32)
         engine = TorchEngine(components, shapes)
@@ -316,24 +319,37 @@ def cached_or_exported_graphs(
     raise AssertionError("unreachable: the plan is never empty")
 
 
+def onnxruntime_load_errors() -> tuple[type[BaseException], ...]:
+    """What creating an ONNX Runtime session raises for a graph it refuses: its own error classes (they derive
+    from Exception alone, not RuntimeError), and OSError for a file it cannot read."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph",
+             "RuntimeException", "NotImplemented", "EPFail", "EngineError")
+    return (OSError, RuntimeError, *(getattr(state, name) for name in names if hasattr(state, name)))
+
+
 def open_graph_engine(
     make_engine: Callable[[OnnxGraphSet], GraphEngine], spec: ModelSpec, shapes: EngineShapes, cache: EngineCache,
     plan: Sequence[OnnxExportOptions], threads: int, check_in_background: bool = True, runtime: str = "ONNX Runtime",
+    load_errors: tuple[type[BaseException], ...] = (OSError, RuntimeError),
 ) -> GraphEngine:
     """Graphs from the cache (exported on a miss), then `make_engine(graphs)`; an entry that does not load is
     rebuilt once; a warm-started entry gets its full checksum (engines.cache_check). Shared by every runtime that
-    runs the cached graphs (ONNX Runtime, OpenVINO)."""
+    runs the cached graphs (ONNX Runtime, OpenVINO): `runtime` names it in what is said, `load_errors` are what
+    it raises for a graph it refuses (OpenVINO: RuntimeError; ONNX Runtime: `onnxruntime_load_errors`), so a
+    programming error in `make_engine` is not taken for a damaged cache entry."""
     graphs = cached_or_exported_graphs(spec, shapes, cache, plan, threads)
     try:
         engine = make_engine(graphs)
-    except Exception as error:  # checksums matched but the runtime refused the graph: rebuild rather than use it
+    except load_errors as error:  # checksums matched but the runtime refused the graph: rebuild rather than use it
         if graphs.cache_entry.built:
             raise EngineBuildError(
-                f"{runtime} cannot load the freshly exported graphs ({one_line(error)}); use --engine torch"
+                f"{runtime} cannot load the freshly exported graphs ({first_line(error)}); use --engine torch"
             ) from error
         reason = f"cached graphs failed to load ({type(error).__name__})"
-        log.warning("engine cache: ONNX Runtime cannot load the cached %s (%s); rebuilding it",
-                    cache.describe(graphs.cache_key), one_line(error))
+        log.warning("engine cache: %s cannot load the cached %s (%s); rebuilding it", runtime,
+                    cache.describe(graphs.cache_key), first_line(error))
         graphs = build_graph_set(spec, shapes, cache, graphs.export, threads, force_rebuild=reason)
         engine = make_engine(graphs)
     if not engine.checked.is_set():
@@ -357,7 +373,8 @@ def create_onnxruntime_engine(
     providers = choose_providers(options.providers, onnxruntime.get_available_providers(), device)
     engine = open_graph_engine(
         lambda graphs: OnnxRuntimeEngine(graphs, providers, threads, options.allow_spinning), spec, shapes,
-        EngineCache(options.cache_root), export_plan(options.export, providers), threads, options.check_in_background)
+        EngineCache(options.cache_root), export_plan(options.export, providers), threads, options.check_in_background,
+        load_errors=onnxruntime_load_errors())
     assert isinstance(engine, OnnxRuntimeEngine)
     return engine
 

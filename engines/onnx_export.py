@@ -35,7 +35,7 @@ class EngineBuildError(ModelError):
     """Exporting or building an engine failed (or its check against torch eager did); one line, names the fix."""
 
 
-def one_line(error: BaseException, limit: int = 200) -> str:
+def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (exporters and compilers raise pages), for one-line errors."""
     lines = str(error).strip().splitlines()
     return (lines[0] if lines else type(error).__name__)[:limit]
@@ -182,7 +182,7 @@ def export_graph(
                 )
     except Exception as error:  # the exporters raise many types; the user needs one line and the graph name
         raise EngineBuildError(
-            f"ONNX export of the {spec.name} failed ({one_line(error)}); use --engine torch for this model"
+            f"ONNX export of the {spec.name} failed ({first_line(error)}); use --engine torch for this model"
         ) from error
 
 

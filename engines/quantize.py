@@ -27,7 +27,7 @@ import torch
 
 from engines.engine_cache import EngineCache, EngineCacheKey
 from engines.graph_engine import ForwardsToRunner
-from engines.onnx_export import one_line
+from engines.onnx_export import first_line
 
 INT8_UNET = "unet-int8.onnx"
 CALIBRATION_CALLS = 8  # UNet calls recorded from the stream (T per frame: 8 calls = 4 frames at 2 steps)
@@ -84,7 +84,7 @@ def quantize_unet(fp32_unet: Path, calibration: Sequence[UnetInputs], output: Pa
         )
     except Exception as error:  # the quantizer raises many types; the user needs one line
         raise EngineBuildError(
-            f"INT8 quantization of the UNet failed ({one_line(error)}); use --precision fp32") from error
+            f"INT8 quantization of the UNet failed ({first_line(error)}); use --precision fp32") from error
     return {"calibration_calls": len(feeds), "quantized_ops": list(QUANTIZED_OPS), "format": "QDQ U8S8"}
 
 
@@ -133,7 +133,7 @@ def use_int8_unet(engine: Any, calibration_calls: int = CALIBRATION_CALLS, in_ba
             log.info("precision int8: the INT8 UNet is in use from now on")
         except Exception as error:  # noqa: BLE001 - keep the stream running in fp32 and say why
             engine.use_runner(fp32_runner)
-            log.warning(f"precision int8: {one_line(error)}; the UNet keeps running in fp32")
+            log.warning(f"precision int8: {first_line(error)}; the UNet keeps running in fp32")
         finally:
             engine.int8_ready.set()
 

@@ -21,7 +21,7 @@ from engines.graph_engine import GraphEngine
 from engines.engine_cache import EngineCache, log
 from engines.loading import ModelSpec
 from engines.onnx_engine import OnnxRuntimeEngine, OnnxRuntimeOptions, create_onnxruntime_engine
-from engines.onnx_export import example_inputs, one_line
+from engines.onnx_export import example_inputs, first_line
 
 ROUNDS = 3  # alternated UNet calls per runtime after one warm-up call each; the medians are compared
 CHOICE_FILE = "choice.json"
@@ -87,7 +87,7 @@ def fastest_cpu_runtime(
     except EngineUnavailableError:
         return RaceResult(onnx_engine, {}, measured=False)
     except Exception as error:  # noqa: BLE001 - OpenVINO failing must not cost auto its ONNX Runtime engine
-        log.warning(f"engine auto: OpenVINO could not be built ({one_line(error)}); ONNX Runtime runs")
+        log.warning(f"engine auto: OpenVINO could not be built ({first_line(error)}); ONNX Runtime runs")
         return RaceResult(onnx_engine, {}, measured=False)
     engines: dict[str, GraphEngine] = {"onnxruntime": onnx_engine, "openvino": openvino_engine}
     (unet_spec,) = [graph for graph in onnx_engine.graphs.specs if graph.name == "unet"]

@@ -5,14 +5,14 @@ diffusers folders. Such a file carries weights only, so the architecture is reco
 and its configuration comes from a folder bundled under `engines/configs/<arch>/` — nothing is fetched from the hub.
 Only safetensors is read: a pickled `.ckpt` can run code when opened, so it is refused, never unpickled.
 
-The reverse (diffusers folder -> LDM single file), with the key names of `engines.ldm_keys`, lives with the tests
+The reverse (diffusers folder -> LDM single file), with the renaming rules of `engines.ldm_keys`, lives with the tests
 (`tests/ldm_export.py`): it is how the tiny test model becomes a single file.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -20,7 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from engines.base import ModelError, NoiseScheduleConfig
+from engines.base import ModelError
+from engines.loading import read_noise_schedule
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -140,8 +141,8 @@ def load_single_file_components(
     shapes = read_shapes(path)
     arch = detect_architecture(shapes)
     tokenizer = load_tokenizer(arch, path, tokenizer_dir, hf_cache_dir)  # before the slow part: fail fast
-    schedule = NoiseScheduleConfig(**_schedule_fields(arch.config_dir / "scheduler" / "scheduler_config.json"),
-                                   prediction_type=prediction_type or resolve_prediction_type(arch, path, shapes))
+    schedule = replace(read_noise_schedule(arch.config_dir),
+                       prediction_type=prediction_type or resolve_prediction_type(arch, path, shapes))
     check_complete(shapes, arch, path.name)
     from diffusers import StableDiffusionPipeline
 
@@ -220,14 +221,6 @@ def _align_text_model_prefix(state: dict[str, torch.Tensor], text_encoder: torch
     return aligned
 
 
-def _schedule_fields(scheduler_config: Path) -> dict:
-    config = json.loads(scheduler_config.read_text())
-    return {"num_train_timesteps": int(config.get("num_train_timesteps", 1000)),
-            "beta_start": float(config.get("beta_start", 0.00085)),
-            "beta_end": float(config.get("beta_end", 0.012)),
-            "beta_schedule": config.get("beta_schedule", "scaled_linear")}
-
-
 def resolve_prediction_type(arch: SingleFileArchitecture, path: Path,
                             checkpoint: Mapping[str, object]) -> PredictionType:
     """epsilon or v: a single file does not say which objective it was trained on, so look for the usual hints.
@@ -241,8 +234,7 @@ def resolve_prediction_type(arch: SingleFileArchitecture, path: Path,
     if sidecar.is_file():
         is_v = re.search(r"""parameterization:\s*["']?v["']?\s*$""", sidecar.read_text(), re.MULTILINE)
         return "v_prediction" if is_v else "epsilon"
-    config = json.loads((arch.config_dir / "scheduler" / "scheduler_config.json").read_text())
-    return config.get("prediction_type", "epsilon")
+    return read_noise_schedule(arch.config_dir).prediction_type
 
 
 # --------------------------------------------------------------------------------------------------- tokenizer

@@ -7,6 +7,7 @@ sides. The shipped product only ever reads such files.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engines.base import ModelError
-from engines.ldm_keys import ldm_unet_key, ldm_vae_key
+from engines.ldm_keys import Rule, ldm_unet_key, rename_by_rules
 from engines.single_file import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 
@@ -78,3 +79,31 @@ def architecture_config_from_folder(model_dir: Path, out_dir: Path, with_vocabul
     for name in tokenizer_files:
         (out_dir / "tokenizer" / name).write_bytes((model_dir / "tokenizer" / name).read_bytes())
     return out_dir
+
+
+_VAE_ATTENTION_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _vae_rules(num_up_blocks: int) -> list[Rule]:
+    """diffusers AutoencoderKL -> LDM `down.i.block.j` / `mid.block_k` / `up.i` (decoder blocks numbered in reverse)."""
+    c = re.compile
+    return [
+        (c(r"(encoder|decoder|quant_conv|post_quant_conv)\.(conv_in\.|conv_out\.|weight|bias)"), lambda m: m[0], {}),
+        (c(r"(encoder|decoder)\.conv_norm_out\."), lambda m: f"{m[1]}.norm_out.", {}),
+        (c(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\."), lambda m: f"encoder.down.{m[1]}.block.{m[2]}.",
+         {"conv_shortcut": "nin_shortcut"}),
+        (c(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\."), lambda m: f"encoder.down.{m[1]}.downsample.conv.",
+         {}),
+        (c(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\."), lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.",
+         {"conv_shortcut": "nin_shortcut"}),
+        (c(r"(encoder|decoder)\.mid_block\.attentions\.0\."), lambda m: f"{m[1]}.mid.attn_1.", _VAE_ATTENTION_TO_LDM),
+        (c(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\."),
+         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.block.{m[2]}.", {"conv_shortcut": "nin_shortcut"}),
+        (c(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\."),
+         lambda m: f"decoder.up.{num_up_blocks - 1 - int(m[1])}.upsample.conv.", {}),
+    ]
+
+
+def ldm_vae_key(key: str, vae_config: Mapping) -> str:
+    """The LDM name (`decoder.up.1.block.0.nin_shortcut.weight`) of a diffusers VAE weight, for a VAE of `vae_config`."""
+    return rename_by_rules(key, _vae_rules(len(vae_config["up_block_types"])), "VAE")

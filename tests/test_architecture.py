@@ -3,6 +3,8 @@ through `engines.base` (the `Engine` contract and the data it carries)."""
 from __future__ import annotations
 
 import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,20 +52,53 @@ def test_the_rule_is_checked_on_real_files() -> None:
     assert "engines.base" in imported_modules(ROOT / "core" / "stream.py")
 
 
-def test_architecture_md_names_every_module_and_only_modules_that_exist() -> None:
-    """ARCHITECTURE.md is the map of the rooms: a new module must be put on it, a removed one taken off."""
-    import re
+OWN_PACKAGES = {"core", "engines", "vcam", "presets"}
 
+
+def room_rows() -> dict[str, list[str]]:
+    """ARCHITECTURE.md's rooms table: `core/` -> its cells (room, may import, modules)."""
     text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    return {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in text.splitlines() if line.startswith("| `")}
+
+
+def test_architecture_md_names_every_module_in_its_own_rooms_row_and_only_modules_that_exist() -> None:
+    """ARCHITECTURE.md is the map of the rooms: a new module must be put on its room's row, a removed one taken off."""
+    rows = room_rows()
     for package in ("core", "engines", "vcam"):
+        named = set(re.findall(r"`([a-z_]+)`", rows[f"`{package}/`"][2]))
         for path in package_files(package):
-            if path.name == "__init__.py" or "obs" in path.parent.name or path.parent.name == "tiny":
+            if path.name == "__init__.py" or path.parent.name in ("obs", "tiny"):  # the OBS script, the tiny model
                 continue
-            assert f"`{path.stem}`" in text, f"ARCHITECTURE.md does not name {path.relative_to(ROOT)}"
-    row = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
-    for package in ("core", "engines", "vcam"):
-        named = re.findall(r"`([a-z_]+)`", row[f"`{package}/`"].split("|")[3])
+            assert path.stem in named, f"ARCHITECTURE.md's `{package}/` row does not name {path.relative_to(ROOT)}"
         for name in named:
             candidates = [ROOT / package / f"{name}.py", ROOT / package / name, ROOT / package / "controls" / f"{name}.py",
                           ROOT / package / "tiny" / f"{name}.py", ROOT / package / "tiny" / name]
             assert any(c.exists() for c in candidates), f"ARCHITECTURE.md names {package}/{name}, which does not exist"
+
+
+def allowed_libraries(may_import: str) -> dict[str | None, set[str]]:
+    """The "may import" cell as {None: libraries for the whole room, "sub": libraries for `sub/` only}. Items are
+    comma-separated import names, each with an optional note in brackets; "(`sub/` only ...)" limits one to a
+    folder; own packages and backticked items (`engines.base` only) are the one-way rule's business."""
+    allowed: dict[str | None, set[str]] = {None: set()}
+    for item in re.split(r",\s*(?![^(]*\))", may_import):
+        name = item.split()[0] if item.split() else ""
+        if not name or name.startswith("`") or name in OWN_PACKAGES:
+            continue
+        only = re.search(r"\(`([a-z_]+)/` only", item)
+        allowed.setdefault(only[1] if only else None, set()).add(name)
+    return allowed
+
+
+@pytest.mark.parametrize("package", ["core", "engines", "vcam"])
+def test_each_room_imports_only_the_libraries_its_row_allows(package: str) -> None:
+    allowed = allowed_libraries(room_rows()[f"`{package}/`"][1])
+    assert allowed[None], "the parser read the row"
+    for path in package_files(package):
+        for module in imported_modules(path):
+            name = top(module)
+            if name in sys.stdlib_module_names or name in OWN_PACKAGES or name == "__future__":
+                continue
+            assert name in allowed[None] | allowed.get(path.parent.name, set()), (
+                f"{path.relative_to(ROOT)} imports {name}, which ARCHITECTURE.md's `{package}/` row does not list")

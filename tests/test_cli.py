@@ -99,6 +99,25 @@ def test_bad_input_is_one_clear_line_not_a_traceback(home: Path, tmp_path: Path,
         assert word in errors[0]
 
 
+@pytest.mark.timeout(120)
+def test_a_similarity_threshold_of_1_is_one_line_naming_the_option_or_the_file_and_key(home: Path,
+                                                                                         tmp_path: Path) -> None:
+    # The filter's skip probability divides by 1 - threshold: the one range (core.config.SimilarityFilterConfig)
+    # stops 1.0 wherever it is written, and the line says where it was written.
+    preset = tmp_path / "still.toml"
+    preset.write_text('[model]\nmodel = "tiny"\n\n[filter]\nthreshold = 1.0\n\n'
+                      '[[prompts]]\nname = "a"\ntext = "a watercolour painting"\n')
+    for args, words in ((("--model", "tiny", "--ssf-threshold", "1.0"), ["--ssf-threshold", "below 1.0", "1.0"]),
+                        (("--preset", str(preset)), [str(preset), "filter.threshold", "below 1.0"])):
+        result = run_vcam("run", *args, "--sink", str(tmp_path / "x.mp4"), "--frames", "2", "--no-tray",
+                          "--no-hotkeys", "--quiet", env_home=home, timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vcam: error: "), result.stderr
+        for word in words:
+            assert word in lines[0], (word, lines[0])
+
+
 @pytest.mark.timeout(400)
 def test_run_without_preset_runs_the_users_default_preset_and_says_so_once(tmp_path: Path) -> None:
     presets = tmp_path / "config" / "vcam" / "presets"

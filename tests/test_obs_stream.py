@@ -40,7 +40,7 @@ def test_obs_media_source_shows_the_frame_the_service_published(obs_instance, ti
     settings = resolve_settings(args)
     mjpeg = open_sink("mjpeg:0", SinkConfig(width=320, height=180, fps=10))
     tee = LastFrameTee(mjpeg)
-    service = Service(settings, ServiceOptions(tray=False, hotkeys=False, obs=False, osc=False, status_line=False),
+    service = Service(settings, ServiceOptions(tray=False, hotkeys=False, status_line=False),
                       sink=tee)
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()

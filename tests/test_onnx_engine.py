@@ -209,6 +209,17 @@ def test_an_intact_portable_entry_is_reused_instead_of_exporting_again(tiny_mode
     assert default.graphs.export == PORTABLE_EXPORT
 
 
+@pytest.mark.timeout(600)
+def test_exporting_the_graphs_leaves_torchs_process_wide_thread_count_alone(tiny_model_dir, tmp_path: Path) -> None:
+    """An embedding application, or a live stream beside a cache repair, keeps the torch thread pool it sized."""
+    spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
+    before = torch.get_num_threads()
+    engine = create_onnxruntime_engine(spec, SMALL, "cpu", 1, OnnxRuntimeOptions(cache_root=tmp_path,
+                                                                                  export=PORTABLE_EXPORT))
+    assert engine.graphs.cache_entry.built, "the graphs were exported here, not found in a cache"
+    assert torch.get_num_threads() == before
+
+
 # --- the engine on the tiny model -------------------------------------------------------------------------------
 
 

@@ -132,7 +132,8 @@ def test_without_a_camera_run_says_so_in_one_line_and_uses_the_moving_sample(hom
 
 
 # --- the similarity filter on real pictures ----------------------------------------------------------------------
-FILTER = SimilarityFilterConfig(threshold=0.98, max_skip=10)  # the filter's defaults (StreamDiffusion's threshold)
+# the filter's defaults (StreamDiffusion's threshold), switched on
+FILTER = SimilarityFilterConfig(enabled=True, threshold=0.98, max_skip=10)
 MODEL_SIZE = 256  # the trained tiny engine's size (`trained_tiny_engine`)
 
 

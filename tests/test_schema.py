@@ -55,6 +55,22 @@ def test_readme_tables_are_the_ones_generated_from_the_schema(tmp_path: Path) ->
     assert not rewrite_readme(str(copy)), "README tables differ from the schema: run python -m vcam.options README.md"
 
 
+def test_the_table_tool_rewrites_a_stale_readme_and_check_only_reports_it(tmp_path: Path) -> None:
+    stale = tmp_path / "README.md"
+    stale.write_text((ROOT / "README.md").read_text().replace("| `--seed N` |", "| `--seed N` (old) |"))
+
+    def tool(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vcam.options", *args, str(stale)], capture_output=True,
+                              text=True, timeout=120)
+
+    checked = tool("--check")
+    assert checked.returncode == 1 and "run python -m vcam.options" in checked.stdout
+    assert "(old)" in stale.read_text(), "--check leaves the file as it is"
+    rewritten = tool()
+    assert rewritten.returncode == 0 and "rewritten" in rewritten.stdout and "(old)" not in stale.read_text()
+    assert tool("--check").returncode == 0
+
+
 def test_readme_options_table_names_every_option_and_preset_key() -> None:
     readme = (ROOT / "README.md").read_text()
     begin, end = README_MARKERS["options"]

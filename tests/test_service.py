@@ -51,7 +51,7 @@ class ClosingSource:
         self.inner.close()
 
 
-OPTIONS = ServiceOptions(tray=False, hotkeys=False, obs=False, osc=False, status_line=False)
+OPTIONS = ServiceOptions(tray=False, hotkeys=False, status_line=False)
 
 
 def make_service(tiny_home, *extra: str, fps: float | None = 20.0) -> tuple[Service, ClosingSource, RecordingSink]:

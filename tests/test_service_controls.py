@@ -72,8 +72,7 @@ def test_hotkeys_typed_on_the_display_switch_the_running_service(xvfb, tiny_user
                                                                   monkeypatch) -> None:
     monkeypatch.setenv("DISPLAY", xvfb.display)
     preset = tiny_preset_with(tmp_path, "")
-    service, thread = start_service(preset, ServiceOptions(tray=False, hotkeys=True, obs=False, osc=False,
-                                                            status_line=False))
+    service, thread = start_service(preset, ServiceOptions(tray=False, hotkeys=True, status_line=False))
     names = [p.name for p in service.settings.prompts]
 
     def key(combo: str) -> None:
@@ -98,7 +97,7 @@ def test_commands_broadcast_through_obs_switch_pause_and_resume_the_running_serv
         obs_instance, tiny_user_cache, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("VCAM_OBS_PASSWORD", obs_instance.password)
     preset = tiny_preset_with(tmp_path, f"[obs]\nenabled = true\nhost = \"127.0.0.1\"\nport = {obs_instance.port}\n")
-    service, thread = start_service(preset, ServiceOptions(tray=False, hotkeys=False, osc=False, status_line=False))
+    service, thread = start_service(preset, ServiceOptions(tray=False, hotkeys=False, status_line=False))
     names = [p.name for p in service.settings.prompts]
     try:
         until(lambda: service.prompt_label == names[2],

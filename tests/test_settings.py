@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from vcam.cli import build_parser
-from vcam.settings import SettingsError, resolve_settings
+from vcam.settings import RunSettings, SettingsError, resolve_settings
 
 
 def settings_for(*argv: str, preset: str = "tiny"):
@@ -89,6 +89,33 @@ def test_command_line_values_are_checked_like_preset_values_and_name_the_option(
         settings_for("--ssf-threshold", "1.5")
     with pytest.raises(SystemExit):  # argparse's own one-line usage error for a wrong choice
         settings_for("--guidance", "half")
+
+
+def test_camera_size_and_rate_0_ask_the_camera_for_nothing_and_keep_its_own_mode() -> None:
+    default = resolve_settings(build_parser().parse_args(["run"]), "tiny").source_config  # tiny: no camera size
+    assert (default.width, default.height) == (0, 0)
+    typed = resolve_settings(build_parser().parse_args(["run", "--camera-width", "0", "--camera-height", "0",
+                                                        "--camera-fps", "0"]), "tiny").source_config
+    assert (typed.width, typed.height, typed.fps) == (0, 0, None)
+    assert typed.pattern_size == (1280, 720), "a generated source (sample, synthetic) still has a size"
+
+
+def test_obs_and_osc_switches_override_the_preset_once_in_the_settings(tmp_path) -> None:
+    preset = tmp_path / "controls.toml"
+    preset.write_text('[obs]\nenabled = true\nport = 4460\n\n[osc]\nport = 9100\n\n'
+                      '[[prompts]]\nname = "a"\ntext = "a watercolour painting"\n')
+
+    def run(*args: str) -> RunSettings:
+        return resolve_settings(build_parser().parse_args(["run", "--preset", str(preset), *args]))
+
+    as_preset = run()
+    assert (as_preset.obs.enabled, as_preset.obs.port, as_preset.osc.enabled, as_preset.osc.port) == (True, 4460,
+                                                                                                      False, 9100)
+    switched = run("--no-obs", "--osc")  # the options `vcam run` always had (--obs, --osc) and their negations
+    assert (switched.obs.enabled, switched.obs.port, switched.osc.enabled, switched.osc.port) == (False, 4460,
+                                                                                                 True, 9100)
+    bench = build_parser().parse_args(["bench", "--preset", str(preset)])
+    assert not hasattr(bench, "obs.enabled") and resolve_settings(bench).obs.enabled, "bench: no switch, the preset's"
 
 
 def test_every_preset_key_is_also_an_option() -> None:

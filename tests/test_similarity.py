@@ -31,7 +31,7 @@ def at_angle(a: torch.Tensor, b: torch.Tensor, angle: float) -> torch.Tensor:
 
 def test_identical_frames_are_skipped_max_skip_times_then_processed():
     frame = torch.rand(SHAPE)
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.5, max_skip=3))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.5, max_skip=3))
     decisions = [similarity.should_skip(frame.clone()) for _ in range(13)]
     assert decisions == [False] + [True, True, True, False] * 3
     assert (similarity.processed, similarity.skipped) == (4, 9)
@@ -42,7 +42,7 @@ def test_half_probability_gives_half_skips_within_a_binomial_bound():
     # threshold 0.9 and cosine 0.95 give p = 0.5; every frame is shown at that cosine from the last processed one
     a, b = unit_pair(1)
     frames = [a.float(), at_angle(a, b, math.acos(0.95))]
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.9, max_skip=10_000, seed=7))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.9, max_skip=10_000, seed=7))
     similarity.should_skip(frames[0])
     reference = 0
     trials = 2000
@@ -58,7 +58,7 @@ def test_same_seed_gives_the_same_decisions_and_does_not_touch_the_global_rng():
     frames = [at_angle(a, b, 0.05 * (i % 5)) for i in range(200)]
 
     def decisions(seed: int) -> list[bool]:
-        similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.99, max_skip=5, seed=seed))
+        similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.99, max_skip=5, seed=seed))
         return [similarity.should_skip(frame) for frame in frames]
 
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def test_same_seed_gives_the_same_decisions_and_does_not_touch_the_global_rng():
 def test_never_more_than_max_skip_skips_in_a_row():
     generator = torch.Generator().manual_seed(5)
     base = torch.rand(SHAPE, generator=generator)
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.9, max_skip=4, seed=1))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.9, max_skip=4, seed=1))
     longest = streak = 0
     for _ in range(500):
         noisy = base + 0.05 * torch.rand(SHAPE, generator=generator)
@@ -85,7 +85,7 @@ def test_never_more_than_max_skip_skips_in_a_row():
 def test_a_clearly_different_frame_is_always_processed(seed):
     generator = torch.Generator().manual_seed(seed)
     still = torch.rand(SHAPE, generator=generator)
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.9, max_skip=50, seed=seed))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.9, max_skip=50, seed=seed))
     for step in range(200):
         if step % 17 == 16:
             different = torch.rand(SHAPE, generator=generator) - 0.5  # cosine with `still` near 0
@@ -102,7 +102,7 @@ def test_slow_drift_is_compared_with_the_last_processed_frame_and_gets_processed
     a, b = unit_pair(3)
     threshold = 0.98
     limit = math.acos(threshold)
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=threshold, max_skip=10_000, seed=0))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=threshold, max_skip=10_000, seed=0))
     processed_angle = 0.0
     similarity.should_skip(at_angle(a, b, 0.0))
     processed = 0
@@ -122,7 +122,7 @@ def test_pixel_noise_on_a_large_static_frame_is_pooled_away_and_skipped():
     coarse = torch.rand(1, 3, 8, 8, generator=generator) * 2 - 1
     scene = torch.nn.functional.interpolate(coarse, size=(256, 256), mode="bilinear")  # smooth, like a room
     # full-resolution cosine with this noise is ~0.89 (never skipped); pooled to 32x32 it is ~0.998
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.98, max_skip=10))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.98, max_skip=10))
     for _ in range(30):
         similarity.should_skip(scene + 0.2 * torch.randn(scene.shape, generator=generator))
     assert similarity.skipped >= 20
@@ -136,7 +136,7 @@ def test_a_camera_pan_of_a_few_pixels_is_processed(shift):
     generator = torch.Generator().manual_seed(0)
     coarse = torch.rand(1, 3, 12, 12, generator=generator) * 2 - 1
     wide = torch.nn.functional.interpolate(coarse, size=(288, 288), mode="bilinear")
-    similarity = SimilarityFilter(SimilarityFilterConfig())
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True))
     similarity.should_skip(wide[..., :256, :256])
     assert similarity.should_skip(wide[..., shift:256 + shift, :256]) is False
     assert similarity.last_cosine < 0.9
@@ -166,7 +166,7 @@ def test_after_enabling_the_filter_compares_with_the_last_frame_processed_while_
 
 def test_reset_makes_the_next_frame_processed():
     frame = torch.rand(SHAPE)
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.5, max_skip=10))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.5, max_skip=10))
     similarity.should_skip(frame)
     assert similarity.should_skip(frame) is True
     similarity.reset()

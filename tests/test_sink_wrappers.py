@@ -1,6 +1,7 @@
 """Specification of the sinks wrapped around the service's output: the tee that adds the tray's preview window."""
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -39,6 +40,16 @@ def test_a_failing_preview_is_dropped_with_one_notice_and_the_main_output_goes_o
     assert preview.writes == 1 and preview.closed and tee.preview is None
     assert len(notices) == 1 and "preview window closed after an error (RuntimeError: Internal C++ object" in notices[0]
     assert "open the preview again from the tray" in notices[0] and "\n" not in notices[0]
+
+
+def test_a_failing_preview_leaves_its_traceback_in_the_log_file_only(caplog):
+    tee = TeeSink(NullSink(), threading.Event(), lambda: None, on_preview_failed=lambda line: None)
+    tee.preview = BrokenPreview()
+    with caplog.at_level(logging.ERROR, logger="vcam"):
+        tee.write(np.zeros((8, 8, 3), dtype=np.uint8))
+    [record] = [r for r in caplog.records if r.exc_info]
+    assert record.exc_info[0] is RuntimeError and "preview window" in record.getMessage()
+    assert getattr(record, "file_only", False), "the terminal has its one line already"
 
 
 def test_the_tee_lends_the_virtual_cameras_pacer_to_the_pipeline(recorder):

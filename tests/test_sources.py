@@ -6,12 +6,13 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from tests.media import (close_colour, coloured_frame, distinct_colours, notice_pixels, photo_camera_clip, write_image,
                          write_video)
-from vcam.camera_source import open_video_capture
+from vcam.camera_source import ask_camera_mode, open_video_capture
 from vcam.generated_sources import SyntheticSource
 from vcam.overlay import notices_of
 from vcam.reconnecting_source import CAMERA_LOST_NOTICE, ReconnectingSource, RetryPolicy
@@ -148,6 +149,46 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
     for path, message in ((bad_video, "cannot read video file"), (bad_image, "cannot read image file")):
         with pytest.raises(SourceError, match=message):
             open_source(str(path))
+
+
+class RecordedCapture:
+    """A real OpenCV capture that remembers which properties it was asked to set (there is no camera here).
+    It holds the capture rather than subclassing it: a Python subclass of cv2.VideoCapture crashes the
+    garbage collector."""
+
+    def __init__(self, target: str) -> None:
+        self.capture = cv2.VideoCapture(target)
+        self.asked: dict[int, float] = {}
+
+    def set(self, prop: int, value: float) -> bool:
+        self.asked[prop] = value
+        return self.capture.set(prop, value)
+
+    def get(self, prop: int) -> float:
+        return self.capture.get(prop)
+
+    def release(self) -> None:
+        self.capture.release()
+
+
+MODE = (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS, cv2.CAP_PROP_FOURCC)
+
+
+@pytest.mark.parametrize("api", [cv2.CAP_ANY, cv2.CAP_V4L2])
+def test_a_camera_asked_for_size_and_rate_0_keeps_its_own_mode(clip, api):
+    capture = RecordedCapture(str(clip[0]))  # a 64x48 clip stands in for a camera's own mode
+    assert ask_camera_mode(capture, SourceConfig(width=0, height=0, fps=None), api) == {}
+    assert not set(MODE) & set(capture.asked), "no size, rate or pixel format is forced on the device"
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (64, 48)
+    capture.release()
+
+
+def test_a_camera_is_asked_for_exactly_the_parts_of_the_mode_given(clip):
+    capture = RecordedCapture(str(clip[0]))
+    asked = ask_camera_mode(capture, SourceConfig(width=640, height=0, fps=15), cv2.CAP_V4L2)
+    assert asked == {cv2.CAP_PROP_FRAME_WIDTH: 640, cv2.CAP_PROP_FPS: 15}
+    assert cv2.CAP_PROP_FRAME_HEIGHT not in capture.asked and cv2.CAP_PROP_FOURCC in capture.asked  # MJPG on V4L2
+    capture.release()
 
 
 def test_missing_camera_gives_a_one_line_error_naming_what_to_try():

@@ -160,7 +160,7 @@ def test_embeddings_are_batched_once_per_prompt_not_per_frame(engine):
 
 
 def test_skipped_frame_returns_the_previous_output_without_any_engine_call(engine):
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.5, max_skip=5, seed=0))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.5, max_skip=5, seed=0))
     stream = make_stream(engine, similarity=similarity)
     still = images()
     first = stream.process(still)
@@ -170,7 +170,7 @@ def test_skipped_frame_returns_the_previous_output_without_any_engine_call(engin
 
 
 def test_a_prompt_switch_on_a_still_camera_is_never_skipped(engine):
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.5, max_skip=5, seed=0))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.5, max_skip=5, seed=0))
     stream = make_stream(engine, similarity=similarity)
     still = images()
     stream.process(still)
@@ -180,7 +180,7 @@ def test_a_prompt_switch_on_a_still_camera_is_never_skipped(engine):
 
 
 def test_warmup_fills_the_buffer_even_when_the_filter_would_skip(engine):
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=0.5, max_skip=5, seed=0))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=0.5, max_skip=5, seed=0))
     stream = make_stream(engine, similarity=similarity, t_index_list=(20, 32, 45))
     output = stream.warmup(torch.full((1, 3, 64, 64), 0.5))
     assert stream.unet_calls == 3 and output.shape == (1, 3, 64, 64)

@@ -131,7 +131,8 @@ def test_an_earlier_t_index_changes_the_picture_more(trained_tiny_engine, photo,
 
 def test_the_similarity_filter_skips_a_still_photo_at_the_expected_rate(trained_tiny_engine, photo):
     settings = PRESET.filter
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=settings.threshold, max_skip=settings.max_skip))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=settings.threshold,
+                                                         max_skip=settings.max_skip))
     stream = make_stream(trained_tiny_engine, "pencil sketch", T_INDEX_LIST, similarity=similarity)
     frame, blocks = to_tensor(photo), 3
     for _ in range(blocks * (settings.max_skip + 1)):
@@ -143,7 +144,8 @@ def test_the_similarity_filter_skips_a_still_photo_at_the_expected_rate(trained_
 
 def test_the_similarity_filter_never_freezes_a_panning_photo(trained_tiny_engine):
     settings = PRESET.filter
-    similarity = SimilarityFilter(SimilarityFilterConfig(threshold=settings.threshold, max_skip=settings.max_skip))
+    similarity = SimilarityFilter(SimilarityFilterConfig(enabled=True, threshold=settings.threshold,
+                                                         max_skip=settings.max_skip))
     stream = make_stream(trained_tiny_engine, "pencil sketch", T_INDEX_LIST, similarity=similarity)
     wide = square_view(load_photo(UNRELATED_PHOTO), 384)
     previous = None

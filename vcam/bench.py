@@ -50,7 +50,7 @@ def peak_rss_mb() -> float:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-class RecordingEngine:
+class LastInputsEngine:
     """Delegates to an engine and keeps the inputs of its last encode, UNet and decode calls, so that the model-only
     limit is timed on exactly the tensors the stream gave the model (the same shapes, values and timesteps; on the
     CPU even the values matter, through denormals)."""
@@ -80,7 +80,7 @@ class RecordingEngine:
         return self.inner.decode_latents(latents)
 
 
-def measure_model_only_fps(engine: RecordingEngine, frames_per_call: int, frames: int) -> float:
+def measure_model_only_fps(engine: LastInputsEngine, frames_per_call: int, frames: int) -> float:
     """Frames per second of the model alone: per group of F frames the stream's own encode, UNet and decode calls,
     replayed back-to-back on the inputs it last gave them (no pre/post-processing, threads or queues)."""
     images, unet_inputs, latents = engine.last_images, engine.last_unet, engine.last_latents
@@ -173,7 +173,7 @@ def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = T
     `owns_process`: the CLI's bench, which may size torch's process-wide thread pool (see create_engine_for)."""
     frames = settings.frames or 100
     build_start = time.perf_counter()
-    engine = RecordingEngine(create_engine_with_progress(settings, progress, owns_process))
+    engine = LastInputsEngine(create_engine_with_progress(settings, progress, owns_process))
     build_seconds = time.perf_counter() - build_start
     stream = build_stream(engine, settings)
     warm_up(stream)  # fill the rolling buffer and allocate, outside the timed run

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from vcam.autostart_cli import add_service_parser, run_service_action
 from vcam.models_cli import add_models_parser, run_models_action
-from vcam.options import NOTICES, add_stream_options
+from vcam.options import NOTICES, add_run_options, add_stream_options
 from vcam.presets_cli import add_presets_parser, run_presets_action
 
 if TYPE_CHECKING:
@@ -62,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = run.add_argument_group("service")
     g.add_argument("--no-tray", action="store_true", help="run headless, without the tray icon")
     g.add_argument("--no-hotkeys", action="store_true", help="do not register global hotkeys")
-    g.add_argument("--obs", action="store_true", default=None, help="connect to OBS WebSocket (see the preset's [obs])")
-    g.add_argument("--osc", action="store_true", default=None, help="listen for OSC commands (see the preset's [osc])")
+    add_run_options(run, "service", ("obs", "osc"))  # --obs, --osc
     g.add_argument("--overlay", action="store_true", help="draw fps, skip rate and prompt on the preview window")
     g.add_argument("--quiet", action="store_true", help="no status line on the terminal")
 
@@ -125,8 +124,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = ServiceOptions(
         tray=not args.no_tray,
         hotkeys=not args.no_hotkeys,
-        obs=args.obs,
-        osc=args.osc,
         overlay=args.overlay,
         status_line=not args.quiet,
         owns_process=True,

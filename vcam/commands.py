@@ -139,6 +139,7 @@ class QueuedCommand:
 URGENT_COMMANDS = (Quit, SetPaused)  # taken before anything queued earlier: a panic button must never wait
 MAX_PENDING_PROMPT_TEXTS = 4  # each costs a text-encoder call; older ones are superseded by the newer anyway
 MAX_PENDING_COMMANDS = 256  # a flood from a network control never grows memory without bound
+MAX_PENDING_PAUSES = 8  # beyond this, pending pause / resume / toggles collapse to what they add up to
 
 
 class CommandQueue:
@@ -147,8 +148,11 @@ class CommandQueue:
     Whatever arrived before, a `quit` or `pause`/`resume` is taken next: urgent commands overtake the rest (in
     their own order). The queue is bounded: beyond `MAX_PENDING_PROMPT_TEXTS` free texts the oldest text is
     dropped (a newer prompt supersedes it, and each would cost a text-encoder call), and beyond
-    `MAX_PENDING_COMMANDS` the oldest ordinary command is dropped; either is said once per queue on the `vcam`
-    log. Commands of the same kind keep their order.
+    `MAX_PENDING_COMMANDS` the oldest ordinary command is dropped. Urgent commands are bounded too, without
+    losing what they mean: a quit already pending makes another one a repeat, and beyond `MAX_PENDING_PAUSES`
+    the pending pause / resume / toggle commands collapse to their net effect (the last explicit one, then one
+    toggle if an odd number followed it). Any of these is said once per queue on the `vcam` log. Commands of
+    the same kind keep their order.
     """
 
     def __init__(self) -> None:
@@ -162,8 +166,11 @@ class CommandQueue:
         with self._changed:
             self._arrivals += 1
             entry = (self._arrivals, QueuedCommand(command, origin))
-            if isinstance(command, URGENT_COMMANDS):
+            if isinstance(command, Quit) and any(isinstance(queued.command, Quit) for _, queued in self._urgent):
+                self._count_dropped("a quit was already waiting")
+            elif isinstance(command, URGENT_COMMANDS):
                 self._urgent.append(entry)
+                self._collapse_pauses()
             else:
                 if isinstance(command, SetPromptText):
                     texts = [queued for queued in self._ordinary if isinstance(queued[1].command, SetPromptText)]
@@ -174,8 +181,26 @@ class CommandQueue:
                 self._ordinary.append(entry)
             self._changed.notify()
 
+    def _collapse_pauses(self) -> None:
+        """Pending pause commands beyond `MAX_PENDING_PAUSES` -> their net effect, in arrival order."""
+        pauses = [entry for entry in self._urgent if isinstance(entry[1].command, SetPaused)]
+        if len(pauses) <= MAX_PENDING_PAUSES:
+            return
+        explicit = [i for i, (_, queued) in enumerate(pauses) if queued.command.paused is not None]
+        start = explicit[-1] + 1 if explicit else 0
+        toggles = pauses[start:]
+        kept = [pauses[explicit[-1]]] if explicit else []
+        kept += toggles[-1:] if len(toggles) % 2 else []
+        for entry in pauses:
+            if entry not in kept:
+                self._urgent.remove(entry)
+                self._count_dropped(f"more than {MAX_PENDING_PAUSES} pause commands were waiting")
+
     def _drop(self, entry: tuple[int, QueuedCommand], why: str) -> None:
         self._ordinary.remove(entry)
+        self._count_dropped(why)
+
+    def _count_dropped(self, why: str) -> None:
         self._dropped += 1
         if self._dropped == 1:
             log.warning("commands are arriving faster than they can be applied: %s, so the oldest are dropped "
@@ -188,11 +213,13 @@ class CommandQueue:
 
     @property
     def dropped(self) -> int:
-        """How many commands were dropped because the queue was full (superseded prompt texts included)."""
+        """How many commands were dropped because the queue was full (superseded prompt texts, repeated quits and
+        collapsed pause commands included)."""
         return self._dropped
 
     def drain(self) -> list[QueuedCommand]:
-        """Everything pending, in the order it arrived (for inspection; the service takes commands with `get`)."""
+        """Take everything pending, in the order it arrived, and empty the queue. The service takes commands with
+        `get` (urgent first); this is how a test reads what a control sent, in the control's own order."""
         with self._changed:
             entries = sorted([*self._urgent, *self._ordinary], key=lambda entry: entry[0])
             self._urgent.clear()

@@ -19,12 +19,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.config import StreamConfig
+from core.config import SimilarityFilterConfig, StreamConfig
 from vcam.framing import fit_frame
 from vcam.options import given_values, option_name
 from vcam.overlay import draw_status
 from vcam.processor import frames_to_tensor, tensor_to_frames
-from vcam.sections import GROUPS_BY_KEY, FilterSection, OutputSection, user_fields
+from vcam.sections import GROUPS_BY_KEY, OutputSection, user_fields
 from vcam.settings import RunSettings, resolve_settings
 from vcam.file_sinks import VideoFileSink
 from vcam.sinks import SinkConfig, SinkError
@@ -151,7 +151,7 @@ def write_sheet(path: Path, panels: list[np.ndarray], labels: list[str]) -> None
 
 
 # Settings `vcam demo` shares with `run` but has no use for: it writes its own two files from every frame.
-IGNORED_FIELDS = (("output", OutputSection, None), ("filter", FilterSection, None),
+IGNORED_FIELDS = (("output", OutputSection, None), ("filter", SimilarityFilterConfig, None),
                   ("stream", StreamConfig, ("prompt", "mode")))
 
 

@@ -78,4 +78,4 @@ def open_synthetic(arg: str, config: SourceConfig) -> FrameSource:
     if arg not in ("", "static"):
         raise SourceError(f"unknown synthetic pattern {arg!r}; use 'synthetic' or 'synthetic:static'")
     live = config.live if config.live is not None else config.fps is not None
-    return SyntheticSource(config.width, config.height, moving=arg != "static", live=live, fps=config.fps)
+    return SyntheticSource(*config.pattern_size, moving=arg != "static", live=live, fps=config.fps)

@@ -122,6 +122,19 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
             g.add_argument("--frames", type=int, metavar="N", help="stop after this many output frames")
 
 
+def add_run_options(parser: argparse.ArgumentParser, title: str, keys: tuple[str, ...]) -> None:
+    """The settings of the sections `keys` that only `vcam run` has on its command line (`--obs`, `--osc`: what
+    turns a control on; their other keys are preset only), in the `--help` group `title`. Generated from the
+    schema like every other option and merged with the preset by `vcam.settings.resolve_settings`; a command
+    without them keeps the preset's value."""
+    g = _group(parser, title)
+    for group in GROUPS:
+        if group.key in keys:
+            for cls in group.classes:
+                for f, hint in user_fields(cls, where="cli"):
+                    _add_field(g, group, f, hint)
+
+
 def _shown(value: Any) -> str:
     """A default as the user would type it ("" for none): tuples as 32,45."""
     if isinstance(value, tuple):
@@ -212,8 +225,9 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
-def rewrite_readme(path: str) -> bool:
-    """Put the generated tables between their markers in the README at `path`; True when it changed."""
+def rewrite_readme(path: str, write: bool = True) -> bool:
+    """Put the generated tables between their markers in the README at `path`; True when it changed (with
+    `write=False`: when it would change, the file left as it is)."""
     from vcam.cli import build_parser  # the real parsers, so the table is what `--help` shows
 
     parsers = _subparsers(build_parser())
@@ -224,7 +238,7 @@ def rewrite_readme(path: str) -> bool:
         head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
         text = f"{head}{begin}\n{table}\n{end}{tail}"
-    if text != original:
+    if text != original and write:
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
     return text != original
@@ -244,4 +258,14 @@ README_MARKERS = {
 if __name__ == "__main__":
     import sys
 
-    sys.exit(0 if not rewrite_readme(sys.argv[1] if len(sys.argv) > 1 else "README.md") else 0)
+    # `python -m vcam.options [--check] [README.md]`: rewrite the tables (exit 0 either way, the line says which),
+    # or with --check only compare them (exit 1 when they differ: the README must be regenerated).
+    check = "--check" in sys.argv[1:]
+    paths = [arg for arg in sys.argv[1:] if arg != "--check"]
+    readme = paths[0] if paths else "README.md"
+    differs = rewrite_readme(readme, write=not check)
+    if check:
+        fix = f"differ from the schema: run python -m vcam.options {readme}"
+        print(f"{readme}: tables {fix if differs else 'match the schema'}")
+        sys.exit(1 if differs else 0)
+    print(f"{readme}: tables {'rewritten from' if differs else 'already match'} the schema")

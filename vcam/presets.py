@@ -22,10 +22,11 @@ from typing import Any, Literal, Mapping
 
 import platformdirs
 
-from core.config import ConfigError, StreamConfig, stream_steps
+from core.config import ConfigError, SimilarityFilterConfig, StreamConfig, stream_steps
 from engines.parallel_settings import DeviceSettings
+from vcam.controls import one_line
 from vcam.controls.hotkeys import parse_hotkey
-from vcam.sections import (GROUPS, CameraSection, Fail, FilterSection, HotkeysSection, ModelSection, ObsSection,
+from vcam.sections import (GROUPS, CameraSection, Fail, HotkeysSection, ModelSection, ObsSection,
                            OscSection, OutputSection, SlotChoice, check_value, type_name, user_fields)
 
 if sys.version_info >= (3, 11):
@@ -65,7 +66,7 @@ class Preset:
     model: ModelSection = ModelSection()
     stream: StreamConfig = StreamConfig()
     slots: SlotChoice = SlotChoice()
-    filter: FilterSection = FilterSection()
+    filter: SimilarityFilterConfig = SimilarityFilterConfig()
     camera: CameraSection = CameraSection()
     output: OutputSection = OutputSection()
     hotkeys: HotkeysSection = HotkeysSection()
@@ -141,14 +142,8 @@ def _description_of(path: Path) -> str:
         description = _read_toml(path).get("description", "")
     except PresetError as error:
         reason = str(error).removeprefix(f"{path}: ")  # the listing names the preset already
-        return _clip(f"(unreadable: {reason})")
-    return _clip(description) if isinstance(description, str) else ""
-
-
-def _clip(text: str, limit: int = MAX_LISTED_CHARS) -> str:
-    """One printable line of at most `limit` characters (a listing line must never flood the terminal)."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+        return one_line(f"(unreadable: {reason})", MAX_LISTED_CHARS)
+    return one_line(description, MAX_LISTED_CHARS) if isinstance(description, str) else ""
 
 
 def load_preset(name_or_path: str | Path, user_dir: Path | None = None) -> Preset:
@@ -187,7 +182,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise PresetError(f"{path}: not valid TOML ({_clip(str(error))}); fix the syntax at that line") from None
+        reason = one_line(str(error), MAX_LISTED_CHARS)
+        raise PresetError(f"{path}: not valid TOML ({reason}); fix the syntax at that line") from None
     except RecursionError:
         raise PresetError(f"{path}: not valid TOML (nested too deeply); a preset needs at most two levels") from None
 
@@ -273,11 +269,8 @@ def _build_stream(values: dict[str, Any], slots: SlotChoice, prompts: tuple[Prom
     if scheduler == "lcm" and slots.steps is not None and slots.strength is None:
         raise fail("stream.steps", "steps needs strength too (e.g. strength = 0.5), or use t_index_list")
     try:
-        if scheduler != "lcm":
-            default = StreamConfig.num_inference_steps
-            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps, default)}
-        elif slots.strength is not None:
-            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps, 2)}
+        if scheduler != "lcm" or slots.strength is not None:  # missing steps: StreamConfig's default
+            values = {**values, **stream_steps(scheduler, slots.strength, slots.steps)}
         return StreamConfig(**values, prompt=prompts[0].text)
     except ConfigError as error:
         raise fail("stream", str(error)) from None

@@ -209,5 +209,5 @@ def open_sample(arg: str, config: SourceConfig) -> SampleSource:
     if len(names) > 1:
         raise SourceError(f"sample takes one photo name, got {arg!r}; e.g. sample:coffee or sample:coffee:static")
     live = config.live if config.live is not None else config.fps is not None
-    return SampleSource(names[0] if names else DEFAULT_SAMPLE, config.width, config.height, fps=config.fps,
+    return SampleSource(names[0] if names else DEFAULT_SAMPLE, *config.pattern_size, fps=config.fps,
                         moving=moving, live=live)

@@ -34,7 +34,7 @@ from vcam.service_commands import ServiceCommands
 from vcam.service_model import ServiceModel
 from vcam.settings import RunSettings
 from vcam.sink_wrappers import OverlaySink, TeeSink
-from vcam.sinks import SinkConfig, open_first_sink, open_sink
+from vcam.sinks import SinkConfig, SinkError, open_first_sink, open_sink
 from vcam.status_line import RunState, status_line
 from vcam.sources import open_first_source
 from vcam.stop_signals import StopSignals
@@ -50,8 +50,6 @@ MODEL_THREADS = ("vcam-model", "vcam-commands")  # threads that call the model (
 class ServiceOptions:
     tray: bool = True
     hotkeys: bool = True
-    obs: bool | None = None  # None: as the preset says
-    osc: bool | None = None
     overlay: bool = False
     status_line: bool = True
     # True when this run is the whole process (the CLI): a model call still running after the shutdown is then
@@ -359,5 +357,5 @@ class Service(ServiceCommands, ServiceModel):
         config = SinkConfig(width=640, height=360, fps=self.settings.sink_config.fps, fit=self.settings.sink_config.fit)
         try:
             self._tee.preview = open_sink("window", config, host=self.ensure_qt_host())
-        except Exception as error:  # noqa: BLE001
+        except (SinkError, ImportError, OSError) as error:  # no Qt, no display: the stream goes on without it
             self.notice(f"preview window not available: {error}")

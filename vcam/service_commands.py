@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Callable
 
 from vcam import commands as cmd
+from vcam.logs import log_traceback
 
 
 
@@ -131,3 +132,4 @@ class ServiceCommands:
                 self.apply(item.command)
             except Exception as error:  # noqa: BLE001 - a bad command never stops the stream
                 self.notice(f"command from {item.origin} failed: {error}")
+                log_traceback(error, f"command from {item.origin}")  # a bug here must be findable in the log

@@ -8,14 +8,13 @@ import argparse
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from core.config import StreamConfig, stream_steps
-from core.config import SimilarityFilterConfig
+from core.config import SimilarityFilterConfig, StreamConfig, stream_steps
 from engines.loading import ModelSpec
 from engines.parallel_settings import DeviceSettings
 from vcam.options import given_values, option_name
 from vcam.presets import Preset, PromptSpec, load_preset
-from vcam.sections import (GROUPS_BY_KEY, CameraSection, FilterSection, ModelSection, OutputSection, SlotChoice,
-                           check_value, user_fields)
+from vcam.sections import (GROUPS_BY_KEY, CameraSection, ModelSection, ObsSection, OscSection, OutputSection,
+                           SlotChoice, check_value, user_fields)
 from vcam.sinks import SinkConfig
 from vcam.sources import SourceConfig
 
@@ -34,11 +33,13 @@ class RunSettings:
     sink: str
     sink_config: SinkConfig
     prompts: tuple[PromptSpec, ...]
-    engine: str = "auto"
-    device: str = "auto"
-    threads: int | None = None
-    precision: str = "fp32"  # the UNet's: "fp32" or "int8" (engines.quantize)
+    engine: str  # these four are ModelSection's (defaults there): how the model runs
+    device: str
+    threads: int | None
+    precision: str  # the UNet's: "fp32" or "int8" (engines.quantize)
     devices: DeviceSettings = DeviceSettings()
+    obs: ObsSection = ObsSection()  # the OBS control: the preset's [obs] with `vcam run --obs / --no-obs`
+    osc: OscSection = OscSection()  # the OSC control: the preset's [osc] with `vcam run --osc / --no-osc`
     frames: int | None = None
     preset: Preset | None = None
     model_from_preset: bool = False  # the model came from a preset (not --model): fall back to tiny if absent
@@ -113,17 +114,13 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
     if "prompt" in given_values(args, GROUPS_BY_KEY["stream"], StreamConfig):
         prompts = (PromptSpec(name="custom", text=stream.prompt, hotkey=None),) + prompts
 
-    flt = _merged(args, "filter", FilterSection, preset.filter)
-    filt = SimilarityFilterConfig(enabled=flt.enabled, threshold=flt.threshold, max_skip=flt.max_skip,
-                                  seed=stream.seed)
+    filt = replace(_merged(args, "filter", SimilarityFilterConfig, preset.filter), seed=stream.seed)
     size = dict(zip(("width", "height"), _size(args.output_size))) if args.output_size is not None else {}
     out = _merged(args, "output", OutputSection, preset.output, size)
     sink_config = SinkConfig(width=out.width, height=out.height, fps=out.fps, fit=out.fit, mirror=out.mirror,
                              backend=out.backend or None)
     cam = _merged(args, "camera", CameraSection, preset.camera)
-    source_config = SourceConfig(
-        width=cam.width or SourceConfig.width, height=cam.height or SourceConfig.height, fps=cam.fps or None
-    )
+    source_config = SourceConfig(width=cam.width, height=cam.height, fps=cam.fps or None)  # 0: the camera's own
     if args.frames is not None and args.frames < 1:
         raise SettingsError(f"--frames must be at least 1, got {args.frames}")
     model_from_preset = "model" not in model_args
@@ -146,6 +143,8 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
         threads=m.threads,
         precision=m.precision,
         devices=_merged(args, "devices", DeviceSettings, preset.devices),
+        obs=_merged(args, "obs", ObsSection, preset.obs),
+        osc=_merged(args, "osc", OscSection, preset.osc),
         frames=args.frames,
         preset=preset,
         model_from_preset=model_from_preset,
@@ -170,8 +169,8 @@ def _merged_stream(args: argparse.Namespace, preset: Preset) -> StreamConfig:
     if slot_args or scheduler != preset.stream.scheduler:
         strength = slots.strength if slots.strength is not None else preset.slots.strength
         steps = slots.steps if slots.steps is not None else preset.slots.steps
-        if scheduler == "lcm":
-            default_steps = preset.stream.steps if preset.stream.scheduler == "lcm" else 2
+        if scheduler == "lcm":  # the preset's own slot count, else StreamConfig's default
+            default_steps = preset.stream.steps if preset.stream.scheduler == "lcm" else None
         else:
             default_steps = preset.stream.num_inference_steps
         extra.update(stream_steps(scheduler, strength, steps, default_steps))

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 
 from vcam.framing import FitMode, fit_frame
 from vcam.overlay import draw_status, notices_of
-
-PixelFormatName = Literal["RGB", "BGR", "I420"]
-
+from vcam.sections import OutputSection
 
 class SinkError(Exception):
     """A sink that cannot be opened; the one-line message says how to make it work."""
@@ -21,16 +19,14 @@ class SinkConfig:
     """How output frames are shaped and paced.
 
     `backend` picks a pyvirtualcam backend by name (v4l2loopback, obs, unitycapture); None tries each.
-    `pixel_format` is what we hand pyvirtualcam; it converts to the device's native format itself.
     """
 
-    width: int = 1280
-    height: int = 720
-    fps: float = 30.0
-    fit: FitMode = "crop"
-    mirror: bool = False
-    backend: str | None = None
-    pixel_format: PixelFormatName = "RGB"
+    width: int = OutputSection.width  # the defaults are the schema's ([output]), written once there
+    height: int = OutputSection.height
+    fps: float = OutputSection.fps
+    fit: FitMode = OutputSection.fit
+    mirror: bool = OutputSection.mirror
+    backend: str | None = None  # OutputSection's "" (try each backend in order)
     jpeg_quality: int = 80
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from core.frame_io import FrameSink
+from vcam.logs import log_traceback
 from vcam.overlay import notices_of, with_notices
 
 log = logging.getLogger("vcam")
@@ -60,6 +61,7 @@ class TeeSink:
                 preview.write(frame)
             except Exception as error:  # noqa: BLE001 - the preview is a convenience; the virtual camera goes on
                 self.preview = None
+                log_traceback(error, "preview window")  # the user hears one line; a bug keeps its traceback
                 self._on_preview_failed(f"preview window closed after an error ({type(error).__name__}: {error}); "
                                         "the virtual camera goes on; open the preview again from the tray")
                 self._close_quietly(preview)

@@ -3,9 +3,7 @@ elsewhere)."""
 from __future__ import annotations
 
 import platform
-from typing import Callable
 
-import cv2
 import numpy as np
 
 from core.pacing import FramePacer
@@ -25,26 +23,25 @@ class VirtualCameraSink:
 
     `write` never sends faster than `fps`: it waits on its `pacer` (`core.pacing.FramePacer`) only when called
     early. The pipeline runs its output thread on this same pacer, so the stream has one clock and a write from
-    the pipeline never waits twice.
+    the pipeline never waits twice. Frames go to pyvirtualcam as RGB, its default input format: each of its
+    backends converts RGB to its device's native format itself (`pyvirtualcam.Camera.native_fmt`), so no
+    conversion table is kept here.
     """
 
     def __init__(self, config: SinkConfig, device: str | None = None) -> None:
         import pyvirtualcam
 
-        if config.pixel_format == "I420" and (config.width % 2 or config.height % 2):
-            raise SinkError(f"I420 needs an even width and height, got {config.width}x{config.height}")
         names = list(pyvirtualcam.camera.BACKENDS)
         if config.backend is not None and config.backend not in names:
             raise SinkError(f"unknown virtual camera backend {config.backend!r}; "
                             f"this platform has: {', '.join(names) or 'none'}")
         self.fps = config.fps
         self._config = config
-        convert = _PIXEL_CONVERSIONS[config.pixel_format]
-        # fitted and converted once per frame: a paced repeat (the model slower than the camera) reuses it
-        self._prepared = PreparedOnce(lambda frame: convert(fit_to_config(frame, config)))
+        # fitted once per frame: a paced repeat (the model slower than the camera) reuses it
+        self._prepared = PreparedOnce(lambda frame: fit_to_config(frame, config))
         try:
             self._camera = pyvirtualcam.Camera(config.width, config.height, config.fps,
-                                               fmt=getattr(pyvirtualcam.PixelFormat, config.pixel_format),
+                                               fmt=pyvirtualcam.PixelFormat.RGB,
                                                device=device, backend=config.backend)
         except (RuntimeError, ValueError) as error:
             # pyvirtualcam joins one line per backend tried; we keep them, on one line, before the fix.
@@ -55,17 +52,11 @@ class VirtualCameraSink:
         self.pacer = FramePacer(config.fps)
 
     def write(self, frame: np.ndarray) -> None:
-        converted = self._prepared(frame)
+        fitted = self._prepared(frame)
         self.pacer.wait()
-        self._camera.send(converted)
+        self._camera.send(fitted)
         self.pacer.sent()
 
     def close(self) -> None:
         self._camera.close()
 
-
-_PIXEL_CONVERSIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "RGB": lambda rgb: rgb,
-    "BGR": lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-    "I420": lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420),  # (H * 3/2, W) planar Y, U, V
-}

@@ -22,7 +22,8 @@ class ControlConfigError(ValueError):
 
 
 def one_line(message: str, limit: int = MAX_STATUS_CHARS) -> str:
-    """Collapse whitespace (newlines included) and cut to `limit` characters, marking the cut."""
+    """Collapse whitespace (newlines included) and cut to `limit` characters, marking the cut: the one helper for
+    a line a sender, a file or a listing could otherwise flood the terminal with (controls, presets)."""
     flat = " ".join(str(message).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 

@@ -1,4 +1,5 @@
-"""Which controls a run starts, from the preset and the command-line switches.
+"""Which controls a run starts: hotkeys and the tray from the service's options, OBS and OSC from the run's
+settings (the preset's [obs] / [osc] merged with `--obs` / `--osc` once, in `vcam.settings`).
 
 Each control is optional and fails soft: a control that cannot start here (no display for hotkeys or the tray,
 OBS not running yet) says so in one line and the stream carries on.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from vcam.logs import log_traceback
 from vcam.presets import Preset
 
 
@@ -41,20 +43,21 @@ def _start_hotkeys(service: ServiceView, preset: Preset) -> Any | None:
     return control if control.start() else None
 
 
-def _start_obs(service: ServiceView, preset: Preset, names: tuple[str, ...]) -> Any:
+def _start_obs(service: ServiceView, names: tuple[str, ...]) -> Any:
     from vcam.controls.obs import ObsConfig, ObsControl
 
-    config = ObsConfig(host=preset.obs.host, port=preset.obs.port, scene_prompts=dict(preset.obs.scenes),
-                       known_prompts=names)
+    obs = service.settings.obs
+    config = ObsConfig(host=obs.host, port=obs.port, scene_prompts=dict(obs.scenes), known_prompts=names)
     control = ObsControl(config, service.queue, on_status=service.notice)
     control.start()
     return control
 
 
-def _start_osc(service: ServiceView, preset: Preset, names: tuple[str, ...]) -> Any:
+def _start_osc(service: ServiceView, names: tuple[str, ...]) -> Any:
     from vcam.controls.osc import OscConfig, OscControl
 
-    control = OscControl(OscConfig(host=preset.osc.host, port=preset.osc.port, known_prompts=names), service.queue,
+    osc = service.settings.osc
+    control = OscControl(OscConfig(host=osc.host, port=osc.port, known_prompts=names), service.queue,
                          on_status=service.notice)
     control.start()
     return control
@@ -80,15 +83,15 @@ def _start_tray(service: ServiceView, names: tuple[str, ...]) -> Any | None:
 
 
 def start_controls(service: ServiceView, preset: Preset | None, options: Any) -> list[Any]:
-    """Start what the options and the preset ask for; returns the running controls (each has stop())."""
+    """Start what the options and the settings ask for; returns the running controls (each has stop())."""
     if preset is None:
         return []
     names = tuple(p.name for p in service.settings.prompts)
     started: list[Any] = []
     wanted = [
         (options.hotkeys, lambda: _start_hotkeys(service, preset)),
-        (preset.obs.enabled if options.obs is None else options.obs, lambda: _start_obs(service, preset, names)),
-        (preset.osc.enabled if options.osc is None else options.osc, lambda: _start_osc(service, preset, names)),
+        (service.settings.obs.enabled, lambda: _start_obs(service, names)),
+        (service.settings.osc.enabled, lambda: _start_osc(service, names)),
         (options.tray, lambda: _start_tray(service, names)),
     ]
     for enabled, start in wanted:
@@ -98,6 +101,7 @@ def start_controls(service: ServiceView, preset: Preset | None, options: Any) ->
             control = start()
         except Exception as error:  # noqa: BLE001 - a control that cannot start never stops the camera
             service.notice(f"control not started: {error}")
+            log_traceback(error, "control not started")  # the terminal has one line; the log keeps the cause
             continue
         if control is not None:
             started.append(control)
