@@ -353,6 +353,32 @@ def test_max_frames_does_not_count_the_placeholder_frames_shown_while_the_model_
     assert (pipeline.stats().results, pipeline.stats().processed) == (3, 5)
 
 
+def test_frames_a_paused_model_passes_through_count_neither_as_results_nor_toward_its_rate():
+    # `--frames 20` with a pause ended early, saying "20 stylised frames" of which most were the camera's
+    class Pausable(Inverter):
+        paused = False
+
+        @property
+        def placeholder(self) -> bool:
+            return self.paused
+
+        def process(self, frames):
+            return list(frames) if self.paused else super().process(frames)
+
+    model, calls = Pausable(), []
+
+    def pause_for_calls_three_to_six() -> None:
+        calls.append(len(calls))
+        model.paused = 3 <= len(calls) <= 6
+
+    sink = RecordingSink()
+    pipeline = FramePipeline(CameraSource(fps=200), model, sink, PipelineConfig(max_frames=4),
+                             between_frames=pause_for_calls_three_to_six)
+    run_to_end(pipeline)
+    assert [is_inverted(frame) for frame in sink.frames] == [True, True, False, False, False, False, True, True]
+    assert (pipeline.stats().results, pipeline.stats().processed) == (4, 8)
+
+
 def test_the_models_rate_is_counted_apart_from_the_loading_cards_frames():
     """Right after the switch the card's 200 fps are still inside the rate window: the model's own rate must not
     read them (a status line said "25.2 fps | live" while the model made a few frames a second)."""

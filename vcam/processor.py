@@ -54,6 +54,12 @@ class DiffusionProcessor:
         self._last: list[np.ndarray] = []
 
     @property
+    def placeholder(self) -> bool:
+        """Paused, its frames are the camera's, not the model's: they count neither as stylised frames
+        (`--frames N`) nor toward the model's rate (see `core.frame_io.FrameProcessor`)."""
+        return self.paused
+
+    @property
     def skipped(self) -> int:
         filt = self.stream.similarity
         return int(filt.skipped) if filt is not None else 0
