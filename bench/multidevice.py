@@ -93,7 +93,7 @@ def main() -> None:
                 settings = DeviceSettings(devices=f"cpu:{processes}", parallel=mode, warmup=args.asyncdiff_warmup)
                 engine = create_engine("torch", spec, shapes, devices=settings, threads=args.threads)
             outputs, timed, before = run(engine, config, frames, args.warmup_frames)
-            report = {"processes": processes, "parallel": mode, "cfg": config.guidance, "unet_batch": config.unet_batch,
+            report = {"processes": processes, "parallel": mode, "guidance": config.guidance, "unet_batch": config.unet_batch,
                       "fps": round(len(timed) / sum(timed), 3),
                       "latency_ms_p50": round(1000 * statistics.median(timed), 1),
                       "latency_ms_p95": round(1000 * sorted(timed)[int(0.95 * (len(timed) - 1))], 1)}

@@ -39,6 +39,10 @@ def range_problem(value: Any, metadata: Any) -> str | None:
     The schema's validator and a core dataclass's own check both ask this, so a range is written once."""
     low, high = metadata.get("range", (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            return f"must be at least {low}, got {value}"
+        if low is None:
+            return f"must be at most {high}, got {value}"
         return f"must be from {low} to {high}, got {value}"
     if metadata.get("high_excluded") and value == high:
         return f"must be below {high}, got {value}"

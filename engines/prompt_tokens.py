@@ -5,10 +5,12 @@ the tiny model's is small), so the run can say so once instead of cutting them s
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 CLIP_CONTEXT = 77  # tokens the text encoder reads, start and end tokens included (SD 1.x / 2.x)
 CONTENT_TOKENS = CLIP_CONTEXT - 2
+WORD = re.compile(r"\w+")  # what counts as a word when the tokens read are matched back to the prompt
 
 
 class PromptLength:
@@ -42,9 +44,23 @@ class PromptLength:
         ids = self._tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
         if len(ids) <= CONTENT_TOKENS:
             return None
-        lost = self._tokenizer.decode(ids[CONTENT_TOKENS:CONTENT_TOKENS + 4]).strip()
         return (f"the prompt {_short(text)!r} is {len(ids)} tokens and the text encoder reads the first "
-                f"{CONTENT_TOKENS}: the words from {lost!r} on change nothing; shorten it")
+                f"{CONTENT_TOKENS}: the words from {self._first_words_cut(text, ids)!r} on change nothing; "
+                "shorten it")
+
+    def _first_words_cut(self, text: str, ids: list[int]) -> str:
+        """The prompt's own words from the first one the encoder does not read whole (a word cut between two of
+        its tokens counts as cut), up to three of them: the user's spelling, never a fragment of a token."""
+        read_words = len(WORD.findall(self._tokenizer.decode(ids[:CONTENT_TOKENS])))
+        one_more = len(WORD.findall(self._tokenizer.decode(ids[:CONTENT_TOKENS + 1])))
+        next_token = self._tokenizer.decode(ids[CONTENT_TOKENS:CONTENT_TOKENS + 1])
+        continues_a_word = one_more == read_words and WORD.search(next_token) is not None
+        first_cut = read_words - 1 if continues_a_word else read_words
+        word_starts = [match.start() for match in WORD.finditer(text)]
+        if not word_starts:
+            return ""
+        start = word_starts[min(max(first_cut, 0), len(word_starts) - 1)]
+        return " ".join(text[start:].split()[:3])
 
 
 def _short(text: str, chars: int = 40) -> str:

@@ -53,8 +53,8 @@ def test_bench_json_reports_every_field(home: Path) -> None:
                       env_home=home)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("model", "engine", "width", "height", "steps", "cfg", "frames", "seconds", "fps", "model_only_fps",
-                "efficiency", "unet_calls", "skipped", "latency_ms_p50", "latency_ms_p95", "peak_rss_mb",
+    for key in ("model", "engine", "width", "height", "steps", "guidance", "frame_buffer_size", "frames", "seconds",
+                "fps", "model_only_fps", "efficiency", "unet_calls", "skipped", "latency_ms_p50", "latency_ms_p95", "peak_rss_mb",
                 "build_seconds"):
         assert key in report, key
     assert report["frames"] == 12
@@ -179,7 +179,9 @@ def test_quick_answers_never_import_torch(args: tuple[str, ...], home: Path) -> 
 
 @pytest.mark.parametrize("args", [("run", "--width", "130"), ("bench", "--t-index-list", "99"),
                                   ("run", "--model", "/no/such/model"), ("presets", "default", "no-such-preset"),
-                                  ("doctor", "--preset", "no-such-preset")])
+                                  ("doctor", "--preset", "no-such-preset"), ("run", "--sink", "out.xyz"),
+                                  ("run", "--sink", "/no/such/folder/out.mp4"), ("run", "--sink", "mjpeg:abc"),
+                                  ("run", "--source", "/no/such/clip.mp4")])
 def test_mistakes_found_in_the_settings_or_the_model_files_answer_before_torch_loads(args, home: Path) -> None:
     """The settings (and the model's files) are checked before the model libraries load: a mistake there is one
     line in well under a second, not after seconds of importing torch. (OpenCV, milliseconds, loads with the
@@ -201,6 +203,8 @@ def test_settings_that_change_nothing_are_each_said_once_in_one_line(home: Path)
     assert len(runs_as_none) == 1 and len(negative) == 1 and len(cut) == 1, result.stderr
     assert "guidance scale 1 <= 1" in negative[0]
     assert "a watercolor painting of a quiet harb..." in cut[0] and "shorten it" in cut[0]
+    # the 76th token is inside "quiet": the line quotes the prompt's own words from there, never a token fragment
+    assert "the words from 'quiet harbour at' on" in cut[0] and cut[0].startswith("vcam: note: ")
 
 
 def test_a_prompt_the_encoder_reads_whole_is_not_reported(home: Path) -> None:

@@ -224,8 +224,8 @@ def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = T
             # lcm picks its slots on the consistency grid; ddim / dpmsolver++ run the tail of their own schedule
             "t_index_list": list(cfg.t_index_list) if cfg.scheduler == "lcm" else None,
             "num_inference_steps": cfg.num_inference_steps if cfg.scheduler != "lcm" else None,
-            "cfg": cfg.guidance,
-            "frame_buffer": cfg.frame_buffer_size,
+            "guidance": cfg.guidance,
+            "frame_buffer_size": cfg.frame_buffer_size,
             "unet_batch": cfg.unet_batch,
             "frames": stats.written,
             "seconds": round(seconds, 3),

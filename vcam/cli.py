@@ -118,6 +118,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.preset is None and getattr(args, "model.model") != "tiny":
         default_preset = _default_preset().name
     settings = resolve_settings(args, default_preset=default_preset, notify=_say)  # before torch loads (see bench)
+    if args.preset is None and default_preset == "tiny":
+        _say_tiny_runs_its_own_preset()
     settings = settle_model(settings, notify=logging.getLogger("vcam").info)  # as the service would say it
     from vcam.service import Service, ServiceOptions
 
@@ -129,6 +131,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         owns_process=True,
     )
     return Service(settings, options).run()
+
+
+def _say_tiny_runs_its_own_preset() -> None:
+    """`--model tiny` without a preset runs the tiny preset, not the default one: a run unlike a plain `vcam run`
+    says why, once (after the settings checked out, so a mistake stays one line)."""
+    from vcam.default_preset import default_preset
+
+    usual = default_preset().name
+    if usual != "tiny":
+        _say(f"--model tiny without --preset runs the tiny preset (its size, steps, prompts and sample source suit "
+             f"the tiny model) instead of {usual}; `--preset {usual} --model tiny` combines them")
 
 
 def _default_preset() -> DefaultPreset:

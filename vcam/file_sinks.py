@@ -13,6 +13,16 @@ from vcam.sink_base import SinkConfig, SinkError, fit_to_config
 VIDEO_FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}  # codecs every OpenCV build can write
 
 
+def check_video_path(path: Path) -> str:
+    """The fourcc a video file at `path` is written with; SinkError if its format or folder cannot be written."""
+    fourcc = VIDEO_FOURCC.get(path.suffix.lower())
+    if fourcc is None:
+        raise SinkError(f"cannot write {path.suffix!r} files; use .mp4, .avi or .mkv")
+    if not path.parent.is_dir():
+        raise SinkError(f"output folder {path.parent} does not exist; create it or pick another path")
+    return fourcc
+
+
 class VideoFileSink:
     """A video file written with OpenCV; every frame once, in order, stamped at the configured fps.
 
@@ -24,11 +34,7 @@ class VideoFileSink:
     fps = None
 
     def __init__(self, path: Path, config: SinkConfig) -> None:
-        fourcc = VIDEO_FOURCC.get(path.suffix.lower())
-        if fourcc is None:
-            raise SinkError(f"cannot write {path.suffix!r} files; use .mp4, .avi or .mkv")
-        if not path.parent.is_dir():
-            raise SinkError(f"output folder {path.parent} does not exist; create it or pick another path")
+        fourcc = check_video_path(path)
         self.path = path
         self._config = config
         self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), config.fps,

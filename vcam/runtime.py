@@ -78,7 +78,7 @@ def say_cut_prompts(length: PromptLength, texts: list[str], notify: Callable[[st
     """One line for each text the text encoder would cut (said once: at start-up, or when the text arrives)."""
     for text in texts:
         if (notice := length.cut_notice(text)) is not None:
-            notify(notice)
+            notify(f"note: {notice}")  # a note like the settings' own (`vcam.cli._say`): the run goes on
 
 
 def warm_up(stream: DiffusionStream) -> None:

@@ -15,8 +15,8 @@ from vcam.options import given_values, option_name
 from vcam.presets import Preset, PromptSpec, load_preset
 from vcam.sections import (GROUPS_BY_KEY, CameraSection, ModelSection, ObsSection, OscSection, OutputSection,
                            SlotChoice, check_value, user_fields)
-from vcam.sinks import SinkConfig
-from vcam.sources import SourceConfig
+from vcam.sinks import SinkConfig, check_sink_spec
+from vcam.sources import SourceConfig, check_source_spec
 
 
 class SettingsError(ValueError):
@@ -59,14 +59,18 @@ def _size(text: str) -> tuple[int, int]:
         raise SettingsError(f"--output-size takes WIDTHxHEIGHT such as 1280x720, got {text!r}") from None
 
 
-def _merged(args: argparse.Namespace, key: str, cls: type, base: Any, extra: dict[str, Any] | None = None) -> Any:
+def _merged(args: argparse.Namespace, key: str, cls: type, base: Any, extra: dict[str, Any] | None = None,
+            extra_option: str = "") -> Any:
     """`base` (defaults < preset) with the fields the command line gave, each checked as a preset value is (same
-    types and ranges, the error naming the option instead of the file)."""
+    types and ranges, the error naming the option instead of the file). `extra`: fields given by another option,
+    `extra_option`, which an error in them names (`--output-size` gives the output's width and height)."""
     group = GROUPS_BY_KEY[key]
     given = {**given_values(args, group, cls), **(extra or {})}
     for f, hint in user_fields(cls, where="cli"):
         if f.name in given:
-            def fail(_key: str, message: str, option: str = option_name(group, f)) -> SettingsError:
+            named = extra_option if extra and f.name in extra and extra_option else option_name(group, f)
+
+            def fail(_key: str, message: str, option: str = named) -> SettingsError:
                 return SettingsError(f"{option}: {message}")
 
             given[f.name] = check_value(given[f.name], hint, f.metadata, f.name, fail)
@@ -116,13 +120,15 @@ def resolve_settings(args: argparse.Namespace, default_preset: str = "tiny",
 
     filt = replace(_merged(args, "filter", SimilarityFilterConfig, preset.filter), seed=stream.seed)
     size = dict(zip(("width", "height"), _size(args.output_size))) if args.output_size is not None else {}
-    out = _merged(args, "output", OutputSection, preset.output, size)
+    out = _merged(args, "output", OutputSection, preset.output, size, extra_option="--output-size")
     sink_config = SinkConfig(width=out.width, height=out.height, fps=out.fps, fit=out.fit, mirror=out.mirror,
                              backend=out.backend or None)
     cam = _merged(args, "camera", CameraSection, preset.camera)
     source_config = SourceConfig(width=cam.width, height=cam.height, fps=cam.fps or None)  # 0: the camera's own
     if args.frames is not None and args.frames < 1:
         raise SettingsError(f"--frames must be at least 1, got {args.frames}")
+    check_sink_spec(out.sink)  # a mistake there is one line now, before the camera and the model libraries
+    check_source_spec(cam.source)
     model_from_preset = "model" not in model_args
     fallback = None
     if model_from_preset and preset_name is None and model.model != "tiny":

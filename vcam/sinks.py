@@ -18,15 +18,15 @@ from typing import Callable
 
 from core.frame_io import FrameSink
 from vcam.backends import open_first
-from vcam.file_sinks import NullSink, VideoFileSink
+from vcam.file_sinks import NullSink, VideoFileSink, check_video_path
 from vcam.framing import check_fit_mode
 from vcam.mjpeg_sink import DEFAULT_MJPEG_PORT, MjpegSink, parse_port
 from vcam.sink_base import SinkConfig, SinkError
 from vcam.virtual_camera import VirtualCameraSink
 from vcam.window_sink import QtHostLike, WindowSink
 
-__all__ = ["AUTO_SINKS", "FrameSink", "SINK_KINDS", "SinkConfig", "SinkError", "SinkKind", "detect_sinks",
-           "open_first_sink", "open_sink"]
+__all__ = ["AUTO_SINKS", "FrameSink", "SINK_KINDS", "SinkConfig", "SinkError", "SinkKind", "check_sink_spec",
+           "detect_sinks", "open_first_sink", "open_sink"]
 
 SPEC_FORMS = "vcam, vcam:DEVICE, window, mjpeg, mjpeg:PORT, null, or an output file (.mp4, .avi, .mkv)"
 AUTO_SINKS = ("vcam", "window", "mjpeg")  # what `--sink auto` tries, in this order
@@ -80,6 +80,22 @@ def open_sink(spec: str, config: SinkConfig = SinkConfig(), host: QtHostLike | N
     if path.suffix:  # looks like a file name: the file sink explains which formats it writes
         return VideoFileSink(path, config)
     raise SinkError(f"unknown sink {spec!r}; use {SPEC_FORMS}")
+
+
+def check_sink_spec(spec: str) -> None:
+    """The mistakes in a sink spec that need no device (an unknown kind, a malformed port, a video format or a
+    folder that cannot be written), raised as opening it would. The settings check it, so such a mistake is one
+    line before the camera opens and the model libraries load, not seconds later."""
+    spec = spec.strip()
+    kind, _, arg = spec.partition(":")
+    if kind == "mjpeg":
+        parse_port(arg)
+    if spec == "auto" or any(sink_kind.prefix == kind for sink_kind in SINK_KINDS):
+        return
+    path = Path(spec).expanduser()
+    if not path.suffix:
+        raise SinkError(f"unknown sink {spec!r}; use {SPEC_FORMS}")
+    check_video_path(path)
 
 
 def open_first_sink(spec: str, config: SinkConfig,

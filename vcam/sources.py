@@ -62,14 +62,31 @@ def open_source(spec: str, config: SourceConfig = SourceConfig()) -> FrameSource
     for source_kind in SOURCE_KINDS:
         if source_kind.prefix == kind:
             return source_kind.open(arg, config)
+    return open_file(source_file(spec), config)
+
+
+def source_file(spec: str) -> Path:
+    """The file a spec that names no source kind is; SourceError naming the fix if there is none."""
     path = Path(spec).expanduser()
     if path.is_file():
-        return open_file(path, config)
+        return path
     if path.exists():
         raise SourceError(f"source {spec!r} is not a file; use {SPEC_FORMS}")
+    kind = spec.partition(":")[0]
     if ":" in spec and len(kind) > 1:  # a one-letter kind is a Windows drive, so that spec is a missing path
         raise SourceError(f"unknown source kind {kind!r}; use {SPEC_FORMS}")
     raise SourceError(f"source file not found: {spec} (check the path, or use camera:0 or synthetic)")
+
+
+def check_source_spec(spec: str) -> None:
+    """A source spec's mistakes that need no device (an empty spec, an unknown kind, a missing file), raised as
+    opening it would: the settings check it before anything opens, so the mistake is one line at once."""
+    spec = spec.strip()
+    if not spec:
+        raise SourceError(f"empty source; use {SPEC_FORMS}")
+    kind = spec.partition(":")[0]
+    if not any(source_kind.prefix == kind for source_kind in SOURCE_KINDS):
+        source_file(spec)
 
 
 def open_first_source(candidates: Sequence[tuple[str, SourceConfig]]) -> tuple[str, FrameSource, list[str]]:
