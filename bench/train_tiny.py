@@ -15,14 +15,19 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
 2. A bank of latents: `--bank` random 256x256 views (the preset's size), each encoded as photo and as every style
    (frozen encoder).
 3. UNet2DConditionModel (epsilon prediction, SD `scaled_linear` betas, 1000 steps) + the CLIP text encoder,
-   jointly, on two terms per batch (half the rows each):
-   (a) the standard DDPM epsilon loss on *styled* latents with the style's prompt, t uniform in 0..999, so the
-       model is a proper denoiser of styled pictures and many-step samplers (DDIM, DPM-Solver++) converge on it;
+   jointly, on two terms per batch (half the rows each; `--translation-rows` sets how many are (b)):
+   (a) the standard DDPM epsilon loss on *styled* latents with the style's prompt, t uniform in 0..999
+       (`--eps-preset-share` of the rows at the preset's timesteps instead, where the stream's 2nd..4th slots
+       denoise a styled x0), so the model is a proper denoiser of styled pictures and many-step samplers (DDIM,
+       DPM-Solver++) converge on it;
    (b) an img2img "translation" term: x_t is made from the *photo's* latent, and the target is the epsilon that
        makes the x0-prediction equal the *styled* latent, eps* = (x_t - sqrt(abar_t) z_style) / sqrt(1 - abar_t).
        It is weighted as an x0 loss ||x0_pred - z_style||^2 (the LCM step the stream uses returns ~x0_pred at
        the preset timesteps, c_skip ~ 0 there), with t drawn from the range img2img presets use (LCM grid
-       indices 12..49, t = 19..759). This is what makes a 1-4 step img2img restyle a camera frame.
+       indices 12..49, t = 19..759; `--preset-share` of the rows exactly at the tiny preset's timesteps, t = 359,
+       259, 179, 99: its 1-, 2- and 4-step slots). This is what makes a 1-4 step img2img restyle a camera frame.
+   `--blend-share` of the rows are prompt blends (see train_unet). The defaults are the recipe of the shipped
+   weights; README "The trained tiny model" has what the other options gave.
    Why both: (b) alone teaches only "photo in, style out" and leaves the model undefined on its own styled
    outputs (the 2nd..4th stream steps re-noise a styled x0) and on pure noise; (a) alone is a denoiser of
    styled pictures that at small t just returns the (unstyled) photo. Together, the x0 prediction is "the
@@ -65,6 +70,9 @@ PROMPTS = list(TRAINING_PROMPTS)  # index k <-> prompt text; styles first, then 
 # seams and blotches at 32x32, where the middle of the picture is farther from the zero padding than anything it saw.
 AE_SIZE, UNET_SIZE = 128, 256
 PRESET_T_RANGE = (19, 759)  # LCM grid indices 49..12: where img2img presets put their slots
+# The timesteps of the tiny preset's slots (t_index_list [32, 45]) and of its 1- and 4-step variants ([32] and
+# [32, 37, 41, 45]; t = 999 - 20 * index): a share of the rows is drawn exactly there (`--preset-share`).
+PRESET_TIMESTEPS = (359, 259, 179, 99)
 
 
 def build_autoencoder():
@@ -75,13 +83,19 @@ def build_autoencoder():
         num_encoder_blocks=(1, 2, 2, 2), num_decoder_blocks=(2, 2, 2, 1), latent_channels=4)
 
 
-def build_unet():
+def build_unet(channels: tuple[int, int, int] = (32, 64, 128), full_res_attention: bool = True):
+    """The tiny UNet (shipped: 32/64/128 with attention at the full latent resolution). Attention over the 32x32 =
+    1024 positions takes two thirds of a training step (0.85 s against 0.28 s without it, 4 rows, one thread):
+    `--unet-channels 64,64,128 --no-full-res-attention` trains a first block twice as wide 2.4x faster (0.35 s).
+    The prompt still reaches every full-resolution layer through the up path, which carries the features of the
+    middle block and the 16x16 blocks that attend to it."""
     from diffusers import UNet2DConditionModel
 
+    first = "CrossAttn" if full_res_attention else ""
     return UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64, 128), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        sample_size=32, in_channels=4, out_channels=4, block_out_channels=channels, layers_per_block=1,
+        down_block_types=(f"{first}DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", f"{first}UpBlock2D"),
         cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16)
 
 
@@ -300,27 +314,45 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
     styles = len(PROMPTS) - 2  # bank column s + 1 is style s; column 0 the photo
     bar = tqdm(range(state.get("unet_step", 0), args.unet_steps), desc="unet", initial=state.get("unet_step", 0),
                total=args.unet_steps, disable=process_rank()[0] != 0)
-    mine = local_rows(args.unet_batch // 2 * 2)
-    mine_a, mine_b = mine[mine < args.unet_batch // 2], mine[mine >= args.unet_batch // 2]  # rows of terms (a), (b)
+    batch = args.unet_batch
+    first_b = batch - args.translation_rows  # rows [0, first_b) are term (a), the rest term (b)
+    mine = local_rows(batch)
+    mine_a, mine_b = mine[mine < first_b], mine[mine >= first_b]
+    preset_t = torch.tensor(PRESET_TIMESTEPS)
     for step in bar:
         rng, gen = step_rng(args.seed, 3, step)
-        half = args.unet_batch // 2
-        rows = torch.from_numpy(rng.integers(len(bank), size=2 * half))
+        rows = torch.from_numpy(rng.integers(len(bank), size=batch))
         # prompt index per row: a style (0..4), the identity prompt (5) or the empty prompt (6)
-        prompt = torch.from_numpy(rng.choice(len(PROMPTS), size=2 * half, p=[0.16] * styles + [0.12, 0.08]))
+        prompt = torch.from_numpy(rng.choice(len(PROMPTS), size=batch, p=[0.16] * styles + [0.12, 0.08]))
         column = torch.where(prompt < styles, prompt + 1, torch.zeros_like(prompt))
-        target = bank[rows, column]  # (2h, 4, 32, 32): the styled (or identity) latent
-        source = torch.cat([target[:half], bank[rows[half:], 0]])  # (a) styled itself; (b) the photo
+        target = bank[rows, column]  # (batch, 4, 32, 32): the styled (or identity) latent
+        # Prompt blends (a switch with `blend`: the stream moves the text embedding linearly from one prompt to the
+        # next): a share of the rows gets the embedding (1 - w) E(prompt) + w E(other) and the same blend of the two
+        # styled latents as its picture, so the picture moves steadily with w instead of passing through whatever
+        # the UNet makes of an embedding it never saw.
+        other, w = prompt, torch.zeros(batch)
+        if args.blend_share:  # (drawn only then: with no blends a run draws what the shipped weights' run drew)
+            other = torch.from_numpy(rng.choice(len(PROMPTS), size=batch, p=[0.16] * styles + [0.12, 0.08]))
+            w = torch.rand(batch, generator=gen) * (torch.rand(batch, generator=gen) < args.blend_share)
+            other_target = bank[rows, torch.where(other < styles, other + 1, torch.zeros_like(other))]
+            target = target + w.view(-1, 1, 1, 1) * (other_target - target)
+        source = torch.cat([target[:first_b], bank[rows[first_b:], 0]])  # (a) styled itself; (b) the photo
         if rng.random() < 0.5:  # flips: the convolutional UNet sees both orientations of every view
             target, source = target.flip(-1), source.flip(-1)
-        t = torch.cat([torch.randint(0, 1000, (half,), generator=gen),
-                       torch.randint(PRESET_T_RANGE[0], PRESET_T_RANGE[1] + 1, (half,), generator=gen)])
+        t = torch.cat([torch.randint(0, 1000, (first_b,), generator=gen),
+                       torch.randint(PRESET_T_RANGE[0], PRESET_T_RANGE[1] + 1, (batch - first_b,), generator=gen)])
+        # A share of the rows of each term at exactly the preset's timesteps, where the stream runs the model.
+        if args.preset_share or args.eps_preset_share:
+            at_preset = torch.rand(batch, generator=gen) < torch.where(torch.arange(batch) < first_b,
+                                                                       args.eps_preset_share, args.preset_share)
+            t = torch.where(at_preset, preset_t[torch.randint(len(preset_t), (batch,), generator=gen)], t)
         a, b = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
         noise = torch.randn(source.shape, generator=gen)
         x_t = a * source + b * noise
         for group in optimizer.param_groups:
             group["lr"] = args.unet_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / args.unet_steps))
-        embeddings = text_encoder(tokens).last_hidden_state[prompt[mine]]  # (b, 77, 128)
+        encoded = text_encoder(tokens).last_hidden_state  # (prompts, 77, 128)
+        embeddings = torch.lerp(encoded[prompt[mine]], encoded[other[mine]], w[mine].view(-1, 1, 1))  # (b, 77, 128)
         eps = unet(x_t[mine], t[mine], encoder_hidden_states=embeddings).sample  # this process's rows
         eps_a, eps_b = eps[:len(mine_a)], eps[len(mine_a):]
         loss_eps = ((eps_a - noise[mine_a]) ** 2).mean()
@@ -377,6 +409,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-batch", type=int, default=8)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--translation-weight", type=float, default=1.0)
+    parser.add_argument("--translation-rows", type=int, default=4,
+                        help="rows of each UNet batch on the translation term (b); the rest on the epsilon term (a)")
+    parser.add_argument("--preset-share", type=float, default=0.0,
+                        help="share of the translation rows drawn at exactly the preset's timesteps "
+                             f"{PRESET_TIMESTEPS} instead of uniformly over t = {PRESET_T_RANGE[0]}..{PRESET_T_RANGE[1]}")
+    parser.add_argument("--eps-preset-share", type=float, default=0.0,
+                        help="the same for the epsilon rows (else uniform over 0..999)")
+    parser.add_argument("--blend-share", type=float, default=0.0,
+                        help="share of the UNet rows trained on a blend of two prompts (a prompt switch with blend)")
+    parser.add_argument("--unet-channels", default="32,64,128", help="the UNet's three block widths")
+    parser.add_argument("--full-res-attention", action=argparse.BooleanOptionalAction, default=True,
+                        help="attention blocks at the full latent resolution too")
     parser.add_argument("--ema", type=float, default=0.995, help="decay of the weight average that ships")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--no-figures", action="store_true", help="skip the quality figures at the end")
@@ -385,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                              "gradients): on the CPU two one-thread processes are ~2x one process, while one "
                              "process with two threads is no faster (and ~15x slower on a busy machine)")
     args = parser.parse_args(argv)
+    if not 0 < args.translation_rows < args.unet_batch:
+        parser.error("--translation-rows must leave rows for both terms")
+    args.unet_channels = tuple(int(c) for c in args.unet_channels.split(","))
     state: dict = torch.load(args.checkpoint, weights_only=False) if args.checkpoint.is_file() else {}
     if state and state.get("seed") != args.seed:
         parser.error(f"{args.checkpoint} was made with seed {state.get('seed')}; pass that seed or a new --checkpoint")
@@ -420,7 +467,7 @@ def train(args: argparse.Namespace) -> int:
     state["seed"] = args.seed
     state["_since"] = time.time()  # training time counts from here (loading photos and models included)
     torch.manual_seed(args.seed)  # initial weights
-    ae, unet, text_encoder = build_autoencoder(), build_unet(), build_text_encoder()
+    ae, unet, text_encoder = build_autoencoder(), build_unet(args.unet_channels, args.full_res_attention), build_text_encoder()
     for name, module in (("ae", ae), ("unet", unet), ("text_encoder", text_encoder)):
         if name in state:  # note: "ae" is saved folded once the bank exists (fold_latent_normalisation)
             module.load_state_dict(state[name])

@@ -3,7 +3,8 @@ at the tiny preset's settings (256x256, t_index_list and no guidance from preset
 
 What "looks right" is measured, not eyeballed:
 - shapes kept: SSIM of the grayscale input and output. A negative (inverted colours) keeps every shape with the
-  tone reversed, so the output's gray is compared both ways and the better one counts;
+  tone reversed, so the output's gray is compared both ways and the better one counts. The output must beat an
+  unrelated photo's output by half the margin the style's own exact transform has (`structure_margin`);
 - style followed: mean absolute difference in a feature space of colour (a 32x32 thumbnail) and edges (the Sobel
   strength of the gray image, also at 32x32) between the output and each style's transform of the input.
 """
@@ -24,19 +25,19 @@ pytestmark = pytest.mark.timeout(300)
 PRESET = load_preset("tiny")
 T_INDEX_LIST = tuple(PRESET.stream.t_index_list)
 T = len(T_INDEX_LIST)
-# SSIM margin between the photo's own output and an unrelated photo's output. Two unrelated natural photos score
-# ~0.0-0.2 against each other in gray SSIM (shared smooth areas), a restyled copy of the same photo well above
-# that; 0.15 is a gap no coincidence of two photos reaches, yet leaves room for the tiny model's blur.
-STRUCTURE_MARGIN = 0.15
+# Share of a style's own structure margin (see `structure_margin`) its output must keep.
+STRUCTURE_SHARE = 0.5
 
-# Where the shipped weights (autoencoder 23.5 dB; UNet 1500 steps of 8 at 256x256) do not meet the spec yet.
-# Strict: when better-trained weights pass, these turn into failures, and the entry must go. Measured figures in each reason.
-UNDERTRAINED = ("the shipped tiny model's UNet is undertrained (its x0-prediction is blurry; "
-                "README 'The trained tiny model')")
+# Where the shipped weights (autoencoder 23.5 dB; UNet 32/64/128, 1500 steps of 8 at 256x256) do not meet the spec
+# yet. Strict: when better weights pass, these turn into failures, and the entry must go. Measured figures in each
+# reason; "round trip" is the margin of the style's exact transforms through this autoencoder (the most a perfect
+# UNet could give it).
+BLURRED = ("the shipped tiny model's x0-prediction is blurred (at the preset's first slot, t = 359, the photo's "
+           "latent is at a signal-to-noise ratio of 0.97; README 'The trained tiny model')")
 
 
 def known_gap(reason: str):
-    return pytest.mark.xfail(strict=True, reason=f"{UNDERTRAINED}: {reason}")
+    return pytest.mark.xfail(strict=True, reason=f"{BLURRED}: {reason}")
 
 
 def styles_with_gaps(gaps: dict[str, str]) -> list:
@@ -54,6 +55,22 @@ def structure_similarity(reference: np.ndarray, output: np.ndarray) -> float:
 
     a, b = gray(reference), gray(output)
     return max(structural_similarity(a, b, data_range=1.0), structural_similarity(a, 1.0 - b, data_range=1.0))
+
+
+def structure_margin(photo: np.ndarray, unrelated: np.ndarray, style: str) -> float:
+    """How far the photo's output must beat the unrelated photo's output in `structure_similarity`: half of the
+    margin by which the style's exact transform of the photo beats its exact transform of the unrelated photo.
+
+    Per style, because a style decides how much of the photo's gray SSIM it can keep at all: the sepia matrix and
+    the negative keep nearly all of it (0.97 and 1.00 against 0.20 and 0.21 for the unrelated photo's transform on
+    the held-out photo), pixel art a little (0.46 against 0.24) and neon glow, Sobel edges on black, almost none
+    (0.21 against 0.13). A fixed margin (0.15 before) was out of reach for neon even for a perfect model and lax
+    for sepia. Half: more of the shapes kept than lost. It fails a model that ignores the photo (equal outputs:
+    no margin) and one whose pictures are blurred beyond the shapes: the exact transform blurred by a Gaussian of
+    sigma 16 px fails every style (and by 4 px already fails sepia and the negative)."""
+    transform = STYLES[style]
+    own, other = structure_similarity(photo, transform(photo)), structure_similarity(photo, transform(unrelated))
+    return STRUCTURE_SHARE * (own - other)
 
 
 def features(image: np.ndarray) -> np.ndarray:
@@ -80,13 +97,34 @@ def outputs(trained_tiny_engine, photo) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("style", styles_with_gaps({
-    "sepia photograph": "SSIM 0.37 with its own output vs 0.29 with an unrelated photo's",
-    "pencil sketch": "SSIM 0.30 vs 0.29", "neon glow": "SSIM 0.30 vs 0.30", "inverted colours": "SSIM 0.36 vs 0.30",
-    "pixel art": "SSIM 0.37 vs 0.29"}))
+    "sepia photograph": "SSIM 0.365 with its own output vs 0.285 with an unrelated photo's: +0.080 of the +0.387 "
+                        "asked (round trip +0.35)",
+    "pencil sketch": "0.299 vs 0.290: +0.009 of +0.224 (round trip +0.23)",
+    "neon glow": "0.300 vs 0.304: -0.003 of +0.042 (round trip +0.13)",
+    "inverted colours": "0.363 vs 0.303: +0.060 of +0.394 (round trip +0.34)",
+    "pixel art": "0.368 vs 0.291: +0.078 of +0.110 (round trip +0.28)"}))
 def test_every_style_keeps_the_shapes_of_the_photo(trained_tiny_engine, photo, outputs, style):
-    unrelated = restyle(trained_tiny_engine, square_view(load_photo(UNRELATED_PHOTO), 256), style, T_INDEX_LIST)
+    unrelated_photo = square_view(load_photo(UNRELATED_PHOTO), 256)
+    unrelated = restyle(trained_tiny_engine, unrelated_photo, style, T_INDEX_LIST)
     own, other = structure_similarity(photo, outputs[style]), structure_similarity(photo, unrelated)
-    assert own > other + STRUCTURE_MARGIN, f"{style}: SSIM with its own output {own:.3f}, with an unrelated {other:.3f}"
+    margin = structure_margin(photo, unrelated_photo, style)
+    assert own > other + margin, (f"{style}: SSIM with its own output {own:.3f}, with an unrelated photo's "
+                                  f"{other:.3f}; margin asked {margin:.3f}")
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_the_structure_margin_passes_the_exact_style_and_fails_a_blur_of_it(photo, style):
+    """The margin rule itself, on stand-in models (no network): the style's exact transform keeps the shapes; the
+    transform blurred past them (Gaussian, sigma 16 px) does not; a picture that ignores its input (the same for
+    both photos) never does."""
+    unrelated = square_view(load_photo(UNRELATED_PHOTO), 256)
+    margin = structure_margin(photo, unrelated, style)
+    transform = STYLES[style]
+    blurred = {name: cv2.GaussianBlur(transform(image), (0, 0), 16) for name, image in (("own", photo),
+                                                                                        ("other", unrelated))}
+    assert margin > 0
+    assert structure_similarity(photo, transform(photo)) > structure_similarity(photo, transform(unrelated)) + margin
+    assert structure_similarity(photo, blurred["own"]) <= structure_similarity(photo, blurred["other"]) + margin
 
 
 @pytest.mark.parametrize("style", styles_with_gaps({
