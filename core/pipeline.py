@@ -86,6 +86,8 @@ class FramePipeline:
         self.released_after: float | None = None  # seconds from stop() until the source and sink were closed
         self._swap = ProcessorSwap(processor, overlap_first_call=sink.fps is not None)
         self._call_started_at: float | None = None  # monotonic start of the processor call in flight
+        self._newest_passed: _Frame | None = None  # the card's newest frame while a first call runs beside it
+        self._carried: _Frame | None = None  # ...which the model's next call takes first
         self._input: LatestSlot[_Frame] = LatestSlot(1)
         self._output: LatestSlot[_Frame] = LatestSlot(max(1, processor.frames_per_call))
         self._halt = threading.Event()  # capture and inference stop (end, max_frames, error, stop)
@@ -246,6 +248,8 @@ class FramePipeline:
                     self._swap.start_first_call(processor, self._padded(processor, frames), frames)
                     continue
                 self._run_processor(processor, frames)
+                if self._swap.first_call is not None:
+                    self._newest_passed = frames[-1]
         finally:
             self._halt.set()  # a live camera is read no longer than inference runs
             self._input.close()
@@ -269,10 +273,14 @@ class FramePipeline:
         self._output.set_capacity(max(1, first.processor.frames_per_call))
         self._meters.inference.add(first.seconds)
         self._emit(first.processor, first.result()[:len(first.frames)], first.frames)
+        # The model's next call starts at once on the newest frame the card showed (not yet the model's): waiting
+        # for the camera's next one instead would leave the model idle for up to a frame period.
+        self._carried, self._newest_passed = self._newest_passed, None
 
     def _gather(self, count: int) -> list[_Frame]:
         """Up to `count` frames; fewer only at the end of the stream or on stop (empty: nothing left)."""
-        frames: list[_Frame] = []
+        frames = [self._carried] if self._carried is not None and count > 0 else []
+        self._carried = None
         while len(frames) < count and not self._halt.is_set():
             frame = self._input.get(POLL_SECONDS)
             if frame is not None:

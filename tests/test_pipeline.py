@@ -498,6 +498,7 @@ def swapped_in_during_a_live_run(model, between_frames=None) -> tuple[FramePipel
 def test_in_front_of_a_live_output_the_camera_keeps_moving_while_the_models_first_call_runs():
     # A model's first call takes seconds at real sizes: the picture must not freeze on the last card meanwhile.
     model = HeldModel()
+    model.seconds = 0.2  # each call, after the release: the output shows the first one before the next replaces it
     pipeline, sink = swapped_in_during_a_live_run(model)
     written_when_the_call_began = len(sink.frames)
     deadline = time.monotonic() + 30.0
@@ -515,6 +516,30 @@ def test_in_front_of_a_live_output_the_camera_keeps_moving_while_the_models_firs
     assert cards_during_the_call, "camera frames newer than the model's input were shown while it ran"
     assert not any(is_inverted(frame) for frame in sink.frames[:first_result])
     assert number_of(255 - sink.frames[first_result]) == model_input  # then the model's own first frame
+
+
+def test_after_its_first_call_the_model_goes_on_with_the_newest_frame_the_card_showed_without_waiting():
+    # Waiting for the camera's next frame would leave the model idle for up to a frame period right after the
+    # first stylised frame (and a stop sent then would land between two model calls).
+    model, card_log = HeldModel(), []
+    sink = RecordingSink(fps=100)
+    pipeline = FramePipeline(CameraSource(fps=100), LoadingCard(log=card_log), sink, PipelineConfig(max_frames=2))
+    pipeline.start()
+    deadline = time.monotonic() + 30.0
+    while len(sink.frames) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    pipeline.set_processor(model)
+    assert model.started.wait(30.0)
+    while len(card_log) < 3:  # the card goes on beside the model's first call
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    model.release.set()
+    assert pipeline.wait(30.0)
+    pipeline.stop()
+    first_input, second_input = model.log[0][1][0], model.log[1][1][0]
+    newest_on_the_card = card_log[-1][1][0]
+    assert first_input < newest_on_the_card == second_input
 
 
 def test_commands_wait_while_the_models_first_call_runs_beside_the_card():
