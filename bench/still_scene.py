@@ -20,8 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.reference import (build_parser, ensure_reference_venv, default_venv, reference_command,
-                             resolve_folders, run_json, vcam_command, write_frames)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/still_scene.py` from anywhere
+
+from bench.reference import (  # noqa: E402
+    build_parser, ensure_reference_venv, default_venv, reference_command,
+    resolve_folders, run_json, vcam_command, write_frames)
 
 CAMERA_FPS = 30.0  # the rate a webcam delivers: how long a run of repeated frames is on screen
 
