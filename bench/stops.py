@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/stops.py`: its bench.soak import
+
 LONG_CALL_SIZE = 1024  # pixels: a frame of the tiny model takes seconds on a CPU, its warm-up tens of seconds
 QUIT = "quit command"  # a way to stop that is not a signal: /vcam/quit over OSC
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, QUIT)
