@@ -43,8 +43,8 @@ class FrameProcessor(Protocol):
     while it fills (a stream batch holds T-1 calls' worth, see `vcam.processor.DiffusionProcessor`). It may
     expose `skipped: int` (frames whose inference it skipped) for the statistics; `placeholder: bool`, True while
     its frames are not the model's (a loading card while the model loads, a paused stream passing the camera
-    through: they count neither toward `max_frames` nor toward the model's rate; read after each call); and `flush() -> list[frames]`, the
-    frames still inside it, called once when the source ends."""
+    through: they count neither toward `max_frames` nor toward the model's rate; read after each call); and
+    `flush() -> list[frames]`, the frames still inside it, called once when the source ends."""
 
     frames_per_call: int
 

@@ -255,7 +255,7 @@ class FramePipeline:
             self._input.close()
             self._output.close()
             if self._swap.first_call is not None:  # this thread ends once the model call beside it returned
-                self._swap.first_call.result()
+                self._swap.first_call.wait()  # (its error, if any, comes second to the one ending this loop)
 
     def _output_loop(self) -> None:
         if self.sink.fps is None:
@@ -269,10 +269,10 @@ class FramePipeline:
         return self.config.max_frames is not None and self._results >= self.config.max_frames
 
     def _take_first_call(self) -> None:
-        first = self._swap.take_first_call()
+        first, outputs = self._swap.take_first_call()
         self._output.set_capacity(max(1, first.processor.frames_per_call))
         self._meters.inference.add(first.seconds)
-        self._emit(first.processor, first.result()[:len(first.frames)], first.frames)
+        self._emit(first.processor, outputs[:len(first.frames)], first.frames)
         # The model's next call starts at once on the newest frame the card showed (not yet the model's): waiting
         # for the camera's next one instead would leave the model idle for up to a frame period.
         self._carried, self._newest_passed = self._newest_passed, None

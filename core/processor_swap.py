@@ -51,9 +51,13 @@ class FirstCall(Generic[F]):
     def finished(self) -> bool:
         return self._thread.ident is not None and not self._thread.is_alive()
 
-    def result(self) -> list[np.ndarray]:
-        """The call's outputs, waiting for it if needed (a model call cannot be interrupted); raises its error."""
+    def wait(self) -> None:
+        """Until the call returns (a model call cannot be interrupted)."""
         self._thread.join()
+
+    def result(self) -> list[np.ndarray]:
+        """The call's outputs, waiting for it if needed; raises its error."""
+        self.wait()
         if self._error is not None:
             raise self._error
         return self._outputs
@@ -109,13 +113,14 @@ class ProcessorSwap:
         self.first_call = FirstCall(processor, images, frames)
         self.first_call.start()  # after it is in place: the call may be asked about as soon as it runs
 
-    def take_first_call(self) -> FirstCall:
-        """The finished (or, at the end of the stream, waited-for) first call; its processor becomes current."""
+    def take_first_call(self) -> tuple[FirstCall, list[np.ndarray]]:
+        """The finished (or, at the end of the stream, waited-for) first call and its outputs; its processor
+        becomes current. Its error is raised here, on the inference thread."""
         first, self.first_call = self.first_call, None
         assert first is not None
-        first.result()  # waits; its error is raised here, on the inference thread
+        outputs = first.result()
         self._swap_in(first.processor)
-        return first
+        return first, outputs
 
     def _swap_in(self, incoming: FrameProcessor) -> None:
         with self._lock:

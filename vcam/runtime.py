@@ -14,15 +14,8 @@ from core.prompts import PromptCache, PromptSwitcher
 from core.similarity import SimilarityFilter
 from core.stream import DiffusionStream
 from engines.base import Engine, EngineShapes
-from engines.loading import resolve_model
 from engines.prompt_tokens import PromptLength
 from vcam.settings import RunSettings
-
-
-def check_model(settings: RunSettings) -> None:
-    """Raise the one-line ModelError for a missing / broken model before any camera or device is opened
-    (`tiny` is built into the user cache here if it is not there yet)."""
-    resolve_model(settings.model)
 
 
 def engine_shapes(settings: RunSettings) -> EngineShapes:

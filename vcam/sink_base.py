@@ -10,6 +10,7 @@ from vcam.framing import FitMode, fit_frame
 from vcam.overlay import draw_status, notices_of
 from vcam.sections import OutputSection
 
+
 class SinkError(Exception):
     """A sink that cannot be opened; the one-line message says how to make it work."""
 

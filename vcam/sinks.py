@@ -72,25 +72,29 @@ def open_sink(spec: str, config: SinkConfig = SinkConfig(), host: QtHostLike | N
         raise SinkError(str(error)) from None
     if config.width <= 0 or config.height <= 0 or config.fps <= 0:
         raise SinkError(f"output size and fps must be positive, got {config.width}x{config.height} at {config.fps}")
+    _check_one_sink(spec)
     kind, _, arg = spec.partition(":")
     for sink_kind in SINK_KINDS:
         if sink_kind.prefix == kind:
             return sink_kind.open(arg, config, host)
-    path = Path(spec).expanduser()
-    if path.suffix:  # looks like a file name: the file sink explains which formats it writes
-        return VideoFileSink(path, config)
-    raise SinkError(f"unknown sink {spec!r}; use {SPEC_FORMS}")
+    return VideoFileSink(Path(spec).expanduser(), config)  # a file name (the check saw its suffix)
 
 
 def check_sink_spec(spec: str) -> None:
-    """The mistakes in a sink spec that need no device (an unknown kind, a malformed port, a video format or a
-    folder that cannot be written), raised as opening it would. The settings check it, so such a mistake is one
-    line before the camera opens and the model libraries load, not seconds later."""
+    """The mistakes in a sink spec (`auto`: in each sink it tries) that need no device (an unknown kind, a malformed
+    port, a video format or a folder that cannot be written), raised as opening it would. The settings check it,
+    so such a mistake is one line before the camera opens and the model libraries load, not seconds later."""
+    for name in AUTO_SINKS if spec.strip() == "auto" else (spec,):
+        _check_one_sink(name)
+
+
+def _check_one_sink(spec: str) -> None:
+    """`check_sink_spec` for one sink; `open_sink` asks it first, so the two never disagree."""
     spec = spec.strip()
     kind, _, arg = spec.partition(":")
     if kind == "mjpeg":
         parse_port(arg)
-    if spec == "auto" or any(sink_kind.prefix == kind for sink_kind in SINK_KINDS):
+    if any(sink_kind.prefix == kind for sink_kind in SINK_KINDS):
         return
     path = Path(spec).expanduser()
     if not path.suffix:

@@ -1,9 +1,9 @@
 """The one-line status of a run (terminal, log, `--overlay`): the rate of what the output shows now, and the state.
 
 Its own module because what it says must be true at every moment of a run, switches included: while the model
-loads, the output shows the loading card, so the rate is the card's (paused, the camera's); from the first stylised
-frame on it is the model's alone, so the card's 25 fps never reads as the model's (the frames of the two are counted apart by the
-pipeline, `core.stats.PipelineStats.result_fps`).
+loads, the output shows the loading card, so the rate is the card's (paused, the camera's); from the first
+stylised frame on it is the model's alone, so the card's 25 fps never reads as the model's (the frames of the two
+are counted apart by the pipeline, `core.stats.PipelineStats.result_fps`).
 """
 from __future__ import annotations
 

@@ -36,7 +36,6 @@ class VirtualCameraSink:
             raise SinkError(f"unknown virtual camera backend {config.backend!r}; "
                             f"this platform has: {', '.join(names) or 'none'}")
         self.fps = config.fps
-        self._config = config
         # fitted once per frame: a paced repeat (the model slower than the camera) reuses it
         self._prepared = PreparedOnce(lambda frame: fit_to_config(frame, config))
         try:
