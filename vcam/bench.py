@@ -241,7 +241,9 @@ def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = T
             "latency_ms_p95": round(stats.latency_ms_p95, 2),
             "peak_rss_mb": peak_rss_mb(),
             "build_seconds": round(build_seconds, 3),
-            "threads": torch.get_num_threads(),
+            # the threads the model computes on: an ONNX Runtime / OpenVINO pool of its own, else torch's (which is
+            # then one thread of glue, `vcam.runtime`)
+            "threads": getattr(engine, "threads", None) or torch.get_num_threads(),
             **stage_fields,
         }
     )
