@@ -104,7 +104,7 @@ def vcam_command(args: argparse.Namespace) -> list[str]:
                "--camera-width", str(args.width), "--camera-height", str(args.height), "--sink", "null",
                "--output-size", f"{args.width}x{args.height}", "--frames", str(args.frames),
                "--ssf" if args.ssf else "--no-ssf", "--ssf-threshold", str(args.ssf_threshold),
-               "--ssf-max-skip", str(args.ssf_max_skip)]
+               "--ssf-max-skip", str(args.ssf_max_skip), "--precision", args.precision]
     return command + (["--vae", args.vae] if args.vae else [])
 
 
@@ -125,6 +125,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="tiny-random", help="a built-in model name or a diffusers folder")
     parser.add_argument("--vae", default=None, help="a TAESD both sides use instead of the model's VAE")
     parser.add_argument("--engine", default="torch", help="vcam's engine (the reference always runs torch)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                        help="vcam's UNet precision (int8: run one vcam bench with it first, so the INT8 UNet is "
+                             "calibrated and cached; the reference always runs fp32)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=256)
