@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
+from vcam.allocator import reuse_freed_memory
 from vcam.autostart_cli import add_service_parser, run_service_action
 from vcam.models_cli import add_models_parser, run_models_action
 from vcam.options import NOTICES, add_run_options, add_stream_options
@@ -187,6 +188,7 @@ def wait_without_spinning() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     wait_without_spinning()
+    reuse_freed_memory()  # before any thread allocates (vcam.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
