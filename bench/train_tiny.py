@@ -5,7 +5,8 @@
     python bench/train_tiny.py --checkpoint ck.pt    # resumes from ck.pt if it exists (same seed, same result)
 
 Three phases, each resumable from the checkpoint (saved every `--save-every` steps, written atomically):
-1. Autoencoder (diffusers AutoencoderTiny, 4 latent channels, scale factor 8) on random 128x128 views of the
+1. Autoencoder (diffusers AutoencoderTiny, 4 latent channels, scale factor 8; `--ae-scale-factor 4` and
+   `--ae-channels` change its shape, README "The trained tiny model" has what they gave) on random 128x128 views of the
    training photos and of their styled versions (the decoder must be able to draw a sketch and neon, not only
    photos). Loss: L1 + MSE on pixels. The decoder sees the latents normalised per channel by running statistics
    (mean 0 / std 1, the scale SD's noise schedule assumes: with the ~0.25 std an unconstrained encoder gave,
@@ -24,8 +25,10 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
        makes the x0-prediction equal the *styled* latent, eps* = (x_t - sqrt(abar_t) z_style) / sqrt(1 - abar_t).
        It is weighted as an x0 loss ||x0_pred - z_style||^2 (the LCM step the stream uses returns ~x0_pred at
        the preset timesteps, c_skip ~ 0 there), with t drawn from the range img2img presets use (LCM grid
-       indices 12..49, t = 19..759; `--preset-share` of the rows exactly at the tiny preset's timesteps, t = 359,
-       259, 179, 99: its 1-, 2- and 4-step slots). This is what makes a 1-4 step img2img restyle a camera frame.
+       indices 12..49, t = 19..759, or `--translation-t-range`; `--preset-share` of the rows exactly at the tiny
+       preset's timesteps, t = 359, 259, 179, 99: its 1-, 2- and 4-step slots). This is what makes a 1-4 step
+       img2img restyle a camera frame. `--translation-snr-cap` and `--translation-style-balance` reweight its rows
+       (by timestep and by style).
    `--blend-share` of the rows are prompt blends (see train_unet). The defaults are the recipe of the shipped
    weights; README "The trained tiny model" has what the other options gave.
    Why both: (b) alone teaches only "photo in, style out" and leaves the model undefined on its own styled
@@ -75,27 +78,41 @@ PRESET_T_RANGE = (19, 759)  # LCM grid indices 49..12: where img2img presets put
 PRESET_TIMESTEPS = (359, 259, 179, 99)
 
 
-def build_autoencoder():
+def build_autoencoder(channels: int = 24, scale_factor: int = 8):
+    """TAESD's shape (AutoencoderTiny, 4 latent channels) at `channels` wide. `scale_factor` pixels per latent cell
+    (a power of 2): one block per halving after the first, so 8 (the shipped one, like TAESD) has 4 blocks and 4
+    has 3; the engines read the factor from the block count (engines.torch_engine)."""
     from diffusers import AutoencoderTiny
 
+    levels = 1 + int(np.log2(scale_factor))
+    if 2 ** (levels - 1) != scale_factor or levels < 2:
+        raise ValueError(f"autoencoder scale factor {scale_factor} is not a power of 2 >= 2")
+    widths = (channels,) * levels
     return AutoencoderTiny(
-        encoder_block_out_channels=(24, 24, 24, 24), decoder_block_out_channels=(24, 24, 24, 24),
-        num_encoder_blocks=(1, 2, 2, 2), num_decoder_blocks=(2, 2, 2, 1), latent_channels=4)
+        encoder_block_out_channels=widths, decoder_block_out_channels=widths,
+        num_encoder_blocks=(1,) + (2,) * (levels - 1), num_decoder_blocks=(2,) * (levels - 1) + (1,),
+        latent_channels=4)
 
 
-def build_unet(channels: tuple[int, int, int] = (32, 64, 128), full_res_attention: bool = True):
-    """The tiny UNet (shipped: 32/64/128 with attention at the full latent resolution). Attention over the 32x32 =
-    1024 positions takes two thirds of a training step (0.85 s against 0.28 s without it, 4 rows, one thread):
-    `--unet-channels 64,64,128 --no-full-res-attention` trains a first block twice as wide 2.4x faster (0.35 s).
-    The prompt still reaches every full-resolution layer through the up path, which carries the features of the
-    middle block and the 16x16 blocks that attend to it."""
+def build_unet(channels: tuple[int, ...] = (32, 64, 128), full_res_attention: bool = True,
+               latent_size: int = UNET_SIZE // 8):
+    """The tiny UNet (shipped: 32/64/128 with attention at the full latent resolution), one level per entry of
+    `channels`. Attention (self and cross) at the levels between the first and the last whose side is at most 16
+    latents, and at the first with `full_res_attention`; the middle block always attends. So 3 levels on 32x32
+    latents attend at 16x16 (and 32x32), and 4 levels on the 64x64 latents of a scale-factor-4 autoencoder at
+    16x16 only: the same layout over the same pixels. Attention over the 32x32 = 1024 positions takes two thirds
+    of a training step (0.85 s against 0.28 s without it, 4 rows, one thread): `--unet-channels 64,64,128
+    --no-full-res-attention` trains a first block twice as wide 2.4x faster (0.35 s). The prompt still reaches every
+    full-resolution layer through the up path, which carries the features of the middle block and the 16x16 blocks
+    that attend to it."""
     from diffusers import UNet2DConditionModel
 
-    first = "CrossAttn" if full_res_attention else ""
+    attends = [level == 0 and full_res_attention or 0 < level < len(channels) - 1 and latent_size >> level <= 16
+               for level in range(len(channels))]
     return UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, block_out_channels=channels, layers_per_block=1,
-        down_block_types=(f"{first}DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", f"{first}UpBlock2D"),
+        sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=channels, layers_per_block=1,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)),
         cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16)
 
 
@@ -222,7 +239,8 @@ def train_autoencoder(ae, photos, args, state, path) -> None:
         blur_mix = (torch.rand(rows, generator=gen) * args.ae_blur * (torch.rand(rows, generator=gen) < 0.5)).view(
             -1, 1, 1, 1)
         noise_scale[0], blur_mix[0] = 0.0, 0.0
-        noise = torch.randn((rows, 4, AE_SIZE // 8, AE_SIZE // 8), generator=gen)
+        cells = AE_SIZE // args.ae_scale_factor
+        noise = torch.randn((rows, 4, cells, cells), generator=gen)
         mine = local_rows(rows)
         batch, noise, noise_scale, blur_mix = batch[mine], noise[mine], noise_scale[mine], blur_mix[mine]
         raw = ae.encode(batch).latents  # (b, 4, 16, 16), b = this process's share of the batch
@@ -319,6 +337,11 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
     mine = local_rows(batch)
     mine_a, mine_b = mine[mine < first_b], mine[mine >= first_b]
     preset_t = torch.tensor(PRESET_TIMESTEPS)
+    # --translation-style-balance: per prompt, the weight that gives every style's translation rows the same loss
+    # for "return the photo" (mean latent distance of the styles over this style's, at most 10; 1 for the two
+    # identity prompts). Sepia and pixel art move the latent 6x and 18x less than the mean style.
+    distance = ((bank[:, 1:] - bank[:, :1]) ** 2).mean(dim=(0, 2, 3, 4))  # (styles,)
+    prompt_weight = torch.cat([(distance.mean() / distance).clamp(max=10.0), torch.ones(2)])  # (prompts,)
     for step in bar:
         rng, gen = step_rng(args.seed, 3, step)
         rows = torch.from_numpy(rng.integers(len(bank), size=batch))
@@ -339,8 +362,9 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
         source = torch.cat([target[:first_b], bank[rows[first_b:], 0]])  # (a) styled itself; (b) the photo
         if rng.random() < 0.5:  # flips: the convolutional UNet sees both orientations of every view
             target, source = target.flip(-1), source.flip(-1)
+        low, high = args.translation_t_range
         t = torch.cat([torch.randint(0, 1000, (first_b,), generator=gen),
-                       torch.randint(PRESET_T_RANGE[0], PRESET_T_RANGE[1] + 1, (batch - first_b,), generator=gen)])
+                       torch.randint(low, high + 1, (batch - first_b,), generator=gen)])
         # A share of the rows of each term at exactly the preset's timesteps, where the stream runs the model.
         if args.preset_share or args.eps_preset_share:
             at_preset = torch.rand(batch, generator=gen) < torch.where(torch.arange(batch) < first_b,
@@ -357,7 +381,15 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
         eps_a, eps_b = eps[:len(mine_a)], eps[len(mine_a):]
         loss_eps = ((eps_a - noise[mine_a]) ** 2).mean()
         x0 = (x_t[mine_b] - b[mine_b] * eps_b) / a[mine_b]
-        loss_x0 = ((x0 - target[mine_b]) ** 2).mean()
+        if args.translation_snr_cap or args.translation_style_balance:
+            weight = torch.ones(len(mine_b), 1, 1, 1)
+            if args.translation_snr_cap:  # min-SNR weighting (Hang et al. 2023), see --translation-snr-cap
+                weight = weight * (a[mine_b] / b[mine_b]).square().clamp(max=args.translation_snr_cap)
+            if args.translation_style_balance:
+                weight = weight * prompt_weight[prompt[mine_b]].view(-1, 1, 1, 1)
+            loss_x0 = (weight * (x0 - target[mine_b]) ** 2).mean()
+        else:
+            loss_x0 = ((x0 - target[mine_b]) ** 2).mean()
         loss = loss_eps + args.translation_weight * loss_x0
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -400,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-steps", type=int, default=2000)
     parser.add_argument("--ae-batch", type=int, default=4)
     parser.add_argument("--ae-lr", type=float, default=1e-3)
+    parser.add_argument("--ae-channels", type=int, default=24, help="width of every autoencoder block")
+    parser.add_argument("--ae-scale-factor", type=int, default=8, choices=(4, 8),
+                        help="pixels per latent cell: 8 (TAESD's) or 4 (3 blocks; 4x the latent cells, so the "
+                             "UNet runs on 64x64 latents at 256x256)")
     parser.add_argument("--ae-noise", type=float, default=0.2, help="largest std of the noise added to latents")
     parser.add_argument("--ae-blur", type=float, default=0.5, help="largest share of a 3x3 blur mixed into latents")
     parser.add_argument("--moments-weight", type=float, default=0.1,
@@ -411,6 +447,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--translation-weight", type=float, default=1.0)
     parser.add_argument("--translation-rows", type=int, default=4,
                         help="rows of each UNet batch on the translation term (b); the rest on the epsilon term (a)")
+    parser.add_argument("--translation-t-range", default=f"{PRESET_T_RANGE[0]},{PRESET_T_RANGE[1]}",
+                        help="LOW,HIGH: the translation rows' timesteps are drawn uniformly from LOW..HIGH")
+    parser.add_argument("--translation-snr-cap", type=float, default=0.0,
+                        help="weight each translation row's x0 loss by min(SNR_t, CAP) (min-SNR weighting): at "
+                             "small t an epsilon model must output |z_style - z_photo| / sigma_t (4.7 rms for the "
+                             "negative at t = 19), and the plain x0 loss (0, the default) gives those rows the least "
+                             "gradient")
+    parser.add_argument("--translation-style-balance", action="store_true",
+                        help="weight each style's translation rows by the mean style's latent distance from the "
+                             "photo over this style's (at most 10x): sepia and pixel art barely move the latent, so "
+                             "unweighted they are lost in the x0 error and the UNet ignores their prompts")
     parser.add_argument("--preset-share", type=float, default=0.0,
                         help="share of the translation rows drawn at exactly the preset's timesteps "
                              f"{PRESET_TIMESTEPS} instead of uniformly over t = {PRESET_T_RANGE[0]}..{PRESET_T_RANGE[1]}")
@@ -418,12 +465,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="the same for the epsilon rows (else uniform over 0..999)")
     parser.add_argument("--blend-share", type=float, default=0.0,
                         help="share of the UNet rows trained on a blend of two prompts (a prompt switch with blend)")
-    parser.add_argument("--unet-channels", default="32,64,128", help="the UNet's three block widths")
+    parser.add_argument("--unet-channels", default="32,64,128",
+                        help="the UNet's block widths, one level each (4 levels suit a scale-factor-4 autoencoder)")
     parser.add_argument("--full-res-attention", action=argparse.BooleanOptionalAction, default=True,
                         help="attention blocks at the full latent resolution too")
     parser.add_argument("--ema", type=float, default=0.995, help="decay of the weight average that ships")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--no-figures", action="store_true", help="skip the quality figures at the end")
+    parser.add_argument("--stop-after", choices=("autoencoder", "bank", "unet"), default="unet",
+                        help="end after this phase (its result stays in the checkpoint; the weights are written "
+                             "only after the UNet): e.g. to compare autoencoders")
     parser.add_argument("--processes", type=int, default=2,
                         help="training processes, one thread each, sharing every batch (gloo all-reduce of the "
                              "gradients): on the CPU two one-thread processes are ~2x one process, while one "
@@ -432,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.translation_rows < args.unet_batch:
         parser.error("--translation-rows must leave rows for both terms")
     args.unet_channels = tuple(int(c) for c in args.unet_channels.split(","))
+    args.translation_t_range = tuple(int(t) for t in args.translation_t_range.split(","))
+    if not 0 <= args.translation_t_range[0] <= args.translation_t_range[1] <= 999:
+        parser.error("--translation-t-range must be LOW,HIGH with 0 <= LOW <= HIGH <= 999")
     state: dict = torch.load(args.checkpoint, weights_only=False) if args.checkpoint.is_file() else {}
     if state and state.get("seed") != args.seed:
         parser.error(f"{args.checkpoint} was made with seed {state.get('seed')}; pass that seed or a new --checkpoint")
@@ -467,7 +521,9 @@ def train(args: argparse.Namespace) -> int:
     state["seed"] = args.seed
     state["_since"] = time.time()  # training time counts from here (loading photos and models included)
     torch.manual_seed(args.seed)  # initial weights
-    ae, unet, text_encoder = build_autoencoder(), build_unet(args.unet_channels, args.full_res_attention), build_text_encoder()
+    ae = build_autoencoder(args.ae_channels, args.ae_scale_factor)
+    unet = build_unet(args.unet_channels, args.full_res_attention, UNET_SIZE // args.ae_scale_factor)
+    text_encoder = build_text_encoder()
     for name, module in (("ae", ae), ("unet", unet), ("text_encoder", text_encoder)):
         if name in state:  # note: "ae" is saved folded once the bank exists (fold_latent_normalisation)
             module.load_state_dict(state[name])
@@ -475,9 +531,14 @@ def train(args: argparse.Namespace) -> int:
     train_autoencoder(ae.train(), photos, args, state, args.checkpoint)
     ae.eval().requires_grad_(False)
     fold_latent_normalisation(ae, photos, args, state)
+    if args.stop_after == "autoencoder":
+        save_checkpoint(args.checkpoint, state)
+        return 0
     if "bank" not in state:
         state["bank"] = build_bank(ae, photos, args)
         save_checkpoint(args.checkpoint, state)
+    if args.stop_after == "bank":
+        return 0
     from transformers import CLIPTokenizer
 
     tokens = prompt_tokens(CLIPTokenizer.from_pretrained(CONFIGS / "tokenizer"))
