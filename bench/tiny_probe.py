@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench.tiny_figures import held_out_image, psnr, ssim  # noqa: E402
+from bench.train_tiny import to_tensor  # noqa: E402
 from core.schedule import alphas_cumprod  # noqa: E402
 from engines.base import NoiseScheduleConfig  # noqa: E402
 from engines.tiny import TRAINED_TINY_MODEL  # noqa: E402
@@ -51,8 +52,7 @@ def load(folder: Path):
 
 def encode(ae, images: list[np.ndarray]) -> torch.Tensor:
     """(N, H, W, 3) in [0, 1] -> (N, 4, H/f, W/f) latents."""
-    pixels = torch.from_numpy(np.asarray(images)).movedim(-1, 1) * 2 - 1
-    return ae.encode(pixels).latents
+    return ae.encode(to_tensor(np.asarray(images, dtype=np.float32))).latents
 
 
 def decode(ae, latents: torch.Tensor) -> np.ndarray:

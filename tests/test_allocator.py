@@ -4,6 +4,7 @@ thread's first allocation."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,9 +43,7 @@ def test_a_freed_buffer_is_reused_by_the_next_allocation_on_a_worker_thread() ->
     assert tuned["second"] < 1_000
 
 
-def test_the_users_own_malloc_settings_win(monkeypatch) -> None:
-    import os
-
+def test_the_users_own_malloc_settings_win() -> None:
     env = {**os.environ, "MALLOC_ARENA_MAX": "4"}
     assert second_allocation("tuned", env)["applied"] is False
 
