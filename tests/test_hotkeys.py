@@ -5,13 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from typing import Iterator
 
 import pytest
 
 from tests.xvfb import XvfbServer, xvfb  # noqa: F401  (fixture)
 from vcam.commands import CommandQueue, QueuedCommand, SetPaused, SetSimilarityFilter, SwitchPrompt
-from vcam.presets import load_preset
+from vcam.controls import hotkeys
 from vcam.controls.hotkeys import HotkeyControl, HotkeyError, bindings_from_preset, parse_hotkey
 from vcam.presets import load_preset
 
@@ -128,6 +129,59 @@ def test_stop_ends_the_listener_thread_without_waiting_for_another_key(
     assert listener is not None and not listener.is_alive() and not control.running
     press(xvfb, "ctrl+alt+p")
     assert queue.get(timeout=0.3) is None
+
+
+def impatient_control(xvfb: XvfbServer, bindings: dict,  # noqa: F811
+                      monkeypatch: pytest.MonkeyPatch) -> tuple[HotkeyControl, list[str]]:
+    """A control on `xvfb` that gives the X server 1 s, and the status lines it says."""
+    for key, value in xvfb.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(hotkeys, "READY_TIMEOUT_S", 1.0)
+    status: list[str] = []
+    return HotkeyControl(bindings, CommandQueue(), on_status=status.append), status
+
+
+def start_with_a_deadline(control: HotkeyControl) -> bool:
+    outcome: list[bool] = []
+    starting = threading.Thread(target=lambda: outcome.append(control.start()), daemon=True)
+    starting.start()
+    starting.join(timeout=60)  # generous: start() gives up after READY_TIMEOUT_S
+    assert not starting.is_alive(), "start() hung on an X server that does not answer"
+    return outcome[0]
+
+
+def test_an_x_server_that_does_not_answer_is_given_up_in_one_line_without_hanging_start(
+    xvfb: XvfbServer, tiny_bindings: dict, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    control, status = impatient_control(xvfb, tiny_bindings, monkeypatch)
+    with xvfb.frozen():  # connections are accepted by the kernel, the handshake never gets a reply
+        assert start_with_a_deadline(control) is False
+    assert len(status) == 1 and "did not answer" in status[0] and "OSC" in status[0], status
+    assert not control.running
+
+
+def test_a_listener_that_never_becomes_ready_is_given_up_in_one_line_without_hanging_start(
+    xvfb: XvfbServer, tiny_bindings: dict, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    # The server answers the backend check, then freezes before pynput's listener thread has connected: the
+    # listener never marks itself ready (what a busy CI machine once did to a 5 s wait).
+    control, status = impatient_control(xvfb, tiny_bindings, monkeypatch)
+    real_check = hotkeys.hotkey_backend_problem
+    freezing = xvfb.frozen()
+
+    def check_then_freeze() -> str | None:
+        problem = real_check()
+        freezing.__enter__()
+        return problem
+
+    monkeypatch.setattr(hotkeys, "hotkey_backend_problem", check_then_freeze)
+    try:
+        assert start_with_a_deadline(control) is False
+    finally:
+        freezing.__exit__(None, None, None)
+    assert len(status) == 1 and "did not start" in status[0] and "OSC" in status[0], status
+    assert not control.running
+    control.stop()  # nothing to stop: returns at once
 
 
 def test_under_wayland_with_xwayland_start_warns_about_focus(

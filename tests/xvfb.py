@@ -10,6 +10,7 @@ import contextlib
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,17 @@ class XvfbServer:
             return connection.get_selection_owner(selection) != 0
         finally:
             connection.close()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server stopped with SIGSTOP for the block: clients connect (the kernel accepts) but get no reply,
+        as from an X server starved by a busy machine."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         for process in [*self._helpers, self._process]:

@@ -17,7 +17,7 @@ from vcam.commands import Command, CommandQueue, SetPaused, SetSimilarityFilter,
 if TYPE_CHECKING:  # presets validate their hotkeys with `parse_hotkey` below, so they import this module
     from vcam.presets import Preset
 
-READY_TIMEOUT_S = 5.0
+READY_TIMEOUT_S = 20.0  # generous: an X server and Python both starved by a busy machine can take seconds
 FALLBACK_ADVICE = "use the tray, OBS WebSocket or OSC instead"
 
 
@@ -110,10 +110,25 @@ def hotkey_backend_problem() -> str | None:
                     f"{FALLBACK_ADVICE}")
         return f"hotkeys unavailable: no X display (DISPLAY is not set); {FALLBACK_ADVICE}"
     try:
-        from Xlib import display as xdisplay
-        from Xlib.error import DisplayError
+        from Xlib import display as xdisplay  # noqa: F401  (imported here so a missing one is said, not raised)
     except ImportError:
         return f"hotkeys unavailable: python-xlib is missing (pip install python-xlib); {FALLBACK_ADVICE}"
+    # Xlib has no connect timeout, and an X server that accepts but never answers would hang the caller.
+    answer: list[str | None] = []
+    asking = threading.Thread(target=lambda: answer.append(_x_display_problem(display)), daemon=True,
+                              name="hotkeys-check")
+    asking.start()
+    asking.join(READY_TIMEOUT_S)
+    if not answer:
+        return f"hotkeys unavailable: X display {display} did not answer within {READY_TIMEOUT_S:g} s; {FALLBACK_ADVICE}"
+    return answer[0]
+
+
+def _x_display_problem(display: str) -> str | None:
+    """One line if X display `display` cannot be opened or lacks RECORD (what pynput listens with), else None."""
+    from Xlib import display as xdisplay
+    from Xlib.error import DisplayError
+
     try:
         connection = xdisplay.Display(display)
     except (DisplayError, OSError) as error:
@@ -186,7 +201,9 @@ class HotkeyControl:
         ready = threading.Event()
         threading.Thread(target=lambda: (listener.wait(), ready.set()), daemon=True, name="hotkeys-ready").start()
         if not ready.wait(READY_TIMEOUT_S) or not listener.is_alive():
-            listener.stop()
+            # pynput's stop() itself waits for readiness when the X context does not exist yet: never on this
+            # thread, or a backend that hangs before it is ready would hang the service's start-up with it.
+            threading.Thread(target=_stop_listener, args=(listener,), daemon=True, name="hotkeys-abandon").start()
             return f"hotkeys unavailable: the keyboard listener did not start; {FALLBACK_ADVICE}"
         self._listener = listener
         return None
@@ -202,13 +219,18 @@ class HotkeyControl:
         listener, self._listener = self._listener, None
         if listener is None:
             return
-        listener.stop()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while listener.is_alive() and time.monotonic() < deadline:
-            # Repeated: a stop right after start() can disable the recording before the listener thread has
-            # enabled it (pynput marks itself ready first), and that thread would then wait for the next key.
-            _end_x_recording(listener)
-            listener.join(timeout=0.1)
+        _stop_listener(listener)
+
+
+def _stop_listener(listener: threading.Thread) -> None:
+    """Stop pynput's listener and wait up to READY_TIMEOUT_S for its thread to end."""
+    listener.stop()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while listener.is_alive() and time.monotonic() < deadline:
+        # Repeated: a stop right after start() can disable the recording before the listener thread has
+        # enabled it (pynput marks itself ready first), and that thread would then wait for the next key.
+        _end_x_recording(listener)
+        listener.join(timeout=0.1)
 
 
 def _end_x_recording(listener: object) -> None:
