@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from engines.base import ModelError, NoiseScheduleConfig
+from engines.hf_imports import hf_imports
 from engines.weight_files import check_safetensors, component_variant, component_weights, refuse_pickle
 
 if TYPE_CHECKING:  # torch is imported where a model loads: resolving and checking settings must not pay for it
@@ -310,8 +311,9 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
 
 
 def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any, Any, Any, NoiseScheduleConfig]:
-    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    with hf_imports():
+        from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
 
     def options(component: str) -> dict[str, Any]:
         return {"use_safetensors": True, "local_files_only": True, "variant": component_variant(folder / component)}
@@ -333,7 +335,8 @@ def _load_single_file(resolved: ResolvedModel, device: torch.device, dtype: torc
 
 
 def _load_vae(resolved: ResolvedModel, dtype: torch.dtype) -> Any:
-    from diffusers import AutoencoderKL, AutoencoderTiny
+    with hf_imports():
+        from diffusers import AutoencoderKL, AutoencoderTiny
 
     vae_class = AutoencoderTiny if resolved.vae_is_tiny else AutoencoderKL
     return vae_class.from_pretrained(

@@ -19,6 +19,7 @@ import torch
 
 from engines.base import EngineShapes, EngineUnavailableError, NoiseScheduleConfig
 from engines.graph_engine import GraphEngine, GraphRunner
+from engines.hf_imports import hf_imports
 from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFingerprint, file_sha256
 from engines.loading import ModelSpec, resolve_model
 from engines.onnx_export import (
@@ -164,7 +165,8 @@ def build_graph_set(
     force_rebuild: str = "",
 ) -> OnnxGraphSet:
     """The checked graphs for `spec` at `shapes`, from the cache or freshly exported into it."""
-    from transformers import CLIPTokenizer
+    with hf_imports():
+        from transformers import CLIPTokenizer
 
     key = onnx_cache_key(spec, shapes, options)
     build = _export_from_torch(spec, shapes, options, threads)

@@ -23,9 +23,11 @@ class PromptLength:
     def for_model(cls, spec: Any) -> PromptLength:
         """The tokenizer the engine will use for `spec` (an `engines.loading.ModelSpec`), from local files only:
         a diffusers folder's `tokenizer/`, or the one a single-file checkpoint loads with. Raises ModelError."""
-        from transformers import CLIPTokenizer
-
+        from engines.hf_imports import hf_imports
         from engines.loading import hf_hub_cache_dir, resolve_model
+
+        with hf_imports():
+            from transformers import CLIPTokenizer
 
         resolved = resolve_model(spec)
         if resolved.kind == "folder":

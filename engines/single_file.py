@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from engines.base import ModelError
+from engines.hf_imports import hf_imports
 from engines.loading import read_noise_schedule
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
@@ -144,7 +145,8 @@ def load_single_file_components(
     schedule = replace(read_noise_schedule(arch.config_dir),
                        prediction_type=prediction_type or resolve_prediction_type(arch, path, shapes))
     check_complete(shapes, arch, path.name)
-    from diffusers import StableDiffusionPipeline
+    with hf_imports():
+        from diffusers import StableDiffusionPipeline
 
     # diffusers' own single-file loader (the LDM converters, weights assigned into empty modules with accelerate),
     # on the bundled config folder and our tokenizer: nothing is looked up on the hub.
@@ -171,8 +173,9 @@ def check_complete(shapes: Mapping[str, tuple[int, ...]], arch: SingleFileArchit
 def build_empty_components(arch: SingleFileArchitecture) -> dict[str, torch.nn.Module]:
     """UNet, VAE and text encoder of `arch` without storage (meta device): random-initialising SD 1.5's
     1 B parameters only to overwrite them takes half a minute on a small CPU."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    with hf_imports():
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
 
     config_dir = arch.config_dir
     text_config = CLIPTextConfig.from_pretrained(config_dir / "text_encoder", local_files_only=True)
@@ -185,9 +188,10 @@ def build_empty_components(arch: SingleFileArchitecture) -> dict[str, torch.nn.M
 def convert_checkpoint(checkpoint: Mapping[str, torch.Tensor], arch: SingleFileArchitecture,
                        text_encoder: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     """LDM keys -> diffusers / transformers keys per component, with diffusers' own offline converters."""
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
-        convert_open_clip_checkpoint)
+    with hf_imports():
+        from diffusers.loaders.single_file_utils import (
+            convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+            convert_open_clip_checkpoint)
 
     unet_config = json.loads((arch.config_dir / "unet" / "config.json").read_text())
     vae_config = json.loads((arch.config_dir / "vae" / "config.json").read_text())
@@ -248,7 +252,8 @@ def load_tokenizer(arch: SingleFileArchitecture, checkpoint_path: Path, tokenize
     checkpoint's folder (`tokenizer/` or vocab.json + merges.txt), then the local Hugging Face cache. Its settings
     (padding token, length) always come from the bundled config, since they differ between SD 1.x and SD 2.x.
     """
-    from transformers import CLIPTokenizer
+    with hf_imports():
+        from transformers import CLIPTokenizer
 
     settings_dir = arch.config_dir / "tokenizer"
     settings = json.loads((settings_dir / "tokenizer_config.json").read_text())
