@@ -4,8 +4,9 @@
     python bench/kv_gain.py --model sd15-shape [--rounds 3]    # SD 1.5's UNet with random weights, 512x512, torch
     python bench/kv_gain.py --model tiny --engine graphs [--rounds 9] [--work DIR]   # ONNX Runtime and OpenVINO
 
-torch: two copies of the same UNet (one with the K/V processors) are called alternately on the same inputs (batch
-2, one prompt); prints per round plain / cached seconds and the median ratio, plus the largest output difference.
+torch: two copies of the same UNet (one with the K/V processors) are called alternately (order swapped every round)
+on the same inputs (batch 2, one prompt); prints per round plain / cached seconds and the median ratio, plus the
+largest output difference.
 
 graphs: the UNet exported as the CPU engines export it (dynamo, opset 23) in both layouts, over the embeddings and
 over the keys / values (engines.onnx_export.unet_calls), each run by ONNX Runtime and by OpenVINO with the engines'
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -56,6 +58,25 @@ def unet_and_inputs(model: str):
     return unet.eval(), *random_inputs(SIZES[model], int(unet.config.cross_attention_dim))
 
 
+def alternated(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call per round, the two calls alternated and their order swapped every round."""
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for index in range(rounds):
+        for name in (list(calls) if index % 2 == 0 else list(reversed(calls))):
+            started = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def summary(seconds: dict[str, list[float]]) -> dict:
+    """Per round and median: the first call's seconds over the second's (> 1: the second, keys / values, is faster)."""
+    first, second = seconds.values()
+    ratios = [a / b for a, b in zip(first, second)]
+    return {f"seconds_{'_'.join(seconds)}": [[round(a, 4), round(b, 4)] for a, b in zip(first, second)],
+            "speedup_per_round": [round(r, 3) for r in ratios], "speedup_median": round(statistics.median(ratios), 3)}
+
+
 def torch_gain(model: str, rounds: int) -> dict:
     plain, latents, timesteps, embeddings = unet_and_inputs(model)
     cached = copy.deepcopy(plain)
@@ -70,17 +91,9 @@ def torch_gain(model: str, rounds: int) -> dict:
 
     with torch.inference_mode():
         difference = float((call_plain() - call_cached()).abs().max())  # also the warm-up call of each
-        rounds = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            call_plain()
-            middle = time.perf_counter()
-            call_cached()
-            rounds.append((middle - started, time.perf_counter() - middle))
-    ratios = [a / b for a, b in rounds]
+        seconds = alternated({"plain": call_plain, "cached": call_cached}, rounds)
     return {"model": model, "engine": "torch", "layers": len(kv.layers), "max_abs_difference": difference,
-            "seconds_plain_cached": [[round(a, 4), round(b, 4)] for a, b in rounds],
-            "speedup_per_round": [round(r, 3) for r in ratios], "speedup_median": round(statistics.median(ratios), 3)}
+            **summary(seconds)}
 
 
 def export_layouts(model: str, work: Path) -> tuple[dict, tuple, tuple, tuple]:
@@ -157,19 +170,9 @@ def graphs_gain(model: str, rounds: int, threads: int, work: Path) -> dict:
         started = time.perf_counter()
         runs["cross_kv"](cross_kv_feeds)
         cross_kv_seconds = time.perf_counter() - started
-        seconds: dict[str, list[float]] = {name: [] for name in calls}
-        for index in range(rounds):
-            for name in (("embeddings", "keys_values") if index % 2 == 0 else ("keys_values", "embeddings")):
-                started = time.perf_counter()
-                calls[name]()
-                seconds[name].append(time.perf_counter() - started)
-        ratios = [a / b for a, b in zip(seconds["embeddings"], seconds["keys_values"])]
         results[runtime] = {
             "max_abs_difference": float(abs(outputs["embeddings"] - outputs["keys_values"]).max()),
-            "seconds_embeddings_keys_values": [[round(a, 4), round(b, 4)] for a, b in
-                                               zip(seconds["embeddings"], seconds["keys_values"])],
-            "speedup_per_round": [round(r, 3) for r in ratios], "speedup_median": round(statistics.median(ratios), 3),
-            "cross_kv_seconds": round(cross_kv_seconds, 5)}
+            **summary(alternated(calls, rounds)), "cross_kv_seconds": round(cross_kv_seconds, 5)}
     return results
 
 
