@@ -15,6 +15,7 @@ UNet graph takes every layer's keys and values as inputs in place of the embeddi
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Sequence
 
 import torch
@@ -43,10 +44,11 @@ class PrecomputedKVProcessor:
         self.fallback = fallback
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        stored = self.owner.keys_values.get(id(attn))
+        source, keys_values = self.owner.serving()
+        stored = keys_values.get(id(attn))
         # Only for the very embeddings tensor `update` projected (the one the engine passes on): a direct UNet call
         # with other embeddings computes its own K/V.
-        if stored is None or encoder_hidden_states is not self.owner.source or attention_mask is not None:
+        if stored is None or encoder_hidden_states is not source or attention_mask is not None:
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         key, value = stored  # (B, heads, tokens, head_dim) each
         self.owner.served += 1
@@ -106,8 +108,9 @@ class CrossAttentionKV:
         # Every cross-attention layer of the UNet is one of `layers` (none is left to its own processor), so a UNet
         # call given `serve`d keys / values reads nothing else of the embeddings.
         self.complete = complete
-        self.source: torch.Tensor | None = None  # the tensor last given to `update`: the one the UNet is called with
-        self.keys_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Per thread, so that UNet calls on two threads never mix their prompts: (the tensor last given to `update`
+        # or `serve`, which the UNet is called with; its K/V by layer).
+        self._calls = threading.local()
         self._once_per_prompt = OncePerPrompt(lambda embeddings: self._by_layer(self.project(embeddings)))
         self.served = 0  # layer calls that took their K/V from here
 
@@ -141,9 +144,13 @@ class CrossAttentionKV:
         return projected
 
     def serve(self, keys_values: Sequence[torch.Tensor], embeddings: torch.Tensor) -> None:
-        """Have the layers take `keys_values` (as `project` orders them) in a UNet call given `embeddings`."""
-        self.keys_values = self._by_layer(keys_values)
-        self.source = embeddings
+        """Have the layers take `keys_values` (as `project` orders them) in this thread's UNet calls given
+        `embeddings`."""
+        self._calls.serving = (embeddings, self._by_layer(keys_values))
+
+    def serving(self) -> tuple[torch.Tensor | None, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """(the embeddings tensor this thread's UNet call is given, the K/V by layer the layers take for it)."""
+        return getattr(self._calls, "serving", (None, {}))
 
     def _by_layer(self, keys_values: Sequence[torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         return {id(attn): pair for attn, pair in zip(self.layers, zip(keys_values[0::2], keys_values[1::2]))}
@@ -151,5 +158,4 @@ class CrossAttentionKV:
     def update(self, embeddings: torch.Tensor) -> None:
         """Project K/V for `embeddings` (B, tokens, D) unless they equal the last ones; pass this same tensor to
         the UNet call that follows."""
-        self.keys_values = self._once_per_prompt(embeddings)
-        self.source = embeddings
+        self._calls.serving = (embeddings, self._once_per_prompt(embeddings))
