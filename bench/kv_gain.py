@@ -58,23 +58,34 @@ def unet_and_inputs(model: str):
     return unet.eval(), *random_inputs(SIZES[model], int(unet.config.cross_attention_dim))
 
 
-def alternated(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each call per round, the two calls alternated and their order swapped every round."""
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
+def alternated(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds (all of this process's threads) of each call per round, the two calls alternated and
+    their order swapped every round. On a shared machine the CPU seconds are the steadier measure of the work a
+    call does; wall seconds also count the time other processes held the cores."""
+    seconds: dict[str, dict[str, list[float]]] = {"wall": {name: [] for name in calls},
+                                                  "cpu": {name: [] for name in calls}}
     for index in range(rounds):
         for name in (list(calls) if index % 2 == 0 else list(reversed(calls))):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             calls[name]()
-            seconds[name].append(time.perf_counter() - started)
+            seconds["wall"][name].append(time.perf_counter() - started)
+            seconds["cpu"][name].append(time.process_time() - cpu_started)
     return seconds
 
 
-def summary(seconds: dict[str, list[float]]) -> dict:
-    """Per round and median: the first call's seconds over the second's (> 1: the second, keys / values, is faster)."""
-    first, second = seconds.values()
-    ratios = [a / b for a, b in zip(first, second)]
-    return {f"seconds_{'_'.join(seconds)}": [[round(a, 4), round(b, 4)] for a, b in zip(first, second)],
-            "speedup_per_round": [round(r, 3) for r in ratios], "speedup_median": round(statistics.median(ratios), 3)}
+def summary(seconds: dict[str, dict[str, list[float]]]) -> dict:
+    """Per round and median, wall and CPU: the first call's seconds over the second's (> 1: the second, keys /
+    values, is faster)."""
+    result = {}
+    for clock, by_call in seconds.items():
+        first, second = by_call.values()
+        ratios = [a / b for a, b in zip(first, second)]
+        suffix = "" if clock == "wall" else "_cpu"
+        result.update({
+            f"seconds{suffix}_{'_'.join(by_call)}": [[round(a, 4), round(b, 4)] for a, b in zip(first, second)],
+            f"speedup_per_round{suffix}": [round(r, 3) for r in ratios],
+            f"speedup_median{suffix}": round(statistics.median(ratios), 3)})
+    return result
 
 
 def torch_gain(model: str, rounds: int) -> dict:
