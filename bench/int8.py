@@ -96,14 +96,15 @@ def unet_graph(work: Path, size: int, model: str) -> tuple[Path, object, int]:
     return path, spec, dim
 
 
-def calibration_calls(count: int, size: int, dim: int, seed: int = 1) -> list:
+def calibration_calls(count: int, size: int, dim: int, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """UNet graph inputs by name (latents, timesteps, embeddings), as a 2-step stream makes them."""
     generator = torch.Generator().manual_seed(seed)
     h = size // 8
     embedding = torch.randn(1, 77, dim, generator=generator).expand(2, -1, -1)
     noise_scale = torch.tensor([0.95, 0.5]).view(2, 1, 1, 1)
-    return [(torch.randn(1, 4, h, h, generator=generator).expand(2, -1, -1, -1)
-             + noise_scale * torch.randn(2, 4, h, h, generator=generator), torch.tensor(TIMESTEPS), embedding)
-            for _ in range(count)]
+    return [{"latents": torch.randn(1, 4, h, h, generator=generator).expand(2, -1, -1, -1)
+             + noise_scale * torch.randn(2, 4, h, h, generator=generator),
+             "timesteps": torch.tensor(TIMESTEPS), "embeddings": embedding} for _ in range(count)]
 
 
 def speed(size: int, rounds: int, work: Path, prepare_only: bool, model: str, threads: int = 2,
@@ -117,8 +118,7 @@ def speed(size: int, rounds: int, work: Path, prepare_only: bool, model: str, th
         quantize_unet(fp32_path, calibration_calls(calls, size, dim), int8_path)
     if prepare_only:
         return {"prepared": str(work)}
-    feeds = {name: value.numpy() for name, value in zip(("latents", "timesteps", "embeddings"),
-                                                          calibration_calls(1, size, dim, seed=7)[0])}
+    feeds = {name: value.numpy() for name, value in calibration_calls(1, size, dim, seed=7)[0].items()}
     runs = runners(fp32_path, int8_path, threads)
     for run in runs.values():
         run(feeds)  # first calls allocate

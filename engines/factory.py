@@ -34,7 +34,8 @@ def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threa
     from engines.torch_engine import TorchEngine
 
     placement = place(device, threads)
-    # cross_attention_kv (engines.kv_cache) stays off until its spec (tests/test_kv_cache.py) has run on main.
+    # cross_attention_kv (engines.kv_cache) stays off until bench/kv_gain.py on a quiet machine shows it is not
+    # slower: the runs so far shared the cores with other benchmarks and resolve no difference either way (README).
     return TorchEngine(load_components(spec, placement.device, placement.dtype), shapes)
 
 

@@ -2,8 +2,9 @@
 
 ONNX Runtime and OpenVINO run the same checked graphs of one cache entry (`engines.onnx_engine.OnnxGraphSet`);
 they differ only in how one graph is run on one set of inputs. So a runtime is a `GraphRunner` subclass with one
-method, `_run_graph`, and the engine around it (shape checks, text batching, swapping the runner while the stream
-runs) is written once here.
+method, `_run_graph`, and the engine around it (shape checks, text batching, the cross-attention keys / values
+projected once per prompt, swapping the runner while the stream runs) is written once here. TensorRT's engine is a
+`GraphRunner` over its plans of the same graphs.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from engines.kv_cache import OncePerPrompt
 from engines.onnx_export import GraphSpec
 
 
@@ -29,6 +31,11 @@ class GraphRunner:
 
     `graphs` is an `engines.onnx_engine.OnnxGraphSet`; `unet_path`, when given, replaces the set's UNet graph (the
     INT8 UNet of `engines.quantize`, whose inputs and outputs are those of the fp32 one).
+
+    With a `cross_kv` graph in the set, the UNet graph takes every cross-attention layer's keys and values instead
+    of the embeddings: `cross_kv` runs when the embeddings' content changes (a prompt switch) and its outputs feed
+    every UNet call until then (`engines.kv_cache.OncePerPrompt`). That memo is the runner's only state, a function
+    of the embeddings alone: a swapped-in runner starts without it and projects at its first call.
     """
 
     engine_name = "graph"
@@ -38,18 +45,23 @@ class GraphRunner:
         self.unet_path = unet_path
         self.specs = {spec.name: spec for spec in graphs.specs}
         self.device = torch.device("cpu")
+        self.keys_values = OncePerPrompt(lambda embeddings: self._run_outputs("cross_kv", embeddings))
 
     def graph_path(self, graph: str) -> str:
         if graph == "unet" and self.unet_path:
             return self.unet_path
         return str(self.graphs.path(graph))
 
-    def _run(self, graph: str, *inputs: torch.Tensor) -> torch.Tensor:
+    def _run_outputs(self, graph: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         spec = self.specs[graph]
         check_input_shapes(spec, inputs, self.engine_name)
         return self._run_graph(spec, inputs)
 
-    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _run(self, graph: str, *inputs: torch.Tensor) -> torch.Tensor:
+        return self._run_outputs(graph, *inputs)[0]
+
+    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Every output of the graph `spec` on `inputs` (its static shapes), in the spec's order."""
         raise NotImplementedError
 
     def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
@@ -61,8 +73,18 @@ class GraphRunner:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run("image_decoder", latents)
 
+    def unet_inputs(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+                    ) -> tuple[torch.Tensor, ...]:
+        """The UNet graph's inputs for a `predict_noise` call, in its spec's order: latents, timesteps and the keys /
+        values of `embeddings` (projected only at a prompt switch; shared by the calls of a prompt, never written to),
+        or the embeddings themselves for a graph set without `cross_kv`."""
+        if "cross_kv" not in self.specs:
+            return latents, timesteps, embeddings
+        check_input_shapes(self.specs["unet"], (latents, timesteps), self.engine_name)  # before a projection
+        return latents, timesteps, *self.keys_values(embeddings)
+
     def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self._run("unet", latents, timesteps, embeddings)
+        return self._run("unet", *self.unet_inputs(latents, timesteps, embeddings))
 
 
 class ForwardsToRunner:
@@ -89,8 +111,9 @@ class GraphEngine(ForwardsToRunner):
     The runner can be replaced while the stream runs (`engines.cache_check` does so when a warm-started entry
     fails its full checksum, `engines.quantize` when the INT8 UNet is ready): the inference thread reads
     `self.runner` once per call and the replacement is one attribute assignment, so every call runs wholly on the
-    old or the new runner. Runners are stateless and compute the same function (within the precision asked
-    for), so a frame whose calls straddle the swap is as good as its runners.
+    old or the new runner. Runners compute the same function (within the precision asked for) and hold no state
+    but a memo of it (the last prompt's keys / values), so a frame whose calls straddle the swap is as good as its
+    runners.
     """
 
     name = "graph"

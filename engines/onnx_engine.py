@@ -3,7 +3,8 @@
 The graphs come from the engine cache. On a warm start nothing of the torch model is loaded: the model's files
 are hashed (cheap: `resolve_model`), the cached entry is verified, and the tokenizer and model dimensions saved
 with it are read back, so the first frame comes within seconds. On a miss the torch engine is loaded once on the
-CPU in fp32, every graph is exported and checked against it, and the entry is written for next time.
+CPU in fp32, every graph is exported and checked against it, and the entry is written for next time. The UNet is
+two graphs (`cross_kv` and the UNet over its keys and values, see `engines.onnx_export.unet_specs`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from engines.engine_cache import CacheEntry, EngineCache, EngineCacheKey, LoraFi
 from engines.loading import ModelSpec, resolve_model
 from engines.onnx_export import (
     EXPORTER_VERSION, GRAPH_COUNT, TEXT_TOKENS, CallAsModule, EngineBuildError, GraphSpec, ModelDims,
-    OnnxExportOptions, export_checked_graphs, graph_specs, log_build_step, first_line,
+    OnnxExportOptions, export_checked_graphs, graph_specs, log_build_step, first_line, unet_calls,
 )
 
 # Best first. ORT assigns each node to the first provider in the list that supports it, CPU catching the rest.
@@ -128,6 +129,7 @@ def onnx_cache_key(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOpt
 def _export_from_torch(spec: ModelSpec, shapes: EngineShapes, options: OnnxExportOptions, threads: int):
     """The cache builder: load the torch engine on the CPU in fp32, export + check every graph, save the tokenizer."""
     from engines.devices import flush_denormals_on_this_thread
+    from engines.kv_cache import CrossAttentionKV
     from engines.loading import load_components
     from engines.torch_engine import TorchEngine
 
@@ -140,15 +142,17 @@ def _export_from_torch(spec: ModelSpec, shapes: EngineShapes, options: OnnxExpor
         components = load_components(spec, "cpu", torch.float32)
         engine = TorchEngine(components, shapes)
         text_encoder = components.text_encoder
+        kv = CrossAttentionKV.install(components.unet)  # plain calls (other embeddings) are as before
         dims = ModelDims(
             latent_channels=engine.latent_channels, vae_scale_factor=engine.vae_scale_factor,
             embed_dim=int(text_encoder.config.hidden_size), text_tokens=TEXT_TOKENS,
+            cross_attention=kv.head_shapes if kv.complete else (),
         )
         calls = {
             "text_encoder": CallAsModule(lambda ids: text_encoder(ids).last_hidden_state, [text_encoder]),
             "image_encoder": CallAsModule(engine.encode_images, [components.vae]),
             "image_decoder": CallAsModule(engine.decode_latents, [components.vae]),
-            "unet": CallAsModule(engine.predict_noise, [components.unet]),
+            **unet_calls(engine.predict_noise, kv, shapes, dims, [components.unet]),
         }
         report = export_checked_graphs(calls, graph_specs(shapes, dims), directory, options, threads,
                                        token_limit=len(components.tokenizer), steps_before=1)
@@ -248,17 +252,18 @@ class OnnxSessions(GraphRunner):
             for name in self.specs
         }
 
-    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if self.device.type == "cuda":
             return self._run_bound(spec, inputs)
         feeds = {
             tensor.name: np.ascontiguousarray(value.detach().to("cpu", tensor.dtype).numpy())
             for tensor, value in zip(spec.inputs, inputs)
         }
-        return torch.from_numpy(self.sessions[spec.name].run([spec.outputs[0].name], feeds)[0])
+        outputs = self.sessions[spec.name].run([tensor.name for tensor in spec.outputs], feeds)
+        return tuple(torch.from_numpy(output) for output in outputs)
 
-    def _run_bound(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """GPU path: bind torch CUDA tensors in place (no host round trip) and a preallocated output."""
+    def _run_bound(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """GPU path: bind torch CUDA tensors in place (no host round trip) and preallocated outputs."""
         binding = self.sessions[spec.name].io_binding()
         kept = []  # keep converted inputs alive until the run ends
         for tensor, value in zip(spec.inputs, inputs):
@@ -266,13 +271,13 @@ class OnnxSessions(GraphRunner):
             kept.append(value)
             binding.bind_input(tensor.name, "cuda", value.device.index or 0, _numpy_dtype(tensor.dtype),
                                tensor.shape, value.data_ptr())
-        output_spec = spec.outputs[0]
-        output = torch.empty(output_spec.shape, dtype=output_spec.dtype, device=self.device)
-        binding.bind_output(output_spec.name, "cuda", output.device.index or 0, _numpy_dtype(output_spec.dtype),
-                            output_spec.shape, output.data_ptr())
+        outputs = tuple(torch.empty(tensor.shape, dtype=tensor.dtype, device=self.device) for tensor in spec.outputs)
+        for tensor, output in zip(spec.outputs, outputs):
+            binding.bind_output(tensor.name, "cuda", output.device.index or 0, _numpy_dtype(tensor.dtype),
+                                tensor.shape, output.data_ptr())
         torch.cuda.current_stream().synchronize()
         self.sessions[spec.name].run_with_iobinding(binding)
-        return output
+        return outputs
 
 
 class OnnxRuntimeEngine(GraphEngine):

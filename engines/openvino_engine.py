@@ -93,14 +93,15 @@ class OpenVinoRequests(GraphRunner):
             for name in self.specs
         }
 
-    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         feeds = {
             tensor.name: np.ascontiguousarray(value.detach().to("cpu", tensor.dtype).numpy())
             for tensor, value in zip(spec.inputs, inputs)
         }
         request = self.requests[spec.name]
         request.infer(feeds)
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())  # the request reuses its output buffer
+        # Copies: the request reuses its output buffers at the next call.
+        return tuple(torch.from_numpy(request.get_tensor(tensor.name).data.copy()) for tensor in spec.outputs)
 
 
 class OpenVinoEngine(GraphEngine):

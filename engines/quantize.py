@@ -4,7 +4,9 @@ stream's own latents, for the engines over the cached ONNX graphs (ONNX Runtime,
 Static INT8 needs the range of every activation, and those ranges depend on what the UNet sees: this model, this
 prompt, these camera latents at these timesteps. So nothing is guessed at build time: the engine starts in fp32,
 records the inputs of the stream's first `calibration_calls` UNet calls, quantizes on a background thread (the
-stream keeps running in fp32 meanwhile) and then swaps the INT8 UNet in. The quantized graph is an engine-cache
+stream keeps running in fp32 meanwhile) and then swaps the INT8 UNet in. What is recorded is what the UNet graph
+takes (`GraphRunner.unet_inputs`): with a `cross_kv` graph, the keys / values of the prompt, not its embeddings;
+the `cross_kv` graph itself stays fp32 (it runs once per prompt). The quantized graph is an engine-cache
 entry keyed by the fp32 graphs, so later starts use it from the first frame; its calibration is the first run's.
 
 Quantization: ONNX Runtime's `quantize_static` in QDQ form (QuantizeLinear / DequantizeLinear pairs around
@@ -34,7 +36,7 @@ CALIBRATION_CALLS = 8  # UNet calls recorded from the stream (T per frame: 8 cal
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
 log = logging.getLogger("vcam.engines")
-UnetInputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # latents (B, C, h, w), timesteps (B,), embeddings
+UnetFeeds = dict[str, torch.Tensor]  # one UNet graph call's inputs by name: latents, timesteps, keys / values
 
 
 def int8_cache_key(graphs_key: EngineCacheKey) -> EngineCacheKey:
@@ -45,8 +47,9 @@ def int8_cache_key(graphs_key: EngineCacheKey) -> EngineCacheKey:
                                backend_version=f"{graphs_key.backend_version}+quant-ort{onnxruntime.__version__}")
 
 
-def quantize_unet(fp32_unet: Path, calibration: Sequence[UnetInputs], output: Path) -> dict:
-    """Write the QDQ INT8 UNet of `fp32_unet` to `output`, activation ranges from `calibration`; a small report.
+def quantize_unet(fp32_unet: Path, calibration: Sequence[UnetFeeds], output: Path) -> dict:
+    """Write the QDQ INT8 UNet of `fp32_unet` to `output`, activation ranges from `calibration` (the graph's inputs
+    by name, one dict a call); a small report.
 
     Raises EngineBuildError (one line) when ONNX Runtime cannot quantize the graph.
     """
@@ -54,8 +57,7 @@ def quantize_unet(fp32_unet: Path, calibration: Sequence[UnetInputs], output: Pa
 
     from engines.onnx_export import EngineBuildError
 
-    names = ("latents", "timesteps", "embeddings")
-    feeds = [{name: np.ascontiguousarray(value.detach().cpu().numpy()) for name, value in zip(names, inputs)}
+    feeds = [{name: np.ascontiguousarray(value.detach().cpu().numpy()) for name, value in inputs.items()}
              for inputs in calibration]
 
     class Recorded(CalibrationDataReader):
@@ -89,20 +91,22 @@ def quantize_unet(fp32_unet: Path, calibration: Sequence[UnetInputs], output: Pa
 
 
 class CalibrationRecorder(ForwardsToRunner):
-    """A runner that passes every call to `runner` and keeps copies of the first `calls` UNet inputs; then calls
-    `on_full(recorded)` once (on the inference thread: it must return at once, e.g. by starting a thread)."""
+    """A runner that passes every call to `runner` (a `GraphRunner`) and keeps copies of the UNet graph's inputs of
+    the first `calls` calls; then calls `on_full(recorded)` once (on the inference thread: it must return at once,
+    e.g. by starting a thread)."""
 
-    def __init__(self, runner: Any, calls: int, on_full: Callable[[list[UnetInputs]], None]) -> None:
+    def __init__(self, runner: Any, calls: int, on_full: Callable[[list[UnetFeeds]], None]) -> None:
         self.runner = runner
         self.device = runner.device
         self.calls = calls
         self.on_full = on_full
-        self.recorded: list[UnetInputs] = []
+        self.recorded: list[UnetFeeds] = []
 
     def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         if len(self.recorded) < self.calls:
-            self.recorded.append((latents.detach().cpu().clone(), timesteps.detach().cpu().clone(),
-                                  embeddings.detach().cpu().clone()))
+            inputs = self.runner.unet_inputs(latents, timesteps, embeddings)  # keys / values: projected once
+            names = [tensor.name for tensor in self.runner.specs["unet"].inputs]
+            self.recorded.append({name: value.detach().cpu().clone() for name, value in zip(names, inputs)})
             if len(self.recorded) == self.calls:
                 self.on_full(list(self.recorded))
         return self.runner.predict_noise(latents, timesteps, embeddings)
@@ -125,7 +129,7 @@ def use_int8_unet(engine: Any, calibration_calls: int = CALIBRATION_CALLS, in_ba
     fp32_runner = engine.runner
     graphs = engine.graphs
 
-    def quantize_and_swap(recorded: list[UnetInputs]) -> None:
+    def quantize_and_swap(recorded: list[UnetFeeds]) -> None:
         try:
             entry = cache.get_or_build(key, lambda directory: quantize_unet(
                 graphs.path("unet"), recorded, directory / INT8_UNET))
@@ -137,7 +141,7 @@ def use_int8_unet(engine: Any, calibration_calls: int = CALIBRATION_CALLS, in_ba
         finally:
             engine.int8_ready.set()
 
-    def on_full(recorded: list[UnetInputs]) -> None:
+    def on_full(recorded: list[UnetFeeds]) -> None:
         if in_background:
             threading.Thread(target=quantize_and_swap, args=(recorded,), name="int8-quantize", daemon=True).start()
         else:

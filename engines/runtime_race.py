@@ -21,7 +21,7 @@ from engines.graph_engine import GraphEngine
 from engines.engine_cache import EngineCache, log
 from engines.loading import ModelSpec
 from engines.onnx_engine import OnnxRuntimeEngine, OnnxRuntimeOptions, create_onnxruntime_engine
-from engines.onnx_export import example_inputs, first_line
+from engines.onnx_export import example_inputs, first_line, predict_noise_spec
 
 ROUNDS = 3  # alternated UNet calls per runtime after one warm-up call each; the medians are compared
 CHOICE_FILE = "choice.json"
@@ -48,7 +48,7 @@ class RaceResult:
 def time_unet_calls(engines: dict[str, GraphEngine], unet_inputs: tuple, rounds: int = ROUNDS) -> dict[str, float]:
     """Median seconds of one UNet call per engine, calls alternated so a load change hits both sides alike."""
     for engine in engines.values():
-        engine.predict_noise(*unet_inputs)  # first calls allocate: not timed
+        engine.predict_noise(*unet_inputs)  # first calls allocate and project the keys / values: not timed
     times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(rounds):
         for name, engine in engines.items():
@@ -90,11 +90,11 @@ def fastest_cpu_runtime(
         log.warning(f"engine auto: OpenVINO could not be built ({first_line(error)}); ONNX Runtime runs")
         return RaceResult(onnx_engine, {}, measured=False)
     engines: dict[str, GraphEngine] = {"onnxruntime": onnx_engine, "openvino": openvino_engine}
-    (unet_spec,) = [graph for graph in onnx_engine.graphs.specs if graph.name == "unet"]
+    unet_call = predict_noise_spec(onnx_engine.graphs.shapes, onnx_engine.graphs.dims)  # what predict_noise takes
     cache = EngineCache(cache_root)
 
     def measure(directory: Path) -> dict:
-        seconds = time_unet_calls(engines, example_inputs(unet_spec, seed=0))
+        seconds = time_unet_calls(engines, example_inputs(unet_call, seed=0))
         (directory / CHOICE_FILE).write_text(json.dumps(seconds, sort_keys=True))
         return {"seconds": seconds}
 

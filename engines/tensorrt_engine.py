@@ -6,6 +6,10 @@ cache keys, the buffer plan) is plain Python tested on any machine; every Tensor
 
 API: TensorRT 10 (`build_serialized_network`, `create_execution_context`, `set_tensor_address`,
 `execute_async_v3`); the removed bindings API (`execute_async_v2`) is not used.
+
+The engine is a `GraphRunner` (engines.graph_engine) whose graphs run as plans: one plan per ONNX graph, so the
+UNet plan takes the cross-attention keys / values that the `cross_kv` plan computes once per prompt, as the
+ONNX Runtime and OpenVINO engines do.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 
 from engines.base import EngineShapes, EngineUnavailableError, NoiseScheduleConfig
 from engines.engine_cache import EngineCache, EngineCacheKey, log
+from engines.graph_engine import GraphRunner
 from engines.onnx_export import EngineBuildError, GraphSpec, ModelDims, graph_specs
 
 WORKSPACE_BYTES = 4 << 30
@@ -196,7 +201,8 @@ def build_plan(trt: Any, onnx_path: Path, plan_path: Path) -> float:
 
 
 class TensorRTGraph:
-    """One deserialised plan with its buffers allocated and bound once; `run` copies in, executes, copies out."""
+    """One deserialised plan with its buffers allocated and bound once; `run` copies in, executes, copies out
+    every output."""
 
     def __init__(self, trt: Any, runtime: Any, plan_path: Path, shapes: EngineShapes, dims: ModelDims, graph: str):
         self.engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
@@ -218,7 +224,7 @@ class TensorRTGraph:
             self.context.set_tensor_address(name, tensor.data_ptr())
         self.stream = torch.cuda.Stream()
 
-    def run(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         for buffer, value in zip(self.plan.inputs, inputs):
             if tuple(value.shape) != buffer.shape:
                 raise ValueError(
@@ -231,18 +237,19 @@ class TensorRTGraph:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT execution of the {self.plan.graph} failed")
         current.wait_stream(self.stream)
-        return self.tensors[self.plan.outputs[0].name].clone()
+        return tuple(self.tensors[buffer.name].clone() for buffer in self.plan.outputs)
 
 
-class TensorRTEngine:
+class TensorRTEngine(GraphRunner):
     """`Engine` on TensorRT. Built from the ONNX graphs of an `OnnxGraphSet` (see `engines.onnx_engine`)."""
 
     name = "tensorrt"
+    engine_name = "tensorrt"
 
     def __init__(self, graphs: "Any", cache: EngineCache, checked_graphs: Callable[[], Any] | None = None) -> None:
         """`checked_graphs()` gives the ONNX graphs hashed in full, called only when plans must be built from them."""
         trt = require_tensorrt()
-        self.graphs = graphs  # engines.onnx_engine.OnnxGraphSet: checked ONNX graphs, tokenizer, dims
+        super().__init__(graphs)  # engines.onnx_engine.OnnxGraphSet: checked ONNX graphs, tokenizer, dims
         self.device = torch.device("cuda")
         self.dtype = torch.float16
         self.noise_schedule: NoiseScheduleConfig = graphs.noise_schedule
@@ -270,17 +277,8 @@ class TensorRTEngine:
             for spec in graphs.specs
         }
 
-    def encode_prompt(self, texts: Sequence[str]) -> torch.Tensor:
-        return torch.cat([self.runners["text_encoder"].run(ids) for ids in self.graphs.token_groups(texts)])
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.runners["image_encoder"].run(images)
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.runners["image_decoder"].run(latents)
-
-    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.runners["unet"].run(latents, timesteps, embeddings)
+    def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return self.runners[spec.name].run(*inputs)
 
 
 def build_tensorrt_engine(spec: Any, shapes: EngineShapes, device: str, threads: int | None) -> TensorRTEngine:

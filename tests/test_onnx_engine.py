@@ -235,7 +235,7 @@ def test_full_vae_exports_and_matches_torch(tiny_model_dir, tmp_path: Path) -> N
     latents = reference.encode_images(images)
     assert float((engine.encode_images(images) - latents).abs().max()) < 1e-3
     assert float((engine.decode_latents(latents) - reference.decode_latents(latents)).abs().max()) < 1e-3
-    assert set(engine.build_report["graphs"]) == {"text_encoder", "image_encoder", "image_decoder", "unet"}
+    assert set(engine.build_report["graphs"]) == {"text_encoder", "image_encoder", "image_decoder", "cross_kv", "unet"}
 
 
 @pytest.mark.timeout(600)

@@ -11,16 +11,19 @@ import torch
 
 from engines.base import EngineShapes, EngineUnavailableError
 from engines.engine_cache import EngineCacheKey
+from engines.graph_engine import GraphRunner
 from engines.onnx_export import EngineBuildError, ModelDims, graph_specs
-from engines.tensorrt_engine import EngineIO, plan_buffers, require_tensorrt, tensorrt_cache_key
+from engines.tensorrt_engine import EngineIO, TensorRTEngine, plan_buffers, require_tensorrt, tensorrt_cache_key
 
 SHAPES = EngineShapes(width=256, height=192, frame_batch=1, unet_batch=2)
 DIMS = ModelDims(latent_channels=4, vae_scale_factor=8, embed_dim=128)
+KV_DIMS = dataclasses.replace(DIMS, cross_attention=((8, 8), (8, 16)))  # two cross-attention layers: keys / values
 
 
-def declared_io(graph: str, shapes: EngineShapes = SHAPES, float_dtype: torch.dtype = torch.float16) -> list[EngineIO]:
+def declared_io(graph: str, shapes: EngineShapes = SHAPES, float_dtype: torch.dtype = torch.float16,
+                dims: ModelDims = DIMS) -> list[EngineIO]:
     """The io a correctly built plan for `graph` declares (floats in fp16, as an fp16 plan would)."""
-    spec = {s.name: s for s in graph_specs(shapes, DIMS)}[graph]
+    spec = {s.name: s for s in graph_specs(shapes, dims)}[graph]
     io = [EngineIO(t.name, True, t.shape, float_dtype if t.dtype.is_floating_point else t.dtype) for t in spec.inputs]
     return io + [EngineIO(t.name, False, t.shape, float_dtype) for t in spec.outputs]
 
@@ -31,6 +34,46 @@ def test_unet_plan_has_static_batch_and_latent_shapes() -> None:
     assert shapes == {"latents": (2, 4, 24, 32), "timesteps": (2,), "embeddings": (2, 77, 128), "noise": (2, 4, 24, 32)}
     assert [b.name for b in plan.inputs] == ["latents", "timesteps", "embeddings"]
     assert [b.name for b in plan.outputs] == ["noise"]
+
+
+def test_with_cross_attention_layers_cross_kv_plans_their_keys_and_values_and_the_unet_binds_them() -> None:
+    cross_kv = plan_buffers(SHAPES, KV_DIMS, "cross_kv", declared_io("cross_kv", dims=KV_DIMS))
+    unet = plan_buffers(SHAPES, KV_DIMS, "unet", declared_io("unet", dims=KV_DIMS))
+    keys_values = {"cross_key_0": (2, 8, 77, 8), "cross_value_0": (2, 8, 77, 8),
+                   "cross_key_1": (2, 8, 77, 16), "cross_value_1": (2, 8, 77, 16)}
+    assert {b.name: b.shape for b in cross_kv.inputs} == {"embeddings": (2, 77, 128)}
+    assert {b.name: b.shape for b in cross_kv.outputs} == keys_values
+    assert [b.name for b in unet.inputs] == ["latents", "timesteps", *keys_values]
+    assert {b.name: b.shape for b in unet.inputs[2:]} == keys_values
+    with pytest.raises(EngineBuildError, match="unexpected tensors \\['embeddings'\\]"):  # a plan of the old layout
+        plan_buffers(SHAPES, KV_DIMS, "unet", declared_io("unet"))
+
+
+class RecordedPlan:
+    """Stands in for a `TensorRTGraph`: records its calls, returns zeros of its outputs' shapes."""
+
+    def __init__(self, outputs: list[tuple[int, ...]]) -> None:
+        self.outputs, self.calls = outputs, []
+
+    def run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.calls.append(inputs)
+        return tuple(torch.full(shape, float(len(self.calls))) for shape in self.outputs)
+
+
+def test_tensorrt_unet_calls_take_the_keys_and_values_cross_kv_computed_once_per_prompt() -> None:
+    specs = graph_specs(SHAPES, KV_DIMS)
+    engine = TensorRTEngine.__new__(TensorRTEngine)  # no GPU here: the plans are stand-ins
+    GraphRunner.__init__(engine, type("Graphs", (), {"specs": specs})())
+    by_name = {spec.name: spec for spec in specs}
+    engine.runners = {name: RecordedPlan([t.shape for t in by_name[name].outputs]) for name in ("cross_kv", "unet")}
+    latents, timesteps = torch.zeros(2, 4, 24, 32), torch.tensor([259, 39])
+    first, second = torch.zeros(2, 77, 128), torch.ones(2, 77, 128)
+    for embeddings in (first, first.clone(), second, second):
+        engine.predict_noise(latents, timesteps, embeddings)
+    projections, unet_calls = engine.runners["cross_kv"].calls, engine.runners["unet"].calls
+    assert len(projections) == 2 and len(unet_calls) == 4  # one projection per prompt
+    assert all(len(call) == 2 + 4 and call[0] is latents for call in unet_calls)
+    assert [float(call[2].max()) for call in unet_calls] == [1.0, 1.0, 2.0, 2.0]  # each prompt's own keys
 
 
 def test_plan_sizes_follow_declared_dtypes() -> None:
