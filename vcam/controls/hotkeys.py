@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # presets validate their hotkeys with `parse_hotkey` below, s
     from vcam.presets import Preset
 
 READY_TIMEOUT_S = 20.0  # generous: an X server and Python both starved by a busy machine can take seconds
+STOP_TIMEOUT_S = 5.0  # a stop waits this long for the listener thread: shutdown must not wait as long as start-up
 FALLBACK_ADVICE = "use the tray, OBS WebSocket or OSC instead"
 
 
@@ -120,7 +121,8 @@ def hotkey_backend_problem() -> str | None:
     asking.start()
     asking.join(READY_TIMEOUT_S)
     if not answer:
-        return f"hotkeys unavailable: X display {display} did not answer within {READY_TIMEOUT_S:g} s; {FALLBACK_ADVICE}"
+        return (f"hotkeys unavailable: X display {display} did not answer within {READY_TIMEOUT_S:g} s; "
+                f"{FALLBACK_ADVICE}")
     return answer[0]
 
 
@@ -223,9 +225,9 @@ class HotkeyControl:
 
 
 def _stop_listener(listener: threading.Thread) -> None:
-    """Stop pynput's listener and wait up to READY_TIMEOUT_S for its thread to end."""
+    """Stop pynput's listener and wait up to STOP_TIMEOUT_S for its thread to end."""
     listener.stop()
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + STOP_TIMEOUT_S
     while listener.is_alive() and time.monotonic() < deadline:
         # Repeated: a stop right after start() can disable the recording before the listener thread has
         # enabled it (pynput marks itself ready first), and that thread would then wait for the next key.
