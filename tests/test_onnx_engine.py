@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
@@ -262,7 +261,7 @@ def test_frame_buffer_of_two_builds_every_graph_at_its_static_batch(tiny_model_d
 
 @pytest.fixture(scope="module")
 def engine_256(tiny_model_dir, tmp_path_factory: pytest.TempPathFactory):
-    """The issue's speed configuration: 256x256, 2 steps, RCFG self, F=1 (UNet batch 2), TAESD."""
+    """256x256, 2 steps, RCFG self, F=1 (UNet batch 2), TAESD. (Its speed against torch is a benchmark: README.)"""
     spec = ModelSpec(model=str(tiny_model_dir.model_dir), vae=str(tiny_model_dir.taesd_dir))
     shapes = EngineShapes(width=256, height=256, frame_batch=1, unet_batch=2)
     options = OnnxRuntimeOptions(cache_root=tmp_path_factory.mktemp("cache-256"))
@@ -313,40 +312,6 @@ def test_checksum_valid_entry_that_onnxruntime_refuses_is_rebuilt_and_said(tiny_
     said = [r.getMessage() for r in unique_records(caplog) if "ONNX Runtime cannot load the cached" in r.getMessage()]
     assert len(said) == 1 and said[0].endswith("; rebuilding it"), "the rebuild is said, once"
     assert rebuilt.decode_latents(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 64, 64)
-
-
-@pytest.mark.timeout(600)
-def test_onnxruntime_frame_is_faster_than_torch_eager_on_the_tiny_model(engine_256) -> None:
-    """One frame = TAESD encode + UNet (batch 2) + TAESD decode; interleaved runs, best and median compared.
-
-    The issue's target is >= 1.5x (measured ~1.7x on a quiet machine, more under load, where torch's OpenMP
-    threads suffer most); asserted here is only "faster", since other runs share the cores.
-    """
-    from engines.factory import create_engine
-
-    spec, shapes, _, ort_engine = engine_256
-    torch_engine = create_engine("torch", spec, shapes, device="cpu", threads=2)
-    image = torch.rand(1, 3, 256, 256) * 2 - 1
-    timesteps, embeddings = torch.tensor([259, 39]), torch.randn(2, 77, 128)
-
-    def frame(engine) -> float:
-        started = time.perf_counter()
-        latents = engine.encode_images(image)  # (1, 4, 32, 32)
-        noise = engine.predict_noise(latents.repeat(2, 1, 1, 1), timesteps, embeddings)  # (2, 4, 32, 32)
-        engine.decode_latents(noise[:1])
-        return time.perf_counter() - started
-
-    for engine in (torch_engine, ort_engine):
-        frame(engine)  # warm-up: first calls allocate
-    torch_times, ort_times = [], []
-    for _ in range(6):
-        torch_times.append(frame(torch_engine))
-        ort_times.append(frame(ort_engine))
-    best_ratio = min(torch_times) / min(ort_times)
-    median_ratio = statistics.median(torch_times) / statistics.median(ort_times)
-    print(f"\ntorch {min(torch_times) * 1e3:.0f} ms/frame, onnxruntime {min(ort_times) * 1e3:.0f} ms/frame (best): "
-          f"{best_ratio:.2f}x; medians: {median_ratio:.2f}x")
-    assert best_ratio > 1.0
 
 
 def test_auto_does_not_pick_cpu_onnxruntime_over_a_gpu_torch_can_use() -> None:
