@@ -125,9 +125,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="tiny-random", help="a built-in model name or a diffusers folder")
     parser.add_argument("--vae", default=None, help="a TAESD both sides use instead of the model's VAE")
     parser.add_argument("--engine", default="torch", help="vcam's engine (the reference always runs torch)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                        help="vcam's UNet precision (int8: run one vcam bench with it first, so the INT8 UNet is "
-                             "calibrated and cached; the reference always runs fp32)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                        help="vcam's UNet precision, vcam's default auto (bf16 on OpenVINO where the CPU has it) "
+                             "unless given (int8: run one vcam bench with it first, so the INT8 UNet is calibrated "
+                             "and cached; the reference always runs fp32)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=256)

@@ -7,6 +7,7 @@ faster ones were not used (e.g. "tensorrt: TensorRT needs an NVIDIA GPU ...") wi
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -46,7 +47,9 @@ def onnxruntime_mismatch(torch_device_type: str, available_providers: list[str])
     return ""
 
 
-def build_onnxruntime(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+def build_onnxruntime(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None,
+                      unet_precision: str = "fp32") -> Engine:
+    """ONNX Runtime, or OpenVINO with its UNet in `unet_precision` when that measured faster (engines.runtime_race)."""
     import onnxruntime
 
     from engines.devices import resolve_device
@@ -55,7 +58,7 @@ def build_onnxruntime(spec: ModelSpec, shapes: EngineShapes, device: str, thread
     mismatch = onnxruntime_mismatch(resolve_device(device).type, onnxruntime.get_available_providers())
     if mismatch:
         raise EngineUnavailableError(mismatch)
-    return fastest_cpu_runtime(spec, shapes, device, threads).engine
+    return fastest_cpu_runtime(spec, shapes, device, threads, unet_precision=unet_precision).engine
 
 
 def build_torch(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
@@ -101,9 +104,13 @@ def _detail(engine: Engine) -> str:
     return f" on {engine.device}"
 
 
-def build_auto_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
+def build_auto_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None,
+                      unet_precision: str = "fp32") -> Engine:
     """Factory entry (`--engine auto`): logs the one-line choice (INFO on `vcam.engines`, shown on stderr by the CLI)
-    so the user knows what runs; engines never print, so `vcam bench --json` stays parseable."""
-    choice = choose_engine(spec, shapes, device, threads)
+    so the user knows what runs; engines never print, so `vcam bench --json` stays parseable. `unet_precision` is
+    OpenVINO's in the CPU race ("fp32", "bf16" or "auto": engines.openvino_engine.resolve_unet_precision)."""
+    candidates = tuple((name, functools.partial(build_onnxruntime, unet_precision=unet_precision))
+                       if name == "onnxruntime" else (name, build) for name, build in DEFAULT_CANDIDATES)
+    choice = choose_engine(spec, shapes, device, threads, candidates)
     log.info("%s", choice.reason)
     return choice.engine

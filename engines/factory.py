@@ -22,8 +22,8 @@ EngineBuilder = Callable[[ModelSpec, EngineShapes, str, "int | None"], Engine]
 def lazy_builder(module: str, function: str) -> EngineBuilder:
     """A builder that imports `module.function` only when that engine is asked for."""
 
-    def build(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> Engine:
-        return getattr(importlib.import_module(module), function)(spec, shapes, device, threads)
+    def build(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None, **options: str) -> Engine:
+        return getattr(importlib.import_module(module), function)(spec, shapes, device, threads, **options)
 
     build.__name__ = f"{module}.{function}"
     return build
@@ -40,6 +40,8 @@ def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threa
 
 
 INT8_ENGINES = ("onnxruntime", "openvino", "auto")  # the engines over the ONNX graphs, which engines.quantize serves
+BF16_ENGINES = ("openvino", "auto")  # OpenVINO's CPU plugin runs the UNet in bf16 (engines.openvino_engine)
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 ENGINE_BUILDERS: dict[str, EngineBuilder] = {
     "torch": build_torch_engine,
@@ -59,22 +61,33 @@ def create_engine(
 
     `devices` naming several devices builds the multi-device engine instead (torch stages; see
     engines.distributed_engine), which replaces `device`. `precision="int8"` runs the UNet in INT8 on the engines
-    over the ONNX graphs (engines.quantize); asked of another engine it is an error naming the ones that can.
+    over the ONNX graphs (engines.quantize); "bf16" runs it in bf16 on OpenVINO where the CPU computes bf16
+    natively; "auto" is bf16 where that holds and fp32 elsewhere, silently. An explicit int8 / bf16 asked of an
+    engine that cannot is an error naming the ones that can; one that has no effect where it ran is said once.
     """
-    if precision != "fp32" and kind not in INT8_ENGINES:
+    able = {"int8": INT8_ENGINES, "bf16": BF16_ENGINES}.get(precision)
+    if able is not None and kind not in able:
         raise EngineUnavailableError(
-            f"--precision {precision} runs on --engine {', '.join(INT8_ENGINES)}, not {kind}; use one of them or "
+            f"--precision {precision} runs on --engine {', '.join(able)}, not {kind}; use one of them or "
             "--precision fp32")
     if devices is not None and devices.several:
         if kind not in ("auto", "torch"):
             raise EngineUnavailableError(f"--devices runs the UNet as torch stages; use --engine torch, not {kind!r}")
+        if precision == "bf16":
+            logging.getLogger("vcam.engines").warning("precision bf16 has no effect on torch stages; they run fp32")
         from engines.distributed_engine import build_distributed_engine
 
         return build_distributed_engine(spec, shapes, devices, threads)
     builder = ENGINE_BUILDERS.get(kind)
     if builder is None:
         raise EngineUnavailableError(f"unknown engine {kind!r}; choose one of: {', '.join(sorted(ENGINE_BUILDERS))}")
-    engine = builder(spec, shapes, device, threads)
+    if precision in ("bf16", "auto") and kind in BF16_ENGINES:
+        engine = builder(spec, shapes, device, threads, unet_precision=precision)
+        if precision == "bf16" and getattr(engine, "unet_precision", None) is None:  # auto chose neither OpenVINO
+            logging.getLogger("vcam.engines").warning(
+                f"precision bf16 has no effect on the {engine.name} engine auto chose; it runs fp32")
+    else:
+        engine = builder(spec, shapes, device, threads)
     if precision == "int8":
         _use_int8(engine)
     return engine

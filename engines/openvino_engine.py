@@ -5,16 +5,20 @@ entry, same export check against torch eager), so it adds no export of its own; 
 kernel cache (`CACHE_DIR`), which makes a warm start skip the compilation. On this machine (2 cores, AMX) the tiny
 UNet runs within a few percent of ONNX Runtime's speed; the issue's 512x512 figure was 4.5 s against ORT's 4.9 s.
 
-Precision: on the CPU OpenVINO would run fp32 graphs in bf16 where the CPU has AMX / AVX512-BF16; the engine asks
-for f32 there so it gives torch's numbers (the conformance suite's 1e-3). GPUs and NPUs keep their default (f16),
-which is what they are fast in.
+Precision: on the CPU OpenVINO would run fp32 graphs in bf16 where the CPU has AMX / AVX512-BF16. The engine asks
+for f32 by default so it gives torch's numbers (the conformance suite's 1e-3); `unet_precision="bf16"` lets the
+UNet alone run in bf16 where the CPU computes it natively (AMX-BF16 ran a real-size UNet call ~4x faster than f32
+here), and "auto" does so too, as OpenVINO's own default would. The text encoder, the K/V projection and the
+autoencoder stay f32: they are a small share of a frame, and the picture's colours pass through the autoencoder.
+GPUs and NPUs keep their default (f16), which is what they are fast in.
 """
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ from engines.loading import ModelSpec
 from engines.onnx_engine import CPU_EXPORT, PORTABLE_EXPORT, OnnxGraphSet, default_threads, open_graph_engine
 from engines.onnx_export import GraphSpec
 
+log = logging.getLogger("vcam.engines")
 KERNEL_CACHE_DIR = "openvino-kernels"  # under the engine cache root: OpenVINO's compiled-model blobs
 # `--device` values OpenVINO adds to auto / cpu; anything OpenVINO lists (GPU.1, NPU) is accepted as well.
 ACCELERATOR_PREFERENCE = ("GPU", "NPU")
@@ -68,12 +73,46 @@ def choose_openvino_device(requested: str, available: Sequence[str]) -> str:
         "or --engine torch for cuda / mps")
 
 
-def compile_options(device: str, threads: int) -> dict[str, Any]:
-    """Latency-first settings; on the CPU: `threads` threads and f32 math (see the module docstring)."""
+UnetPrecision = Literal["fp32", "bf16", "auto"]
+
+
+def cpu_computes_bf16(core: Any) -> bool:
+    """Whether OpenVINO's CPU plugin has native bf16 here (AMX-BF16 or AVX512-BF16): its "BF16" capability."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_unet_precision(requested: UnetPrecision, device: str, native_bf16: bool) -> tuple[str, str]:
+    """The UNet's precision on `device` ("fp32" or "bf16") and, when `requested` cannot be had, one line saying so.
+
+    "auto" is bf16 on a CPU that computes it natively and fp32 elsewhere, silently; "bf16" asked of a CPU without
+    it, or of a GPU / NPU (which run their own f16), runs as they do and says it once.
+    """
+    if device != "CPU":
+        note = f"precision bf16 has no effect on OpenVINO's {device}; it runs its default (f16)"
+        return "fp32", note if requested == "bf16" else ""
+    if native_bf16 and requested in ("bf16", "auto"):
+        return "bf16", ""
+    if requested == "bf16":
+        return "fp32", ("precision bf16 has no effect: this CPU has no native bf16 (AMX or AVX512-BF16); the UNet "
+                        "runs fp32")
+    return "fp32", ""
+
+
+def compile_options(device: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
+    """Latency-first settings; on the CPU: `threads` threads and f32 math, or bf16 for `precision="bf16"` (see the
+    module docstring)."""
     options: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if device == "CPU":
-        options.update({"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+        options.update({"INFERENCE_NUM_THREADS": threads,
+                        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"})
     return options
+
+
+def kernel_cache_dir(kernel_cache: Path, precision: str) -> Path:
+    """Where OpenVINO keeps the compiled blobs of one precision: fp32's in `kernel_cache` itself, as before, bf16's
+    in a folder of its own. Why apart: OpenVINO 2026.4's blob key leaves out INFERENCE_PRECISION_HINT, so a bf16
+    compile found the f32 blob of the same graph, imported it, and every output was NaN (tests/test_bf16.py)."""
+    return kernel_cache if precision == "fp32" else kernel_cache / precision
 
 
 class OpenVinoRequests(GraphRunner):
@@ -82,16 +121,18 @@ class OpenVinoRequests(GraphRunner):
     engine_name = "openvino"
 
     def __init__(self, graphs: OnnxGraphSet, device: str, threads: int, kernel_cache: Path | None,
-                 unet_path: str | None = None) -> None:
+                 unet_path: str | None = None, unet_precision: str = "fp32") -> None:
         super().__init__(graphs, unet_path)
         core = openvino_core()
-        options = compile_options(device, threads)
-        if kernel_cache is not None:
-            options["CACHE_DIR"] = str(kernel_cache)  # per model: the Core is shared by the whole process
-        self.requests = {
-            name: core.compile_model(self.graph_path(name), device, options).create_infer_request()
-            for name in self.specs
-        }
+        # An INT8 UNet (`unet_path`, engines.quantize) keeps f32 for what it did not quantize, as it was measured.
+        self.unet_precision = "fp32" if unet_path else unet_precision
+        self.requests = {}
+        for name in self.specs:
+            precision = self.unet_precision if name == "unet" else "fp32"
+            options = compile_options(device, threads, precision)
+            if kernel_cache is not None:  # per model and precision: the Core is shared by the whole process
+                options["CACHE_DIR"] = str(kernel_cache_dir(kernel_cache, precision))
+            self.requests[name] = core.compile_model(self.graph_path(name), device, options).create_infer_request()
 
     def _run_graph(self, spec: GraphSpec, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         feeds = {
@@ -109,13 +150,16 @@ class OpenVinoEngine(GraphEngine):
 
     name = "openvino"
 
-    def __init__(self, graphs: OnnxGraphSet, device: str, threads: int, kernel_cache: Path | None = None) -> None:
+    def __init__(self, graphs: OnnxGraphSet, device: str, threads: int, kernel_cache: Path | None = None,
+                 unet_precision: str = "fp32") -> None:
         self.openvino_device = device
         self.kernel_cache = kernel_cache
+        self.unet_precision = unet_precision  # "fp32" or "bf16" (resolved: see resolve_unet_precision)
         super().__init__(graphs, threads)
 
     def make_runner(self, graphs: OnnxGraphSet, unet_path: str | None = None) -> OpenVinoRequests:
-        return OpenVinoRequests(graphs, self.openvino_device, self.threads, self.kernel_cache, unet_path)
+        return OpenVinoRequests(graphs, self.openvino_device, self.threads, self.kernel_cache, unet_path,
+                                self.unet_precision)
 
 
 @dataclass(frozen=True)
@@ -125,6 +169,7 @@ class OpenVinoOptions:
     threads: int | None = None
     cache_root: Path | None = None
     check_in_background: bool = True  # as in engines.onnx_engine.OnnxRuntimeOptions
+    unet_precision: UnetPrecision = "fp32"  # see resolve_unet_precision
 
 
 def create_openvino_engine(
@@ -133,19 +178,26 @@ def create_openvino_engine(
 ) -> OpenVinoEngine:
     """The OpenVINO engine over the cached ONNX graphs (exported and checked on a miss, as for ONNX Runtime).
 
-    Raises EngineUnavailableError when OpenVINO is missing or has no such device.
+    Raises EngineUnavailableError when OpenVINO is missing or has no such device. A bf16 that cannot be had is
+    said once (WARNING on `vcam.engines`) and the UNet runs fp32.
     """
-    ov_device = choose_openvino_device(device, openvino_core().available_devices)
+    core = openvino_core()
+    ov_device = choose_openvino_device(device, core.available_devices)
+    unet_precision, note = resolve_unet_precision(options.unet_precision, ov_device,
+                                                  ov_device == "CPU" and cpu_computes_bf16(core))
+    if note:
+        log.warning(note)
     threads = default_threads(threads if threads is not None else options.threads)
     cache = EngineCache(options.cache_root)
     plan = [CPU_EXPORT, PORTABLE_EXPORT]  # OpenVINO reads the opset-23 graphs (Attention nodes) as well
     engine = open_graph_engine(
-        lambda graphs: OpenVinoEngine(graphs, ov_device, threads, cache.root / KERNEL_CACHE_DIR), spec, shapes,
-        cache, plan, threads, options.check_in_background, runtime="OpenVINO")
+        lambda graphs: OpenVinoEngine(graphs, ov_device, threads, cache.root / KERNEL_CACHE_DIR, unet_precision),
+        spec, shapes, cache, plan, threads, options.check_in_background, runtime="OpenVINO")
     assert isinstance(engine, OpenVinoEngine)
     return engine
 
 
-def build_openvino_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None) -> OpenVinoEngine:
+def build_openvino_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None,
+                          unet_precision: UnetPrecision = "fp32") -> OpenVinoEngine:
     """Factory entry (`--engine openvino`)."""
-    return create_openvino_engine(spec, shapes, device, threads)
+    return create_openvino_engine(spec, shapes, device, threads, OpenVinoOptions(unet_precision=unet_precision))

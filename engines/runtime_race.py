@@ -4,8 +4,9 @@ Both run the same cached graphs (engines.onnx_engine, engines.openvino_engine) a
 the CPU (AMX / VNNI, cache sizes), the model size and the thread count: on this 2-core AMX machine the tiny UNet
 runs within noise on both while the issue measured OpenVINO ~10% faster at 512x512. So `--engine auto` builds both,
 times their UNet call alternately (the call that dominates a frame), keeps the faster, and stores the timings in an
-engine-cache entry keyed by the graphs, both runtimes' versions, the device and the thread count: the next start
-reads the answer instead of measuring again.
+engine-cache entry keyed by the graphs, both runtimes' versions, the device, the thread count and OpenVINO's UNet
+precision: the next start reads the answer instead of measuring again. With a bf16 UNet (`unet_precision`, where
+the CPU computes bf16 natively; engines.openvino_engine) OpenVINO races in bf16 against ONNX Runtime's fp32.
 """
 from __future__ import annotations
 
@@ -34,15 +35,18 @@ class RaceResult:
     engine: GraphEngine
     seconds: dict[str, float]  # runtime name -> median seconds per UNet call
     measured: bool  # False: the answer was read from the engine cache
+    openvino_precision: str = "fp32"  # the UNet precision OpenVINO raced in ("fp32" or "bf16")
 
     @property
     def summary(self) -> str:
         """One line: `openvino 1.12x onnxruntime's UNet speed (measured at build time)` or `(cached measurement)`."""
+        label = {"openvino": f"openvino ({self.openvino_precision} UNet)" if self.openvino_precision != "fp32"
+                 else "openvino"}
         winner = self.engine.name
         (loser,) = [name for name in self.seconds if name != winner]
         ratio = self.seconds[loser] / self.seconds[winner]
         when = "measured at build time" if self.measured else "cached measurement"
-        return f"{winner} {ratio:.2f}x {loser}'s UNet speed ({when})"
+        return f"{label.get(winner, winner)} {ratio:.2f}x {label.get(loser, loser)}'s UNet speed ({when})"
 
 
 def time_unet_calls(engines: dict[str, GraphEngine], unet_inputs: tuple, rounds: int = ROUNDS) -> dict[str, float]:
@@ -58,21 +62,26 @@ def time_unet_calls(engines: dict[str, GraphEngine], unet_inputs: tuple, rounds:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def race_key(onnx_engine: OnnxRuntimeEngine, openvino_device: str):
-    """The cache key of the measurement: the graphs' key plus both runtimes, the OpenVINO device and the threads."""
+def race_key(onnx_engine: OnnxRuntimeEngine, openvino_device: str, openvino_precision: str = "fp32"):
+    """The cache key of the measurement: the graphs' key plus both runtimes, the OpenVINO device, the threads and
+    OpenVINO's UNet precision (a bf16 race is a different race; the fp32 one keeps its old key)."""
     from importlib.metadata import version
 
     key = onnx_engine.graphs.cache_key
+    precision = "" if openvino_precision == "fp32" else f"+{openvino_precision}"
     return dataclasses.replace(
         key, backend="runtime-race",
-        backend_version=f"{key.backend_version}+ov{version('openvino')}+{openvino_device}+threads{onnx_engine.threads}",
+        backend_version=(f"{key.backend_version}+ov{version('openvino')}+{openvino_device}"
+                         f"+threads{onnx_engine.threads}{precision}"),
     )
 
 
 def fastest_cpu_runtime(
     spec: ModelSpec, shapes: EngineShapes, device: str, threads: int | None, cache_root: Path | None = None,
+    unet_precision: str = "fp32",
 ) -> RaceResult:
     """ONNX Runtime, or OpenVINO when it measured faster here. ORT on a GPU provider, or no OpenVINO: ORT unraced.
+    `unet_precision` is OpenVINO's (engines.openvino_engine.resolve_unet_precision); ONNX Runtime runs fp32.
 
     Raises what building the ONNX Runtime engine raises (EngineUnavailableError, EngineBuildError).
     """
@@ -83,7 +92,8 @@ def fastest_cpu_runtime(
         return RaceResult(onnx_engine, {}, measured=False)
     try:
         openvino_engine = create_openvino_engine(spec, shapes, device, onnx_engine.threads,
-                                                 OpenVinoOptions(cache_root=cache_root))
+                                                 OpenVinoOptions(cache_root=cache_root,
+                                                                 unet_precision=unet_precision))
     except EngineUnavailableError:
         return RaceResult(onnx_engine, {}, measured=False)
     except Exception as error:  # noqa: BLE001 - OpenVINO failing must not cost auto its ONNX Runtime engine
@@ -98,9 +108,10 @@ def fastest_cpu_runtime(
         (directory / CHOICE_FILE).write_text(json.dumps(seconds, sort_keys=True))
         return {"seconds": seconds}
 
-    entry = cache.get_or_build(race_key(onnx_engine, openvino_engine.openvino_device), measure)
+    ov_precision = openvino_engine.unet_precision
+    entry = cache.get_or_build(race_key(onnx_engine, openvino_engine.openvino_device, ov_precision), measure)
     seconds = {name: float(value) for name, value in entry.build_report["seconds"].items()}
     winner = min(seconds, key=seconds.__getitem__)
-    result = RaceResult(engines[winner], seconds, measured=entry.built)
+    result = RaceResult(engines[winner], seconds, measured=entry.built, openvino_precision=ov_precision)
     engines[winner].selection_note = result.summary
     return result

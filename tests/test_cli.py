@@ -53,11 +53,12 @@ def test_bench_json_reports_every_field(home: Path) -> None:
                       env_home=home)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("model", "engine", "width", "height", "steps", "guidance", "frame_buffer_size", "frames", "seconds",
-                "fps", "model_only_fps", "efficiency", "unet_calls", "skipped", "latency_ms_p50", "latency_ms_p95", "peak_rss_mb",
-                "build_seconds"):
+    for key in ("model", "engine", "precision", "width", "height", "steps", "guidance", "frame_buffer_size",
+                "frames", "seconds", "fps", "model_only_fps", "efficiency", "unet_calls", "skipped", "latency_ms_p50",
+                "latency_ms_p95", "peak_rss_mb", "build_seconds"):
         assert key in report, key
     assert report["frames"] == 12
+    assert report["engine"] == "torch" and report["precision"] == "fp32"  # the tiny preset: torch, the default auto
     assert report["width"] == 128 and report["steps"] == 2
     assert report["efficiency"] == pytest.approx(report["fps"] / report["model_only_fps"], rel=1e-2)
     assert report["unet_calls"] + report["skipped"] >= 12

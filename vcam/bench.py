@@ -121,6 +121,18 @@ def measure_model_only_fps(engine: LastInputsEngine, frames_per_call: int, frame
     return outcome[0]
 
 
+def unet_precision(engine: Engine, requested: str) -> str:
+    """The UNet's precision as it ran: int8 when asked (engines.quantize; its first calls calibrate in fp32),
+    OpenVINO's resolved fp32 / bf16, else the engine's dtype (torch: fp32 on the CPU, fp16 on CUDA)."""
+    if requested == "int8":
+        return "int8"
+    resolved = getattr(engine, "unet_precision", None)
+    if resolved:
+        return resolved
+    dtype = getattr(engine, "dtype", torch.float32)
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
 def _sync(engine: Engine) -> None:
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
@@ -217,6 +229,7 @@ def run_bench(settings: RunSettings, progress: bool = True, model_only: bool = T
             "model": settings.model.model,
             "engine": engine.name,
             "device": str(engine.device),
+            "precision": unet_precision(engine, settings.precision),
             "width": cfg.width,
             "height": cfg.height,
             "steps": cfg.steps,

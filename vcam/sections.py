@@ -43,9 +43,10 @@ class ModelSection:
                           metavar="DEVICE")
     threads: int | None = setting(None, "CPU threads for the model; all cores when not set", low=1,
                                   high=1024)
-    precision: Literal["fp32", "int8"] = setting(
-        "fp32", "the UNet's precision; int8 (onnxruntime / openvino / auto) is calibrated on the stream's first "
-        "frames, built in the background and cached")
+    precision: Literal["auto", "fp32", "bf16", "int8"] = setting(
+        "auto", "the UNet's precision; auto: bf16 where OpenVINO runs it on a CPU with native bf16 (AMX / "
+        "AVX512-BF16), fp32 elsewhere; bf16 (openvino / auto) asks for that; int8 (onnxruntime / openvino / auto) "
+        "is calibrated on the stream's first frames, built in the background and cached")
 
 
 @dataclass(frozen=True)

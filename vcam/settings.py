@@ -36,7 +36,7 @@ class RunSettings:
     engine: str  # these four are ModelSection's (defaults there): how the model runs
     device: str
     threads: int | None
-    precision: str  # the UNet's: "fp32" or "int8" (engines.quantize)
+    precision: str  # the UNet's: "auto", "fp32", "bf16" (engines.openvino_engine) or "int8" (engines.quantize)
     devices: DeviceSettings = DeviceSettings()
     obs: ObsSection = ObsSection()  # the OBS control: the preset's [obs] with `vcam run --obs / --no-obs`
     osc: OscSection = OscSection()  # the OSC control: the preset's [osc] with `vcam run --osc / --no-osc`
