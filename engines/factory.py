@@ -65,6 +65,8 @@ def create_engine(
     natively; "auto" is bf16 where that holds and fp32 elsewhere, silently. An explicit int8 / bf16 asked of an
     engine that cannot is an error naming the ones that can; one that has no effect where it ran is said once.
     """
+    if precision not in PRECISIONS:
+        raise EngineUnavailableError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     able = {"int8": INT8_ENGINES, "bf16": BF16_ENGINES}.get(precision)
     if able is not None and kind not in able:
         raise EngineUnavailableError(
@@ -83,7 +85,7 @@ def create_engine(
         raise EngineUnavailableError(f"unknown engine {kind!r}; choose one of: {', '.join(sorted(ENGINE_BUILDERS))}")
     if precision in ("bf16", "auto") and kind in BF16_ENGINES:
         engine = builder(spec, shapes, device, threads, unet_precision=precision)
-        if precision == "bf16" and getattr(engine, "unet_precision", None) is None:  # auto chose neither OpenVINO
+        if precision == "bf16" and getattr(engine, "unet_precision", None) is None:  # auto ended on ORT or torch
             logging.getLogger("vcam.engines").warning(
                 f"precision bf16 has no effect on the {engine.name} engine auto chose; it runs fp32")
     else:
