@@ -39,14 +39,15 @@ class RaceResult:
 
     @property
     def summary(self) -> str:
-        """One line: `openvino 1.12x onnxruntime's UNet speed (measured at build time)` or `(cached measurement)`."""
+        """One line: `openvino 1.12x the UNet speed of onnxruntime (measured at build time)` or `(cached
+        measurement)`; a bf16 OpenVINO is `openvino (bf16 UNet)`."""
         label = {"openvino": f"openvino ({self.openvino_precision} UNet)" if self.openvino_precision != "fp32"
                  else "openvino"}
         winner = self.engine.name
         (loser,) = [name for name in self.seconds if name != winner]
         ratio = self.seconds[loser] / self.seconds[winner]
         when = "measured at build time" if self.measured else "cached measurement"
-        return f"{label.get(winner, winner)} {ratio:.2f}x {label.get(loser, loser)}'s UNet speed ({when})"
+        return f"{label.get(winner, winner)} {ratio:.2f}x the UNet speed of {label.get(loser, loser)} ({when})"
 
 
 def time_unet_calls(engines: dict[str, GraphEngine], unet_inputs: tuple, rounds: int = ROUNDS) -> dict[str, float]:

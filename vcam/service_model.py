@@ -47,7 +47,8 @@ class ServiceModel:
         if self.pipeline is not None:
             self.pipeline.set_processor(self.processor)
         self.ready_event.set()
-        self.notice(f"model ready in {time.perf_counter() - start:.1f} s ({engine.name} on {engine.device})")
+        bf16 = ", bf16 UNet" if getattr(engine, "unet_precision", "fp32") == "bf16" else ""  # --precision auto/bf16
+        self.notice(f"model ready in {time.perf_counter() - start:.1f} s ({engine.name} on {engine.device}{bf16})")
 
     def _load_model_in_background(self) -> None:
         """Live sinks: the camera keeps flowing (pass-through) while this runs; a failure ends the run in one line."""
