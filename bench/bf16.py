@@ -20,12 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.tiny_figures import make_stream, psnr, ssim, to_image, to_tensor  # noqa: E402
+from bench.tiny_figures import sample_agreement  # noqa: E402
 from engines.base import EngineShapes  # noqa: E402
 from engines.loading import ModelSpec  # noqa: E402
 
@@ -63,23 +61,12 @@ def speed(model: str, vae: str, size: int, rounds: int, threads: int, cache_root
 
 def quality(frames: int, threads: int, cache_root: Path | None, size: int = 256) -> dict:
     from engines.tiny.styles import STYLES
-    from vcam.sample_source import SampleSource
 
     pair = engines(ModelSpec(model="tiny"), EngineShapes(width=size, height=size, frame_batch=1, unet_batch=2),
                    threads, cache_root)
     results = {"bf16_in_use": pair["bf16"].unet_precision}
-    for prompt in STYLES:
-        streams = {name: make_stream(engine, prompt, size=size) for name, engine in pair.items()}
-        source = SampleSource(width=size, height=size)
-        scores = []
-        for index in range(frames):
-            frame = to_tensor(source.frame(index).astype(np.float32) / 255)
-            outputs = {name: to_image(stream.process(frame)) for name, stream in streams.items()}
-            if index >= 2:  # the stream's buffer has filled
-                scores.append((psnr(outputs["bf16"], outputs["fp32"]), ssim(outputs["bf16"], outputs["fp32"])))
-        results[prompt] = {"psnr_median": round(statistics.median(s[0] for s in scores), 2),
-                           "psnr_min": round(min(s[0] for s in scores), 2),
-                           "ssim_median": round(statistics.median(s[1] for s in scores), 4)}
+    for prompt in STYLES:  # scored once the stream's buffer has filled
+        results[prompt] = sample_agreement(pair["fp32"], pair["bf16"], prompt, frames, 2, size)
         print(prompt, results[prompt], file=sys.stderr, flush=True)
     return results
 

@@ -24,13 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.tiny_figures import make_stream, psnr, ssim, to_image, to_tensor  # noqa: E402
+from bench.tiny_figures import sample_agreement  # noqa: E402
 from engines.base import EngineShapes  # noqa: E402
 from engines.loading import ModelSpec  # noqa: E402
 
@@ -41,7 +40,6 @@ TIMESTEPS = (899, 299)  # a 2-step stream's UNet batch
 def quality(frames: int, size: int = 256, threads: int = 2) -> dict:
     from engines.onnx_engine import OnnxRuntimeOptions, create_onnxruntime_engine
     from engines.quantize import CALIBRATION_CALLS, use_int8_unet
-    from vcam.sample_source import SampleSource
 
     shapes = EngineShapes(width=size, height=size, frame_batch=1, unet_batch=2)
     with tempfile.TemporaryDirectory() as cache_root:
@@ -50,18 +48,8 @@ def quality(frames: int, size: int = 256, threads: int = 2) -> dict:
         fp32 = create_onnxruntime_engine(spec, shapes, "cpu", threads, options)
         int8 = create_onnxruntime_engine(spec, shapes, "cpu", threads, options)
         use_int8_unet(int8, in_background=False)
-        prompt = "a watercolor painting"
-        streams = {name: make_stream(engine, prompt, size=size) for name, engine in (("fp32", fp32), ("int8", int8))}
-        source = SampleSource(width=size, height=size)
-        scores = []
-        for index in range(frames):
-            frame = to_tensor(source.frame(index).astype(np.float32) / 255)
-            outputs = {name: to_image(stream.process(frame)) for name, stream in streams.items()}
-            if index >= CALIBRATION_CALLS // 2 + 2:  # after calibration (2 UNet calls a frame) and the buffer refill
-                scores.append((psnr(outputs["int8"], outputs["fp32"]), ssim(outputs["int8"], outputs["fp32"])))
-    return {"frames_compared": len(scores), "psnr_median": statistics.median(s[0] for s in scores),
-            "psnr_min": min(s[0] for s in scores), "ssim_median": statistics.median(s[1] for s in scores),
-            "ssim_min": min(s[1] for s in scores)}
+        # scored after calibration (2 UNet calls a frame) and the buffer refill
+        return sample_agreement(fp32, int8, "a watercolor painting", frames, CALIBRATION_CALLS // 2 + 2, size)
 
 
 def load_unet(model: str) -> torch.nn.Module:

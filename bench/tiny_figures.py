@@ -10,6 +10,7 @@ the style transform of the input (`engines.tiny.styles`) for 1, 2 and 4 img2img 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -85,6 +86,25 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     from skimage.metrics import structural_similarity
 
     return float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
+
+
+def sample_agreement(reference, other, prompt: str, frames: int, first_scored: int, size: int = SIZE) -> dict:
+    """How close `other`'s pictures stay to `reference`'s: both engines run the same stream (tiny preset settings,
+    2 steps, `prompt`) over the moving sample source; PSNR / SSIM of `other`'s output frames against the
+    reference's, from frame `first_scored` on (median and lowest)."""
+    from vcam.sample_source import SampleSource
+
+    streams = [make_stream(engine, prompt, size=size) for engine in (reference, other)]
+    source = SampleSource(width=size, height=size)
+    scores = []
+    for index in range(frames):
+        frame = to_tensor(source.frame(index).astype(np.float32) / 255)
+        expected, got = (to_image(stream.process(frame)) for stream in streams)
+        if index >= first_scored:
+            scores.append((psnr(got, expected), ssim(got, expected)))
+    return {"frames_compared": len(scores), "psnr_median": statistics.median(s[0] for s in scores),
+            "psnr_min": min(s[0] for s in scores), "ssim_median": statistics.median(s[1] for s in scores),
+            "ssim_min": min(s[1] for s in scores)}
 
 
 def autoencoder_psnr(engine, image: np.ndarray) -> float:

@@ -39,6 +39,8 @@ def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threa
     return TorchEngine(load_components(spec, placement.device, placement.dtype), shapes)
 
 
+log = logging.getLogger("vcam.engines")
+
 INT8_ENGINES = ("onnxruntime", "openvino", "auto")  # the engines over the ONNX graphs, which engines.quantize serves
 BF16_ENGINES = ("openvino", "auto")  # OpenVINO's CPU plugin runs the UNet in bf16 (engines.openvino_engine)
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -76,7 +78,7 @@ def create_engine(
         if kind not in ("auto", "torch"):
             raise EngineUnavailableError(f"--devices runs the UNet as torch stages; use --engine torch, not {kind!r}")
         if precision == "bf16":
-            logging.getLogger("vcam.engines").warning("precision bf16 has no effect on torch stages; they run fp32")
+            log.warning("precision bf16 has no effect on torch stages; they run fp32")
         from engines.distributed_engine import build_distributed_engine
 
         return build_distributed_engine(spec, shapes, devices, threads)
@@ -86,8 +88,7 @@ def create_engine(
     if precision in ("bf16", "auto") and kind in BF16_ENGINES:
         engine = builder(spec, shapes, device, threads, unet_precision=precision)
         if precision == "bf16" and getattr(engine, "unet_precision", None) is None:  # auto ended on ORT or torch
-            logging.getLogger("vcam.engines").warning(
-                f"precision bf16 has no effect on the {engine.name} engine auto chose; it runs fp32")
+            _say_no_effect(precision, engine)
     else:
         engine = builder(spec, shapes, device, threads)
     if precision == "int8":
@@ -95,13 +96,17 @@ def create_engine(
     return engine
 
 
+def _say_no_effect(precision: str, engine: Engine) -> None:
+    """The one line for a precision `auto` cannot give on the engine it chose."""
+    log.warning(f"precision {precision} has no effect on the {engine.name} engine auto chose; it runs fp32")
+
+
 def _use_int8(engine: Engine) -> None:
     """INT8 UNet on a graph engine; `auto` that fell back to torch says once that int8 has no effect there."""
     from engines.graph_engine import GraphEngine
 
-    log = logging.getLogger("vcam.engines")
     if not isinstance(engine, GraphEngine):
-        log.warning(f"precision int8 has no effect on the {engine.name} engine auto chose; it runs fp32")
+        _say_no_effect("int8", engine)
         return
     from engines.quantize import use_int8_unet
 

@@ -183,8 +183,9 @@ def create_openvino_engine(
     """
     core = openvino_core()
     ov_device = choose_openvino_device(device, core.available_devices)
-    unet_precision, note = resolve_unet_precision(options.unet_precision, ov_device,
-                                                  ov_device == "CPU" and cpu_computes_bf16(core))
+    unet_precision, note = resolve_unet_precision(
+        options.unet_precision, ov_device,
+        options.unet_precision != "fp32" and ov_device == "CPU" and cpu_computes_bf16(core))
     if note:
         log.warning(note)
     threads = default_threads(threads if threads is not None else options.threads)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from core.pipeline import FramePipeline, PipelineConfig
 from engines.base import Engine
 from vcam.processor import DiffusionProcessor
-from vcam.runtime import build_stream, create_engine_for, open_bench_io, warm_up
+from vcam.runtime import build_stream, create_engine_for, open_bench_io, unet_precision, warm_up
 from vcam.settings import RunSettings
 
 
@@ -119,18 +119,6 @@ def measure_model_only_fps(engine: LastInputsEngine, frames_per_call: int, frame
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
-
-
-def unet_precision(engine: Engine, requested: str) -> str:
-    """The UNet's precision as it ran: int8 when asked (engines.quantize; its first calls calibrate in fp32),
-    OpenVINO's resolved fp32 / bf16, else the engine's dtype (torch: fp32 on the CPU, fp16 on CUDA)."""
-    if requested == "int8":
-        return "int8"
-    resolved = getattr(engine, "unet_precision", None)
-    if resolved:
-        return resolved
-    dtype = getattr(engine, "dtype", torch.float32)
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
 
 
 def _sync(engine: Engine) -> None:

@@ -50,6 +50,18 @@ def create_engine_for(settings: RunSettings, owns_process: bool = False) -> Engi
     return engine
 
 
+def unet_precision(engine: Engine, requested: str) -> str:
+    """The UNet's precision as it ran: int8 when asked (engines.quantize; its first calls calibrate in fp32),
+    OpenVINO's resolved fp32 / bf16, else the engine's dtype (torch: fp32 on the CPU, fp16 on CUDA)."""
+    if requested == "int8":
+        return "int8"
+    resolved = getattr(engine, "unet_precision", None)
+    if resolved:
+        return resolved
+    dtype = getattr(engine, "dtype", torch.float32)
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
 def build_stream(engine: Engine, settings: RunSettings,
                  notify: Callable[[str], None] | None = None) -> DiffusionStream:
     """The stream with every preset prompt encoded ahead, so later switches never call the text encoder. `notify`

@@ -30,7 +30,7 @@ class ServiceModel:
 
     def _build_processor(self) -> None:
         """Build the engine and the stream, then swap the processor in at a frame boundary. Raises user errors."""
-        from vcam.runtime import build_stream, create_engine_for, warm_up
+        from vcam.runtime import build_stream, create_engine_for, unet_precision, warm_up
 
         start = time.perf_counter()
         engine = create_engine_for(self.settings, owns_process=self.options.owns_process)
@@ -47,7 +47,7 @@ class ServiceModel:
         if self.pipeline is not None:
             self.pipeline.set_processor(self.processor)
         self.ready_event.set()
-        bf16 = ", bf16 UNet" if getattr(engine, "unet_precision", "fp32") == "bf16" else ""  # --precision auto/bf16
+        bf16 = ", bf16 UNet" if unet_precision(engine, self.settings.precision) == "bf16" else ""  # auto / bf16
         self.notice(f"model ready in {time.perf_counter() - start:.1f} s ({engine.name} on {engine.device}{bf16})")
 
     def _load_model_in_background(self) -> None:
