@@ -347,22 +347,18 @@ def test_a_worker_started_by_hand_joins_through_hosts(tiny_model_dir):
     import socket
     import subprocess
     import sys
-    import threading
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = DeviceSettings(devices="cpu:2", hosts=f"127.0.0.1:{port}")
-    built: list = []
-    starting = threading.Thread(target=lambda: built.append(build_distributed_engine(
-        ModelSpec(model=str(tiny_model_dir.model_dir)), EngineShapes(SIZE, SIZE, 1, 2), settings, 2)))
-    starting.start()
-    # the one command README gives for the other machine
+    # the one command README gives for the other machine, started first: it waits for vcam to come up
     worker = subprocess.Popen([sys.executable, "-m", "engines.stage_worker", "--connect", f"127.0.0.1:{port}",
                                "--rank", "1"])
     try:
-        starting.join(timeout=500)
-        (engine,) = built
+        # Built on this thread: torch's thread count is per thread once a thread has computed, and the exact
+        # comparison needs this process on the workers' one thread, as the other specs have it.
+        engine = build_distributed_engine(ModelSpec(model=str(tiny_model_dir.model_dir)), EngineShapes(SIZE, SIZE, 1, 2),
+                                          DeviceSettings(devices="cpu:2", hosts=f"127.0.0.1:{port}"), 2)
         generator = torch.Generator().manual_seed(4)
         latents, embeddings = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 77, 128, generator=generator)
         timesteps = torch.tensor([999, 259])
