@@ -17,6 +17,10 @@ from pathlib import Path
 from engines.engine_cache import MANIFEST_NAME, RETIRED_PREFIX, STAGING_PREFIX, EngineCache, EngineCacheKey, \
     LoraFingerprint
 
+# OpenVINO's compiled kernels of every entry, in one folder at the cache root, as vcam kept them before each graph
+# entry got its own (engines.openvino_engine.KERNEL_CACHE_DIR): no entry uses it any more.
+SHARED_KERNEL_DIR = "openvino-kernels"
+
 
 @dataclass(frozen=True)
 class StaleEntry:
@@ -72,6 +76,10 @@ def find_stale(cache: EngineCache, everything: bool = False) -> list[StaleEntry]
             continue  # EngineCache.remove_stale_staging decides those: a live build may own one
         if everything:
             stale.append(StaleEntry(directory, "removing everything (--all)", _size(directory)))
+            continue
+        if directory.name == SHARED_KERNEL_DIR:
+            stale.append(StaleEntry(directory, "OpenVINO kernels in the folder older versions shared (each graph "
+                                               "entry keeps its own now)", _size(directory)))
             continue
         try:
             key = _key_from(json.loads((directory / MANIFEST_NAME).read_text()))

@@ -31,7 +31,10 @@ from engines.onnx_engine import CPU_EXPORT, PORTABLE_EXPORT, OnnxGraphSet, defau
 from engines.onnx_export import GraphSpec
 
 log = logging.getLogger("vcam.engines")
-KERNEL_CACHE_DIR = "openvino-kernels"  # under the engine cache root: OpenVINO's compiled-model blobs
+# OpenVINO's compiled-model blobs, inside the graph entry they were compiled from: they go when `vcam models prune`
+# removes that entry. (A folder shared by every entry grew to 26 GB here, and nothing could tell whose blobs were
+# whose: OpenVINO names them by a hash.)
+KERNEL_CACHE_DIR = "openvino-kernels"
 # `--device` values OpenVINO adds to auto / cpu; anything OpenVINO lists (GPU.1, NPU) is accepted as well.
 ACCELERATOR_PREFERENCE = ("GPU", "NPU")
 
@@ -192,7 +195,7 @@ def create_openvino_engine(
     cache = EngineCache(options.cache_root)
     plan = [CPU_EXPORT, PORTABLE_EXPORT]  # OpenVINO reads the opset-23 graphs (Attention nodes) as well
     engine = open_graph_engine(
-        lambda graphs: OpenVinoEngine(graphs, ov_device, threads, cache.root / KERNEL_CACHE_DIR, unet_precision),
+        lambda graphs: OpenVinoEngine(graphs, ov_device, threads, graphs.directory / KERNEL_CACHE_DIR, unet_precision),
         spec, shapes, cache, plan, threads, options.check_in_background, runtime="OpenVINO")
     assert isinstance(engine, OpenVinoEngine)
     return engine

@@ -126,16 +126,23 @@ def test_prune_removes_entries_no_installed_runtime_can_use_and_keeps_the_usable
     (damaged / "unet.onnx").write_bytes(b"cut")
     no_manifest = cache.get_or_build(_key(frame_batch=2), _build).path
     (no_manifest / MANIFEST_NAME).unlink()
+    (usable / "openvino-kernels").mkdir()  # OpenVINO's blobs inside their entry: kept with it
+    (usable / "openvino-kernels" / "1234.blob").write_bytes(b"kernels")
+    shared_kernels = cache.root / "openvino-kernels"  # the folder older versions shared across entries
+    shared_kernels.mkdir()
+    (shared_kernels / "5678.blob").write_bytes(b"kernels")
 
     stale = {entry.path: entry.reason for entry in find_stale(cache)}
-    assert set(stale) == {old_runtime, old_exporter, damaged, no_manifest}
+    assert set(stale) == {old_runtime, old_exporter, damaged, no_manifest, shared_kernels}
     assert "installed:" in stale[old_runtime] and "exporter version 0" in stale[old_exporter]
     assert "unet.onnx" in stale[damaged] and "manifest" in stale[no_manifest]
+    assert "OpenVINO" in stale[shared_kernels]
     assert all(path.exists() for path in stale)  # finding removes nothing
 
     removed = prune(cache)
     assert {entry.path for entry in removed} == set(stale)
     assert sorted(p.name for p in cache.root.iterdir()) == sorted([usable.name, other_size.name])
+    assert (usable / "openvino-kernels" / "1234.blob").is_file()
     assert all(entry.size_bytes > 0 for entry in removed)  # measured before removal, for the report line
 
 

@@ -50,11 +50,12 @@ def test_warm_openvino_start_reuses_the_onnx_graphs_and_the_compiled_kernels(spe
 
     options = OpenVinoOptions(cache_root=tmp_path, check_in_background=False)
     cold = create_openvino_engine(spec, SMALL, "cpu", 2, options)
-    kernels = {path.name: path.stat().st_mtime_ns for path in (tmp_path / KERNEL_CACHE_DIR).iterdir()}
+    kernel_dir = cold.graphs.directory / KERNEL_CACHE_DIR  # inside the graphs' entry: pruned with it
+    kernels = {path.name: path.stat().st_mtime_ns for path in kernel_dir.iterdir()}
     warm = create_openvino_engine(spec, SMALL, "cpu", 2, options)
     assert cold.graphs.cache_entry.built and not warm.graphs.cache_entry.built
     assert warm.graphs.directory == cold.graphs.directory and warm.graphs.directory.name.startswith("onnx-")
-    assert kernels and {p.name: p.stat().st_mtime_ns for p in (tmp_path / KERNEL_CACHE_DIR).iterdir()} == kernels
+    assert kernels and {p.name: p.stat().st_mtime_ns for p in kernel_dir.iterdir()} == kernels
 
 
 @pytest.mark.timeout(900)
