@@ -83,7 +83,10 @@ def choose_engine(
     for name, build in candidates:
         try:
             engine = build(spec, shapes, device, threads)
-        except (EngineUnavailableError, EngineBuildError) as error:
+        except EngineUnavailableError as error:
+            skipped.append(f"{name}: {error.reason}")  # without "use --engine X": auto is choosing already
+            continue
+        except EngineBuildError as error:
             skipped.append(f"{name}: {error}")
             continue
         detail = _detail(engine)

@@ -21,7 +21,15 @@ class ModelError(Exception):
 
 
 class EngineUnavailableError(Exception):
-    """An engine that cannot run on this machine (no GPU, package missing); the message names the fix."""
+    """An engine that cannot run on this machine (no GPU, package missing); the message names the fix.
+
+    `reason` is the message without `fix`: what `--engine auto` reports for a candidate it skipped, where advice to
+    choose another engine has no place (auto already did).
+    """
+
+    def __init__(self, reason: str, fix: str = "") -> None:
+        super().__init__(f"{reason}; {fix}" if fix else reason)
+        self.reason, self.fix = reason, fix
 
 
 @dataclass(frozen=True)

@@ -116,20 +116,18 @@ def plan_buffers(shapes: EngineShapes, dims: ModelDims, graph: str, engine_io: S
 def require_tensorrt() -> Any:
     """The `tensorrt` module, or `EngineUnavailableError` saying what is missing and what to use instead."""
     if not torch.cuda.is_available():
-        raise EngineUnavailableError(
-            "TensorRT needs an NVIDIA GPU with CUDA; none found. Use --engine onnxruntime or --engine auto"
-        )
+        raise EngineUnavailableError("TensorRT needs an NVIDIA GPU with CUDA; none found",
+                                     fix="use --engine onnxruntime or --engine auto")
     try:
         import tensorrt
     except ImportError as error:
-        raise EngineUnavailableError(
-            "TensorRT is not installed; pip install 'vcam[tensorrt]' (tensorrt>=10), or use --engine onnxruntime"
-        ) from error
+        raise EngineUnavailableError("TensorRT is not installed",
+                                     fix="pip install 'vcam[tensorrt]' (tensorrt>=10), or use --engine onnxruntime"
+                                     ) from error
     major = int(str(tensorrt.__version__).split(".")[0])
     if major < 10:
-        raise EngineUnavailableError(
-            f"TensorRT {tensorrt.__version__} is too old; pip install 'tensorrt>=10', or use --engine onnxruntime"
-        )
+        raise EngineUnavailableError(f"TensorRT {tensorrt.__version__} is too old",
+                                     fix="pip install 'tensorrt>=10', or use --engine onnxruntime")
     return tensorrt
 
 

@@ -367,3 +367,4 @@ def test_auto_falls_back_to_torch_when_no_accelerated_engine_can_run(tiny_model_
     assert choice.reason.startswith("engine auto chose torch on cpu") and "\n" not in choice.reason
     if not torch.cuda.is_available():
         assert "skipped tensorrt: TensorRT needs an NVIDIA GPU" in choice.reason
+        assert "--engine" not in choice.reason  # no advice to pick an engine: auto has picked one
