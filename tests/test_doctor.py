@@ -45,7 +45,9 @@ def test_json_report_names_the_cpu_the_missing_devices_and_the_missing_model_and
     assert checks["model"]["fix"].startswith("vcam models pull sd-turbo-1step")
     assert [name for name, check in checks.items() if check["status"] == "FAIL"] == ["model"]
     assert all(check["fix"] for check in checks.values() if check["status"] != "OK")
-    assert {"python", "onnxruntime", "tensorrt", "hotkeys", "tray", "obs", "disk"} <= set(checks)
+    assert {"python", "onnxruntime", "openvino", "tensorrt", "hotkeys", "tray", "obs", "disk"} <= set(checks)
+    assert checks["openvino"]["status"] == "OK" and "CPU" in checks["openvino"]["detail"]
+    assert "a bf16 UNet by default" in checks["openvino"]["detail"] or "no native bf16" in checks["openvino"]["detail"]
 
 
 def test_the_tiny_preset_has_all_it_needs_here_so_doctor_exits_0_with_one_line_per_check(tmp_path: Path) -> None:
