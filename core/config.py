@@ -82,16 +82,17 @@ def t_index_list_from_strength(strength: float, steps: int, grid_steps: int = 50
     `steps` indices are spread evenly from there to the clean end, as a sequential img2img of that strength would.
     """
     if not 0.0 < strength <= 1.0:
-        raise ConfigError(f"--strength must be in (0, 1], got {strength}")
+        raise ConfigError(f"strength (--strength) must be in (0, 1], got {strength}")
     if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
+        raise ConfigError(f"steps (--steps) must be at least 1, got {steps}")
     start = grid_steps * (1.0 - strength)
     span = grid_steps * strength
     indices = [min(grid_steps - 1, int(round(start + i * span / steps))) for i in range(steps)]
     for i in range(1, len(indices)):  # keep strictly increasing even for many steps at low strength
         indices[i] = max(indices[i], indices[i - 1] + 1)
     if indices[-1] > grid_steps - 1:
-        raise ConfigError(f"{steps} steps do not fit in strength {strength}; use fewer --steps or more --strength")
+        raise ConfigError(f"{steps} steps do not fit in strength {strength}; "
+                          "use fewer steps (--steps) or more strength (--strength)")
     return tuple(indices)
 
 
@@ -139,7 +140,8 @@ class StreamConfig:
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:
             raise ConfigError(f"width and height must be positive multiples of 8, got {self.width}x{self.height}")
         if not self.t_index_list:
-            raise ConfigError("t_index_list needs at least one index, e.g. --t-index-list 32,45")
+            raise ConfigError("t_index_list needs at least one index, "
+                              "e.g. t_index_list = [32, 45] (--t-index-list 32,45)")
         if any(not 0 <= t < self.grid_steps for t in self.t_index_list):
             raise ConfigError(f"t_index_list values must be in 0..{self.grid_steps - 1}, got {list(self.t_index_list)}")
         if list(self.t_index_list) != sorted(set(self.t_index_list)):
@@ -157,17 +159,18 @@ class StreamConfig:
 
     def _check_solver(self) -> None:
         if not 1 <= self.num_inference_steps <= 1000:
-            raise ConfigError(f"--steps must be in 1..1000 for {self.scheduler}, got {self.num_inference_steps}")
+            raise ConfigError(f"steps (--steps) must be in 1..1000 for {self.scheduler}, "
+                              f"got {self.num_inference_steps}")
         if not 0.0 < self.strength <= 1.0:
-            raise ConfigError(f"--strength must be in (0, 1], got {self.strength}")
+            raise ConfigError(f"strength (--strength) must be in (0, 1], got {self.strength}")
         if self.mode == "img2img" and int(self.num_inference_steps * self.strength) < 1:
             raise ConfigError(f"strength {self.strength} runs no step of {self.num_inference_steps}; "
-                              "raise --strength or --steps")
+                              "raise strength (--strength) or steps (--steps)")
         if self.solver_order not in (1, 2, 3):
-            raise ConfigError(f"--solver-order must be 1, 2 or 3, got {self.solver_order}")
+            raise ConfigError(f"solver_order (--solver-order) must be 1, 2 or 3, got {self.solver_order}")
         if self.guidance_active and self.guidance in ("self", "initialize"):
-            raise ConfigError(f"--guidance {self.guidance} works only with --scheduler lcm; "
-                              f"use --guidance full (or none) with {self.scheduler}")
+            raise ConfigError(f"guidance {self.guidance} works only with scheduler lcm; "
+                              f"use guidance full (or none) with {self.scheduler} (--guidance, --scheduler)")
 
     @property
     def steps(self) -> int:

@@ -187,9 +187,9 @@ def test_orders_warm_up_and_lower_towards_the_end_like_diffusers():
 
 
 def test_solver_settings_out_of_range_are_refused_naming_the_option():
-    with pytest.raises(ConfigError, match="--solver-order must be 1, 2 or 3"):
+    with pytest.raises(ConfigError, match=r"solver_order \(--solver-order\) must be 1, 2 or 3"):
         solver_config(8, 4, order=4)
-    with pytest.raises(ConfigError, match="raise --strength or --steps"):
+    with pytest.raises(ConfigError, match=r"raise strength \(--strength\) or steps \(--steps\)"):
         StreamConfig(scheduler="dpmsolver++", num_inference_steps=4, strength=0.2, guidance="none")
     with pytest.raises(ConfigError, match="scheduler must be one of lcm, ddim, dpmsolver\\+\\+"):
         StreamConfig(scheduler="euler")

@@ -153,6 +153,14 @@ def test_stream_rules_of_the_core_are_reported_as_preset_errors(tmp_path: Path) 
     assert "not both" in preset_error(tmp_path, "[stream]\nt_index_list = [1]\nstrength = 0.5\n" + MINIMAL)
 
 
+def test_a_core_rule_names_the_presets_key_first_and_the_flag_after(tmp_path: Path) -> None:
+    """The same rule guards the preset and the command line, so its line names both, the preset's key first."""
+    assert "use fewer steps (--steps) or more strength (--strength)" in preset_error(
+        tmp_path, "[stream]\nstrength = 0.04\nsteps = 4\n" + MINIMAL)
+    assert "e.g. t_index_list = [32, 45] (--t-index-list 32,45)" in preset_error(
+        tmp_path, "[stream]\nt_index_list = []\n" + MINIMAL)
+
+
 def test_obs_password_in_a_preset_is_refused_with_where_it_belongs(tmp_path: Path) -> None:
     message = preset_error(tmp_path, "[obs]\npassword = 'hunter2'\n" + MINIMAL)
     assert "obs.password" in message and "VCAM_OBS_PASSWORD" in message and "keyring" in message

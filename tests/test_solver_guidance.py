@@ -91,7 +91,7 @@ def test_prompt_switch_applies_at_next_frame_with_each_working_guidance_mode(tin
 @pytest.mark.parametrize("mode", ["self", "initialize"])
 @pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++"])
 def test_residual_guidance_modes_are_refused_naming_a_mode_that_works(mode, scheduler):
-    with pytest.raises(ConfigError, match=rf"--guidance {mode} works only with --scheduler lcm; use --guidance full"):
+    with pytest.raises(ConfigError, match=rf"guidance {mode} works only with scheduler lcm; use guidance full"):
         solver_config(4, 2, scheduler=scheduler, guidance=mode, guidance_scale=1.5)
 
 
