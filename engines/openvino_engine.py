@@ -84,6 +84,25 @@ def cpu_computes_bf16(core: Any) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+@dataclass(frozen=True)
+class OpenVinoInstall:
+    """What `vcam doctor` reports of OpenVINO: its release ("2026.4.1"), its devices, and whether the CPU computes
+    bf16 natively (then `--precision auto` runs a bf16 UNet)."""
+
+    release: str
+    devices: tuple[str, ...]
+    native_bf16: bool
+
+
+def openvino_install() -> OpenVinoInstall:
+    """The installed OpenVINO (EngineUnavailableError when there is none)."""
+    core = openvino_core()
+    import openvino
+
+    release = openvino.__version__.split("-")[0]  # "2026.4.1-22982-e213a14-releases/2026/4": the release
+    return OpenVinoInstall(release, tuple(core.available_devices), cpu_computes_bf16(core))
+
+
 def resolve_unet_precision(requested: UnetPrecision, device: str, native_bf16: bool) -> tuple[str, str]:
     """The UNet's precision on `device` ("fp32" or "bf16") and, when `requested` cannot be had, one line saying so.
 

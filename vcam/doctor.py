@@ -117,18 +117,17 @@ def _runtimes(engine: str) -> list[Check]:
 def _openvino(engine: str) -> Check:
     """OpenVINO's version, its devices, and the UNet precision `--precision auto` gets from it here (bf16 where the
     CPU computes it natively: engines.openvino_engine.resolve_unet_precision)."""
-    if not importlib.util.find_spec("openvino"):
+    from engines.base import EngineUnavailableError
+    from engines.openvino_engine import openvino_install
+
+    try:
+        install = openvino_install()
+    except EngineUnavailableError:
         return Check("openvino", "FAIL" if engine == "openvino" else "WARN", "not installed",
                      "pip install openvino (--engine openvino; --engine auto measures it against ONNX Runtime)")
-    import openvino
-
-    from engines.openvino_engine import cpu_computes_bf16, openvino_core
-
-    core = openvino_core()
-    precision = ("the CPU computes bf16 natively: a bf16 UNet by default" if cpu_computes_bf16(core)
+    precision = ("the CPU computes bf16 natively: a bf16 UNet by default" if install.native_bf16
                  else "fp32 on the CPU (no native bf16 here)")
-    version = openvino.__version__.split("-")[0]  # "2026.4.1-22982-e213a14-releases/2026/4": the release
-    return Check("openvino", "OK", f"{version}: {', '.join(core.available_devices)}; {precision}")
+    return Check("openvino", "OK", f"{install.release}: {', '.join(install.devices)}; {precision}")
 
 
 def _model(preset_name: str, model: str, vae: str) -> list[Check]:
