@@ -3,7 +3,8 @@
     python bench/asyncdiff_fidelity.py                    # --model tiny (engines/tiny/weights), --source sample
     python bench/asyncdiff_fidelity.py --model DIR --frames 24 --stages 2 3 --warmups 1 3 --strides 1 2
 
-Runs the tiny preset's stream (256x256, t_index_list 32,45, no guidance) over the sample source's frames, with a
+Runs a two-step stream (256x256, t_index_list 32,45, no guidance: AsyncDiff needs steps to overlap, and the tiny
+preset's own is one step) over the sample source's frames, with a
 cut halfway (the view jumps and the stream is reset, as after a scene change), once exactly and once per
 (stages, warm-up, stride) through AsyncDiff's schedule, and prints PSNR (dB) and SSIM of every AsyncDiff frame
 against the exact frame: over the first `--after-cut` frames after the start and after the cut (where the

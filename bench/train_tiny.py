@@ -5,8 +5,9 @@
     python bench/train_tiny.py --checkpoint ck.pt    # resumes from ck.pt if it exists (same seed, same result)
 
 Three phases, each resumable from the checkpoint (saved every `--save-every` steps, written atomically):
-1. Autoencoder (diffusers AutoencoderTiny, 4 latent channels, scale factor 8; `--ae-scale-factor 4` and
-   `--ae-channels` change its shape, README "The trained tiny model" has what they gave) on random 128x128 views of the
+1. Autoencoder (diffusers AutoencoderTiny, 4 latent channels, scale factor 4: TAESD's blocks, one halving fewer;
+   `--ae-scale-factor 8` and `--ae-channels` change its shape, README "The trained tiny model" has what they gave; at
+   8 no UNet can keep the shapes the structure specs ask for) on random 128x128 views of the
    training photos and of their styled versions (the decoder must be able to draw a sketch and neon, not only
    photos). Loss: L1 + MSE on pixels. The decoder sees the latents normalised per channel by running statistics
    (mean 0 / std 1, the scale SD's noise schedule assumes: with the ~0.25 std an unconstrained encoder gave,
@@ -24,11 +25,12 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
    (b) an img2img "translation" term: x_t is made from the *photo's* latent, and the target is the epsilon that
        makes the x0-prediction equal the *styled* latent, eps* = (x_t - sqrt(abar_t) z_style) / sqrt(1 - abar_t).
        It is weighted as an x0 loss ||x0_pred - z_style||^2 (the LCM step the stream uses returns ~x0_pred at
-       the preset timesteps, c_skip ~ 0 there), with t drawn from the range img2img presets use (LCM grid
-       indices 12..49, t = 19..759, or `--translation-t-range`; `--preset-share` of the rows exactly at the tiny
-       preset's timesteps, t = 359, 259, 179, 99: its 1-, 2- and 4-step slots). This is what makes a 1-4 step
-       img2img restyle a camera frame. `--translation-snr-cap` and `--translation-style-balance` reweight its rows
-       (by timestep and by style).
+       the preset timesteps, c_skip ~ 0 there), with t drawn from the small-noise end of the grid (t = 19..139,
+       `--translation-t-range`; `--preset-share` of the rows exactly at the tiny preset's t = 39 and its
+       neighbour 59). This is what makes one img2img step restyle a camera frame. Why the small-noise end: at
+       SNR ~1 (t = 359, the usual first slot of LCM presets) the best a squared error can do is the posterior
+       mean, a blurred picture; at t = 39 the photo is intact and the x0-prediction is a sharp restyling.
+       `--translation-snr-cap` and `--translation-style-balance` reweight its rows (by timestep and by style).
    `--blend-share` of the rows are prompt blends (see train_unet). The defaults are the recipe of the shipped
    weights; README "The trained tiny model" has what the other options gave.
    Why both: (b) alone teaches only "photo in, style out" and leaves the model undefined on its own styled
@@ -72,10 +74,14 @@ PROMPTS = list(TRAINING_PROMPTS)  # index k <-> prompt text; styles first, then 
 # The UNet trains at the tiny preset's size (256x256 pixels, 32x32 latents): trained on 16x16 latents only, it drew
 # seams and blotches at 32x32, where the middle of the picture is farther from the zero padding than anything it saw.
 AE_SIZE, UNET_SIZE = 128, 256
-PRESET_T_RANGE = (19, 759)  # LCM grid indices 49..12: where img2img presets put their slots
-# The timesteps of the tiny preset's slots (t_index_list [32, 45]) and of its 1- and 4-step variants ([32] and
-# [32, 37, 41, 45]; t = 999 - 20 * index): a share of the rows is drawn exactly there (`--preset-share`).
-PRESET_TIMESTEPS = (359, 259, 179, 99)
+# The translation rows' timesteps: the small-noise end of the grid (LCM indices 43..49), where the tiny preset's slot
+# is. At the preset's former t = 359 (signal-to-noise 0.97) a squared-error model can only return the posterior mean,
+# a blurred picture; at t = 39 the photo is all there and the x0-prediction can be sharp (README "The trained tiny
+# model" has both runs' figures).
+TRANSLATION_T_RANGE = (19, 139)
+# The tiny preset's slot (t_index_list [48]: t = 999 - 20 * 48) and its neighbour [47]: `--preset-share` of the
+# translation rows and `--eps-preset-share` of the epsilon rows are drawn exactly there.
+PRESET_TIMESTEPS = (59, 39)
 
 
 def build_autoencoder(channels: int = 24, scale_factor: int = 8):
@@ -265,8 +271,8 @@ def train_autoencoder(ae, photos, args, state, path) -> None:
         average_across_processes([p.grad for p in ae.parameters() if p.grad is not None])
         optimizer.step()
         average.update(ae, step)
-        state["ae_loss"] = float(pixel)
-        bar.set_postfix(pixel=f"{float(pixel):.4f}", moments=f"{float(moments):.3f}")
+        state["ae_loss"] = pixel.item()
+        bar.set_postfix(pixel=f"{pixel.item():.4f}", moments=f"{moments.item():.3f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.ae_steps:
             state.update(ae_step=step + 1, ae=ae.state_dict(), ae_ema=average.state_dict(),
                          ae_optimizer=optimizer.state_dict())
@@ -336,7 +342,7 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
     first_b = batch - args.translation_rows  # rows [0, first_b) are term (a), the rest term (b)
     mine = local_rows(batch)
     mine_a, mine_b = mine[mine < first_b], mine[mine >= first_b]
-    preset_t = torch.tensor(PRESET_TIMESTEPS)
+    preset_t = torch.tensor(args.preset_timesteps)
     # --translation-style-balance: per prompt, the weight that gives every style's translation rows the same loss
     # for "return the photo" (mean latent distance of the styles over this style's, at most 10; 1 for the two
     # identity prompts). Sepia and pixel art move the latent 6x and 18x less than the mean style.
@@ -398,8 +404,8 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
         optimizer.step()
         unet_average.update(unet, step)
         text_average.update(text_encoder, step)
-        state.update(eps_loss=float(loss_eps), x0_loss=float(loss_x0))
-        bar.set_postfix(eps=f"{float(loss_eps):.4f}", x0=f"{float(loss_x0):.4f}")
+        state.update(eps_loss=loss_eps.item(), x0_loss=loss_x0.item())
+        bar.set_postfix(eps=f"{loss_eps.item():.4f}", x0=f"{loss_x0.item():.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.unet_steps:
             state.update(unet_step=step + 1, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(),
                          unet_ema=unet_average.state_dict(), text_encoder_ema=text_average.state_dict(),
@@ -414,6 +420,11 @@ def write_model(out: Path, ae, unet, text_encoder) -> None:
     for name, module in (("vae", ae), ("unet", unet), ("text_encoder", text_encoder)):
         module.to(torch.float16).save_pretrained(staging / name, safe_serialization=True)
         module.to(torch.float32)
+    # diffusers writes AutoencoderTiny's `block_out_channels` too, then warns at every load that the class does not
+    # take it: the encoder / decoder widths say it all.
+    vae_config = staging / "vae" / "config.json"
+    vae_config.write_text(json.dumps({k: v for k, v in json.loads(vae_config.read_text()).items()
+                                      if k != "block_out_channels"}, indent=2, sort_keys=True) + "\n")
     shutil.copytree(CONFIGS / "tokenizer", staging / "tokenizer")
     shutil.copytree(CONFIGS / "scheduler", staging / "scheduler")
     index = json.loads((CONFIGS / "model_index.json").read_text())
@@ -429,45 +440,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=Path("tiny-train.ckpt"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--ae-steps", type=int, default=2000)
+    parser.add_argument("--ae-steps", type=int, default=1500)
     parser.add_argument("--ae-batch", type=int, default=4)
     parser.add_argument("--ae-lr", type=float, default=1e-3)
     parser.add_argument("--ae-channels", type=int, default=24, help="width of every autoencoder block")
-    parser.add_argument("--ae-scale-factor", type=int, default=8, choices=(4, 8),
-                        help="pixels per latent cell: 8 (TAESD's) or 4 (3 blocks; 4x the latent cells, so the "
-                             "UNet runs on 64x64 latents at 256x256)")
+    parser.add_argument("--ae-scale-factor", type=int, default=4, choices=(4, 8),
+                        help="pixels per latent cell: 4 (3 blocks, the shipped one: the UNet runs on 64x64 latents "
+                             "at 256x256) or 8 (TAESD's, 4 blocks: softer pictures, README 'The trained tiny model')")
     parser.add_argument("--ae-noise", type=float, default=0.2, help="largest std of the noise added to latents")
     parser.add_argument("--ae-blur", type=float, default=0.5, help="largest share of a 3x3 blur mixed into latents")
     parser.add_argument("--moments-weight", type=float, default=0.1,
                         help="weight of the term keeping the raw latents at mean 0 / std 1 per channel")
     parser.add_argument("--bank", type=int, default=512)
-    parser.add_argument("--unet-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=2000)
     parser.add_argument("--unet-batch", type=int, default=8)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--translation-weight", type=float, default=1.0)
     parser.add_argument("--translation-rows", type=int, default=4,
                         help="rows of each UNet batch on the translation term (b); the rest on the epsilon term (a)")
-    parser.add_argument("--translation-t-range", default=f"{PRESET_T_RANGE[0]},{PRESET_T_RANGE[1]}",
+    parser.add_argument("--translation-t-range", default=f"{TRANSLATION_T_RANGE[0]},{TRANSLATION_T_RANGE[1]}",
                         help="LOW,HIGH: the translation rows' timesteps are drawn uniformly from LOW..HIGH")
-    parser.add_argument("--translation-snr-cap", type=float, default=0.0,
+    parser.add_argument("--translation-snr-cap", type=float, default=20.0,
                         help="weight each translation row's x0 loss by min(SNR_t, CAP) (min-SNR weighting): at "
                              "small t an epsilon model must output |z_style - z_photo| / sigma_t (4.7 rms for the "
                              "negative at t = 19), and the plain x0 loss (0, the default) gives those rows the least "
-                             "gradient")
-    parser.add_argument("--translation-style-balance", action="store_true",
+                             "gradient; 20 weights the rows at the preset's t = 39 / 59 as an epsilon loss would)")
+    parser.add_argument("--translation-style-balance", action=argparse.BooleanOptionalAction, default=True,
                         help="weight each style's translation rows by the mean style's latent distance from the "
                              "photo over this style's (at most 10x): sepia and pixel art barely move the latent, so "
                              "unweighted they are lost in the x0 error and the UNet ignores their prompts")
-    parser.add_argument("--preset-share", type=float, default=0.0,
+    parser.add_argument("--preset-share", type=float, default=0.75,
                         help="share of the translation rows drawn at exactly the preset's timesteps "
-                             f"{PRESET_TIMESTEPS} instead of uniformly over t = {PRESET_T_RANGE[0]}..{PRESET_T_RANGE[1]}")
-    parser.add_argument("--eps-preset-share", type=float, default=0.0,
+                             "(--preset-timesteps) instead of uniformly over --translation-t-range")
+    parser.add_argument("--preset-timesteps", default=",".join(map(str, PRESET_TIMESTEPS)),
+                        help="the timesteps --preset-share and --eps-preset-share draw from (the slots of the tiny "
+                             "preset and of its 1- and 4-step variants)")
+    parser.add_argument("--eps-preset-share", type=float, default=0.25,
                         help="the same for the epsilon rows (else uniform over 0..999)")
-    parser.add_argument("--blend-share", type=float, default=0.0,
+    parser.add_argument("--blend-share", type=float, default=0.25,
                         help="share of the UNet rows trained on a blend of two prompts (a prompt switch with blend)")
-    parser.add_argument("--unet-channels", default="32,64,128",
+    parser.add_argument("--unet-channels", default="32,64,128,128",
                         help="the UNet's block widths, one level each (4 levels suit a scale-factor-4 autoencoder)")
-    parser.add_argument("--full-res-attention", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--full-res-attention", action=argparse.BooleanOptionalAction, default=False,
                         help="attention blocks at the full latent resolution too")
     parser.add_argument("--ema", type=float, default=0.995, help="decay of the weight average that ships")
     parser.add_argument("--save-every", type=int, default=100)
@@ -484,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--translation-rows must leave rows for both terms")
     args.unet_channels = tuple(int(c) for c in args.unet_channels.split(","))
     args.translation_t_range = tuple(int(t) for t in args.translation_t_range.split(","))
+    args.preset_timesteps = tuple(int(t) for t in args.preset_timesteps.split(","))
+    if not all(0 <= t <= 999 for t in args.preset_timesteps):
+        parser.error("--preset-timesteps are timesteps, 0..999")
     if not 0 <= args.translation_t_range[0] <= args.translation_t_range[1] <= 999:
         parser.error("--translation-t-range must be LOW,HIGH with 0 <= LOW <= HIGH <= 999")
     state: dict = torch.load(args.checkpoint, weights_only=False) if args.checkpoint.is_file() else {}

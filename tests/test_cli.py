@@ -59,7 +59,7 @@ def test_bench_json_reports_every_field(home: Path) -> None:
         assert key in report, key
     assert report["frames"] == 12
     assert report["engine"] == "torch" and report["precision"] == "fp32"  # the tiny preset: torch, the default auto
-    assert report["width"] == 128 and report["steps"] == 2
+    assert report["width"] == 128 and report["steps"] == 1  # the tiny preset's one step
     assert report["efficiency"] == pytest.approx(report["fps"] / report["model_only_fps"], rel=1e-2)
     assert report["unet_calls"] + report["skipped"] >= 12
     assert 0 < report["peak_rss_mb"] < 4000

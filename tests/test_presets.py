@@ -63,7 +63,7 @@ def test_shipped_presets_match_their_documented_settings() -> None:
     assert lcm.stream_config().steps == 4 and lcm.stream.guidance == "self"
     tiny = load_preset("tiny")
     assert tiny.model.model == "tiny" and (tiny.stream.width, tiny.stream.height) == (256, 256)
-    assert tiny.stream_config().steps == 2
+    assert tiny.stream_config().steps == 1
 
 
 def test_shipped_presets_are_found_from_any_working_directory(tmp_path: Path) -> None:

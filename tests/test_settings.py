@@ -13,7 +13,7 @@ def settings_for(*argv: str, preset: str = "tiny"):
 
 def test_flags_override_the_preset_and_the_preset_overrides_defaults() -> None:
     from_preset = settings_for()
-    assert from_preset.stream.width == 256 and from_preset.stream.t_index_list == (32, 45)
+    assert from_preset.stream.width == 256 and from_preset.stream.t_index_list == (48,)
     flagged = settings_for("--width", "128", "--t-index-list", "10,20,30", "--cfg", "full", "--guidance", "1.5",
                            "--frame-buffer", "2", "--seed", "7", "--ssf-threshold", "0.9", "--no-ssf")
     stream = flagged.stream
