@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.tiny_figures import sample_agreement  # noqa: E402
+from bench.tiny_figures import PRESET_SLOTS, sample_agreement  # noqa: E402
 from engines.base import EngineShapes  # noqa: E402
 from engines.loading import ModelSpec  # noqa: E402
 
@@ -62,8 +62,8 @@ def speed(model: str, vae: str, size: int, rounds: int, threads: int, cache_root
 def quality(frames: int, threads: int, cache_root: Path | None, size: int = 256) -> dict:
     from engines.tiny.styles import STYLES
 
-    pair = engines(ModelSpec(model="tiny"), EngineShapes(width=size, height=size, frame_batch=1, unet_batch=2),
-                   threads, cache_root)
+    shapes = EngineShapes(width=size, height=size, frame_batch=1, unet_batch=len(PRESET_SLOTS))
+    pair = engines(ModelSpec(model="tiny"), shapes, threads, cache_root)
     results = {"bf16_in_use": pair["bf16"].unet_precision}
     for prompt in STYLES:  # scored once the stream's buffer has filled
         results[prompt] = sample_agreement(pair["fp32"], pair["bf16"], prompt, frames, 2, size)

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.tiny_figures import sample_agreement  # noqa: E402
+from bench.tiny_figures import PRESET_SLOTS, sample_agreement  # noqa: E402
 from engines.base import EngineShapes  # noqa: E402
 from engines.loading import ModelSpec  # noqa: E402
 
@@ -41,7 +41,7 @@ def quality(frames: int, size: int = 256, threads: int = 2) -> dict:
     from engines.onnx_engine import OnnxRuntimeOptions, create_onnxruntime_engine
     from engines.quantize import CALIBRATION_CALLS, use_int8_unet
 
-    shapes = EngineShapes(width=size, height=size, frame_batch=1, unet_batch=2)
+    shapes = EngineShapes(width=size, height=size, frame_batch=1, unet_batch=len(PRESET_SLOTS))
     with tempfile.TemporaryDirectory() as cache_root:
         options = OnnxRuntimeOptions(cache_root=Path(cache_root), check_in_background=False)
         spec = ModelSpec(model="tiny", vae="tiny")

@@ -25,11 +25,14 @@ from core.prompts import PromptCache, PromptSwitcher  # noqa: E402
 from core.stream import DiffusionStream  # noqa: E402
 from engines.tiny.photos import HELD_OUT_PHOTO, load_photo, square_view  # noqa: E402
 from engines.tiny.styles import STYLES  # noqa: E402
+from vcam.presets import load_preset  # noqa: E402
 
 SIZE = 256  # the tiny preset's resolution
+# The tiny preset's slots (presets/tiny.toml: one step, t = 39), which the quality specs and benches run at
+PRESET_SLOTS = tuple(load_preset("tiny").stream.t_index_list)
 # img2img slots on the 50-step LCM grid for 1, 2 and 4 steps at the small-noise end, where the tiny model was
-# trained to restyle; 1 step is the tiny preset's
-STEP_SETTINGS = {1: (48,), 2: (47, 49), 4: (46, 47, 48, 49)}
+# trained to restyle; 1 step is the preset's
+STEP_SETTINGS = {1: PRESET_SLOTS, 2: (47, 49), 4: (46, 47, 48, 49)}
 
 
 def tiny_engine(model: str | Path = "tiny", size: int = SIZE, threads: int = 2):
@@ -52,7 +55,7 @@ def to_image(output: torch.Tensor) -> np.ndarray:
     return output[0].permute(1, 2, 0).float().numpy()
 
 
-def make_stream(engine, prompt: str, t_index_list=STEP_SETTINGS[1], similarity=None, seed: int = 2,
+def make_stream(engine, prompt: str, t_index_list=PRESET_SLOTS, similarity=None, seed: int = 2,
                 size: int = SIZE, prompts=tuple(STYLES)) -> DiffusionStream:
     """A size x size stream at the tiny preset's settings (no guidance), every style prompt already encoded."""
     config = StreamConfig(width=size, height=size, t_index_list=tuple(t_index_list), guidance="none", seed=seed,
@@ -62,7 +65,7 @@ def make_stream(engine, prompt: str, t_index_list=STEP_SETTINGS[1], similarity=N
     return DiffusionStream(engine, config, PromptSwitcher(cache, "", prompt), similarity)
 
 
-def restyle(engine, image: np.ndarray, prompt: str, t_index_list=STEP_SETTINGS[1]) -> np.ndarray:
+def restyle(engine, image: np.ndarray, prompt: str, t_index_list=PRESET_SLOTS) -> np.ndarray:
     """A still `image` (H, W, 3) through a fresh stream until its output is the full len(t_index_list)-step
     img2img of it (the T-th call), as (H, W, 3) in [0, 1]."""
     stream = make_stream(engine, prompt, t_index_list, size=image.shape[0])
@@ -90,8 +93,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def sample_agreement(reference, other, prompt: str, frames: int, first_scored: int, size: int = SIZE) -> dict:
-    """How close `other`'s pictures stay to `reference`'s: both engines run the same stream (tiny preset settings,
-    1 step, `prompt`) over the moving sample source; PSNR / SSIM of `other`'s output frames against the
+    """How close `other`'s pictures stay to `reference`'s: both engines run the same stream (the tiny preset's
+    settings, `prompt`) over the moving sample source; PSNR / SSIM of `other`'s output frames against the
     reference's, from frame `first_scored` on (median and lowest)."""
     from vcam.sample_source import SampleSource
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.tiny_figures import PRESET_SLOTS
 from engines.base import EngineShapes, EngineUnavailableError
 from engines.loading import ModelSpec
 from engines.onnx_export import example_inputs, predict_noise_spec
@@ -21,7 +22,7 @@ from engines.onnx_export import example_inputs, predict_noise_spec
 pytestmark = pytest.mark.timeout(900)
 
 SMALL = EngineShapes(width=64, height=64, frame_batch=1, unet_batch=2)
-PICTURE = EngineShapes(width=256, height=256, frame_batch=1, unet_batch=1)  # the tiny preset's size, 1 step
+PICTURE = EngineShapes(width=256, height=256, frame_batch=1, unet_batch=len(PRESET_SLOTS))  # the tiny preset's
 NO_NATIVE_BF16 = "precision bf16 has no effect: this CPU has no native bf16"
 
 
