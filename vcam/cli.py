@@ -105,8 +105,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(result.to_json())
     else:
+        width = max(map(len, result.fields))  # `num_inference_steps` is wider than the rest
         for key, value in result.fields.items():
-            print(f"{key:<16} {value}")
+            if value is not None:  # e.g. num_inference_steps, which only a solver scheduler has (--json keeps it)
+                print(f"{key:<{width}} {value}")
     return 0
 
 

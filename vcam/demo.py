@@ -81,8 +81,9 @@ def demo_source_config(settings: RunSettings) -> SourceConfig:
 
 def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
              styles: tuple[str, ...] = DEMO_STYLES, source: str = DEMO_SOURCE,
-             owns_process: bool = False) -> DemoResult:
-    """Write `vcam-demo.mp4` (`frames` frames of input | output) and `vcam-demo.png` into `out_dir`.
+             owns_process: bool = False, progress: bool = False) -> DemoResult:
+    """Write `vcam-demo.mp4` (`frames` frames of input | output) and `vcam-demo.png` into `out_dir`; `progress`: a
+    bar on stderr while the frames are made (a terminal only: tqdm's own check).
 
     Raises DemoError for a folder that cannot be written, and the usual ModelError / SourceError for a bad model
     or source.
@@ -114,7 +115,10 @@ def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
     stream.prompts.switch(styles[0])
     stream.warmup(frames_to_tensor([inputs[0]], width, height, "crop"))
     try:
-        for index, frame in enumerate(inputs):
+        from tqdm import tqdm
+
+        for index, frame in enumerate(tqdm(inputs, desc="vcam demo", unit="frame", file=sys.stderr, leave=False,
+                                           disable=None if progress else True)):
             if style_of(index) != stream.prompts.text:
                 stream.prompts.switch(style_of(index), blend_frames=BLEND_FRAMES)
             output = restyle(frame)
@@ -176,7 +180,7 @@ def demo_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     settings = resolve_settings(args, default_preset="tiny")
     result = run_demo(settings, Path(args.out).expanduser(), frames=args.frames or DEMO_FRAMES,
-                      source=getattr(args, "camera.source", None) or DEMO_SOURCE, owns_process=True)
+                      source=getattr(args, "camera.source", None) or DEMO_SOURCE, owns_process=True, progress=True)
     print(f"vcam: the demo wrote {result.video} ({result.frames} frames, input | output) and {result.sheet} "
           f"(the input and {len(result.styles)} styles)")
     return 0
