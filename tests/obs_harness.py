@@ -199,10 +199,13 @@ class ObsInstance:
         logging.getLogger("obsws_python").setLevel(logging.CRITICAL)  # it logs passwords at INFO
         return obsws_python.ReqClient(host=self.host, port=self.port, password=self.password, timeout=timeout)
 
-    def broadcast(self, event_data: dict[str, Any]) -> None:
-        """Send a `BroadcastCustomEvent` through OBS, as an OBS script or another plugin would."""
+    def broadcast(self, *event_data: dict[str, Any]) -> None:
+        """Send one `BroadcastCustomEvent` per payload through OBS, in order over one connection, as an OBS script or
+        another plugin would. (One connection each did not keep the order: OBS once delivered the second payload of
+        five before the first.)"""
         with self.client() as client:
-            client.broadcast_custom_event({"eventData": event_data})
+            for data in event_data:
+                client.broadcast_custom_event({"eventData": data})
 
     def press_keys(self, combo: str) -> None:
         """A real key press on OBS's X display (xdotool syntax, e.g. "ctrl+shift+F9"): OBS's global hotkeys see it."""

@@ -67,14 +67,13 @@ def control(obs_instance: ObsInstance, password: str, queue, status) -> Iterator
 
 
 def test_commands_broadcast_through_obs_reach_the_queue(obs_instance, control, queue) -> None:
-    for payload in (
+    obs_instance.broadcast(*({"vcam": payload} for payload in (
         {"command": "prompt", "name": "anime"},
         {"command": "pause", "value": True},
         {"command": "resume"},
         {"command": "next"},
         {"command": "text", "text": "a neon city"},
-    ):
-        obs_instance.broadcast({"vcam": payload})
+    )))
     assert wait_until(lambda: len(queue) == 5)
     received = queue.drain()  # in the order they arrived (`get` would let pause and resume overtake)
     assert [item.command for item in received] == [
