@@ -17,10 +17,6 @@ from pathlib import Path
 from engines.engine_cache import MANIFEST_NAME, RETIRED_PREFIX, STAGING_PREFIX, EngineCache, EngineCacheKey, \
     LoraFingerprint
 
-# OpenVINO's compiled kernels of every entry, in one folder at the cache root, as vcam kept them before each graph
-# entry got its own (engines.openvino_engine.KERNEL_CACHE_DIR): no entry uses it any more.
-SHARED_KERNEL_DIR = "openvino-kernels"
-
 
 @dataclass(frozen=True)
 class StaleEntry:
@@ -66,6 +62,8 @@ def _runtime_mismatch(key: EngineCacheKey) -> str:
 
 def find_stale(cache: EngineCache, everything: bool = False) -> list[StaleEntry]:
     """The entries under the cache root that `prune` removes, with the reason for each."""
+    from engines.openvino_engine import KERNEL_CACHE_DIR
+
     stale = []
     try:
         directories = sorted(p for p in cache.root.iterdir() if p.is_dir())
@@ -77,7 +75,7 @@ def find_stale(cache: EngineCache, everything: bool = False) -> list[StaleEntry]
         if everything:
             stale.append(StaleEntry(directory, "removing everything (--all)", _size(directory)))
             continue
-        if directory.name == SHARED_KERNEL_DIR:
+        if directory.name == KERNEL_CACHE_DIR:  # at the root: where older versions kept every entry's kernels
             stale.append(StaleEntry(directory, "OpenVINO kernels in the folder older versions shared (each graph "
                                                "entry keeps its own now)", _size(directory)))
             continue

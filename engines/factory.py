@@ -16,6 +16,8 @@ from engines.devices import place
 from engines.loading import ModelSpec, load_components
 from engines.parallel_settings import DeviceSettings
 
+log = logging.getLogger("vcam.engines")
+
 EngineBuilder = Callable[[ModelSpec, EngineShapes, str, "int | None"], Engine]
 
 
@@ -38,8 +40,6 @@ def build_torch_engine(spec: ModelSpec, shapes: EngineShapes, device: str, threa
     # slower: the runs so far shared the cores with other benchmarks and resolve no difference either way (README).
     return TorchEngine(load_components(spec, placement.device, placement.dtype), shapes)
 
-
-log = logging.getLogger("vcam.engines")
 
 INT8_ENGINES = ("onnxruntime", "openvino", "auto")  # the engines over the ONNX graphs, which engines.quantize serves
 BF16_ENGINES = ("openvino", "auto")  # OpenVINO's CPU plugin runs the UNet in bf16 (engines.openvino_engine)

@@ -357,8 +357,9 @@ def test_a_worker_started_by_hand_joins_through_hosts(tiny_model_dir):
     try:
         # Built on this thread: torch's thread count is per thread once a thread has computed, and the exact
         # comparison needs this process on the workers' one thread, as the other specs have it.
-        engine = build_distributed_engine(ModelSpec(model=str(tiny_model_dir.model_dir)), EngineShapes(SIZE, SIZE, 1, 2),
-                                          DeviceSettings(devices="cpu:2", hosts=f"127.0.0.1:{port}"), 2)
+        settings = DeviceSettings(devices="cpu:2", hosts=f"127.0.0.1:{port}")
+        spec = ModelSpec(model=str(tiny_model_dir.model_dir))
+        engine = build_distributed_engine(spec, EngineShapes(SIZE, SIZE, 1, 2), settings, 2)
         generator = torch.Generator().manual_seed(4)
         latents, embeddings = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 77, 128, generator=generator)
         timesteps = torch.tensor([999, 259])

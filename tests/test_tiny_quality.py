@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.tiny_figures import held_out_image, make_stream, restyle, to_image, to_tensor
+from bench.tiny_figures import PRESET_SLOTS, held_out_image, make_stream, restyle, to_image, to_tensor
 from core.similarity import SimilarityFilter, SimilarityFilterConfig
 from engines.tiny.photos import UNRELATED_PHOTO, load_photo, square_view
 from engines.tiny.styles import STYLES
@@ -23,7 +23,7 @@ from vcam.presets import load_preset
 pytestmark = pytest.mark.timeout(300)
 
 PRESET = load_preset("tiny")
-T_INDEX_LIST = tuple(PRESET.stream.t_index_list)
+T_INDEX_LIST = PRESET_SLOTS
 T = len(T_INDEX_LIST)
 # Share of a style's own structure margin (see `structure_margin`) its output must keep.
 STRUCTURE_SHARE = 0.5

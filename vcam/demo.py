@@ -18,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from core.config import SimilarityFilterConfig, StreamConfig
 from vcam.framing import fit_frame
@@ -115,8 +116,6 @@ def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
     stream.prompts.switch(styles[0])
     stream.warmup(frames_to_tensor([inputs[0]], width, height, "crop"))
     try:
-        from tqdm import tqdm
-
         for index, frame in enumerate(tqdm(inputs, desc="vcam demo", unit="frame", file=sys.stderr, leave=False,
                                            disable=None if progress else True)):
             if style_of(index) != stream.prompts.text:
