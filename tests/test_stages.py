@@ -80,10 +80,19 @@ def test_more_stages_than_units_is_refused():
         balanced_cuts([1.0, 2.0, 3.0], 4)
 
 
+@pytest.fixture(scope="module")
+def trained_tiny_unet():
+    from engines.tiny import TRAINED_TINY_MODEL
+
+    return load_components(ModelSpec(model=str(TRAINED_TINY_MODEL)), "cpu", torch.float32).unet
+
+
 @pytest.mark.parametrize("stages", [2, 3])
-def test_split_of_the_tiny_unet_is_balanced_within_20_percent(tiny_unet, stages):
-    units = UNetUnits(tiny_unet)
-    costs = measure_unit_costs(units, unet_inputs(tiny_unet, 2, 32, 32), repeats=5)
+def test_split_of_the_tiny_unet_is_balanced_within_20_percent(trained_tiny_unet, stages):
+    # `--model tiny` at its 256x256 frames (64x64 latents, batch 2). Its largest unit is ~10 % of the UNet. The
+    # random test model's full-resolution attention units are 16 % each, which leaves no slack for a busy machine.
+    units = UNetUnits(trained_tiny_unet)
+    costs = measure_unit_costs(units, unet_inputs(trained_tiny_unet, 2, 64, 64), repeats=5)
     per_stage = stage_costs(costs, balanced_cuts(costs, stages))
     assert max(per_stage) <= 1.2 * sum(per_stage) / stages, per_stage
 
