@@ -141,7 +141,7 @@ def _model(preset_name: str, model: str, vae: str) -> list[Check]:
         return [Check("model", "FAIL", f"{preset_name}: {error}",
                       f"vcam models pull {preset_name} (offline it says what to copy where); meanwhile "
                       "`vcam run` falls back to tiny")]
-    return [Check("model", "OK", f"{preset_name}: {model} complete at {resolved.path}")]
+    return [Check("model", "OK", f"preset {preset_name} uses {model}: all its files are in {resolved.path}")]
 
 
 def _camera(source: str) -> list[Check]:

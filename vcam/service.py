@@ -305,11 +305,12 @@ class Service(ServiceCommands, ServiceModel):
             log.info("stop requested (%s)%s", self._stop_reason,
                      "" if into_call is None else f" {into_call:.1f} s into a model call")
         self.pipeline.stop(timeout=RELEASE_SECONDS)  # the camera and the virtual camera are released first
+        # "input and output": a camera and a virtual camera, or the sample source and a file alike
         if self.pipeline.released_after is not None and self._stop_reason is not None:
-            log.info("camera and virtual camera released %.2f s after the stop request",
+            log.info("input and output released %.2f s after the stop request",
                      self.pipeline.released_after)
         elif self.pipeline.released_after is not None:  # the run ended by itself (--frames, the end of a file)
-            log.info("camera and virtual camera released")
+            log.info("input and output released")
         stats = self.pipeline.stats()
         loading = stats.processed - stats.results
         log.info("%d stylised frame%s%s", stats.results, "" if stats.results == 1 else "s",
