@@ -17,7 +17,9 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
 2. A bank of latents: `--bank` random 256x256 views (the preset's size), each encoded as photo and as every style
    (frozen encoder).
 3. UNet2DConditionModel (epsilon prediction, SD `scaled_linear` betas, 1000 steps) + the CLIP text encoder,
-   jointly, on two terms per batch (half the rows each; `--translation-rows` sets how many are (b)):
+   jointly, on two terms per batch of 16 (`--translation-rows`: 12 of them on (b)), each row a random 32x32 crop
+   of its bank latents (`--unet-crop`: the styles are local, and a quarter of the cells is a quarter of the cost,
+   so the same minutes see four times the rows):
    (a) the standard DDPM epsilon loss on *styled* latents with the style's prompt, t uniform in 0..999
        (`--eps-preset-share` of the rows at the preset's timesteps instead, where the stream's 2nd..4th slots
        denoise a styled x0), so the model is a proper denoiser of styled pictures and many-step samplers (DDIM,
@@ -26,8 +28,7 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
        makes the x0-prediction equal the *styled* latent, eps* = (x_t - sqrt(abar_t) z_style) / sqrt(1 - abar_t).
        It is weighted as an x0 loss ||x0_pred - z_style||^2 (the LCM step the stream uses returns ~x0_pred at
        the preset timesteps, c_skip ~ 0 there), with t drawn from the small-noise end of the grid (t = 19..139,
-       `--translation-t-range`; `--preset-share` of the rows exactly at the tiny preset's t = 39 and its
-       neighbour 59). This is what makes one img2img step restyle a camera frame. Why the small-noise end: at
+       `--translation-t-range`; `--preset-share` of the rows exactly at the tiny preset's t = 39 and at t = 19). This is what makes one img2img step restyle a camera frame. Why the small-noise end: at
        SNR ~1 (t = 359, the usual first slot of LCM presets) the best a squared error can do is the posterior
        mean, a blurred picture; at t = 39 the photo is intact and the x0-prediction is a sharp restyling.
        `--translation-snr-cap` and `--translation-style-balance` reweight its rows (by timestep and by style).
@@ -71,17 +72,19 @@ PROMPTS = list(TRAINING_PROMPTS)  # index k <-> prompt text; styles first, then 
 # Training view sides in pixels. The networks are convolutional, so any size runs, but a view must be larger than
 # the autoencoder's receptive field: trained on 64x64 views (every latent near the zero padding), it reconstructed
 # 64x64 crops at 24 dB and whole 256x256 pictures at 12 dB.
-# The UNet trains at the tiny preset's size (256x256 pixels, 32x32 latents): trained on 16x16 latents only, it drew
-# seams and blotches at 32x32, where the middle of the picture is farther from the zero padding than anything it saw.
+# The bank holds views at the tiny preset's size (256x256 pixels, 64x64 latents); the UNet trains on 32x32 crops of
+# them (`--unet-crop`; a quarter of the cost per row). An earlier UNet trained on 16x16 latents of an 8x autoencoder
+# only drew seams and blotches at 32x32: its whole view was a handful of cells, every one near the zero padding.
 AE_SIZE, UNET_SIZE = 128, 256
 # The translation rows' timesteps: the small-noise end of the grid (LCM indices 43..49), where the tiny preset's slot
 # is. At the preset's former t = 359 (signal-to-noise 0.97) a squared-error model can only return the posterior mean,
 # a blurred picture; at t = 39 the photo is all there and the x0-prediction can be sharp (README "The trained tiny
 # model" has both runs' figures).
 TRANSLATION_T_RANGE = (19, 139)
-# The tiny preset's slot (t_index_list [48]: t = 999 - 20 * 48) and its neighbour [47]: `--preset-share` of the
-# translation rows and `--eps-preset-share` of the epsilon rows are drawn exactly there.
-PRESET_TIMESTEPS = (59, 39)
+# The tiny preset's slot (t_index_list [48]: t = 999 - 20 * 48) and the next, [49]: `--preset-share` of the
+# translation rows and `--eps-preset-share` of the epsilon rows are drawn exactly there. (19, 39) kept more of the
+# negative's and neon's shapes at [48] than (59, 39) did, the same run otherwise: README "The trained tiny model".
+PRESET_TIMESTEPS = (19, 39)
 
 
 def build_autoencoder(channels: int = 24, scale_factor: int = 8):
@@ -323,6 +326,19 @@ def build_bank(ae, photos, args) -> torch.Tensor:
     return torch.cat([chunks[index] for index in sorted(chunks)])
 
 
+def latent_crops(batches: list[torch.Tensor], size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """(B, C, H, W) tensors -> (B, C, size, size): row i of every tensor cropped at the same random place.
+
+    Why crops: the styles are local (a colour matrix, edges, 8 px blocks), and a 32x32 crop of the 64x64 latent
+    costs a quarter of the whole, so the same minutes see four times the rows. The UNet is convolutional (its
+    attention is at 1/4 and 1/8 resolution) and runs on the whole 64x64 latent afterwards."""
+    height, width = batches[0].shape[-2:]
+    tops = torch.randint(0, height - size + 1, (len(batches[0]),), generator=generator)
+    lefts = torch.randint(0, width - size + 1, (len(batches[0]),), generator=generator)
+    return [torch.stack([rows[i, :, top:top + size, left:left + size] for i, (top, left)
+                         in enumerate(zip(tops.tolist(), lefts.tolist()))]) for rows in batches]
+
+
 def prompt_tokens(tokenizer) -> torch.Tensor:
     return tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
 
@@ -347,7 +363,8 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
     # for "return the photo" (mean latent distance of the styles over this style's, at most 10; 1 for the two
     # identity prompts). Sepia and pixel art move the latent 6x and 18x less than the mean style.
     distance = ((bank[:, 1:] - bank[:, :1]) ** 2).mean(dim=(0, 2, 3, 4))  # (styles,)
-    prompt_weight = torch.cat([(distance.mean() / distance).clamp(max=10.0), torch.ones(2)])  # (prompts,)
+    low, high = args.style_weight_range
+    prompt_weight = torch.cat([(distance.mean() / distance).clamp(low, high), torch.ones(2)])  # (prompts,)
     for step in bar:
         rng, gen = step_rng(args.seed, 3, step)
         rows = torch.from_numpy(rng.integers(len(bank), size=batch))
@@ -366,6 +383,8 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
             other_target = bank[rows, torch.where(other < styles, other + 1, torch.zeros_like(other))]
             target = target + w.view(-1, 1, 1, 1) * (other_target - target)
         source = torch.cat([target[:first_b], bank[rows[first_b:], 0]])  # (a) styled itself; (b) the photo
+        if args.unet_crop:  # a random crop per row, the same for its source and target
+            target, source = latent_crops([target, source], args.unet_crop, gen)
         if rng.random() < 0.5:  # flips: the convolutional UNet sees both orientations of every view
             target, source = target.flip(-1), source.flip(-1)
         low, high = args.translation_t_range
@@ -452,11 +471,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moments-weight", type=float, default=0.1,
                         help="weight of the term keeping the raw latents at mean 0 / std 1 per channel")
     parser.add_argument("--bank", type=int, default=512)
-    parser.add_argument("--unet-steps", type=int, default=2000)
-    parser.add_argument("--unet-batch", type=int, default=8)
+    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--unet-batch", type=int, default=16)
+    parser.add_argument("--unet-crop", type=int, default=32,
+                        help="train the UNet on random CROP x CROP latent crops of the 64x64 bank latents (0: whole)")
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--translation-weight", type=float, default=1.0)
-    parser.add_argument("--translation-rows", type=int, default=4,
+    parser.add_argument("--translation-rows", type=int, default=12,
                         help="rows of each UNet batch on the translation term (b); the rest on the epsilon term (a)")
     parser.add_argument("--translation-t-range", default=f"{TRANSLATION_T_RANGE[0]},{TRANSLATION_T_RANGE[1]}",
                         help="LOW,HIGH: the translation rows' timesteps are drawn uniformly from LOW..HIGH")
@@ -469,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight each style's translation rows by the mean style's latent distance from the "
                              "photo over this style's (at most 10x): sepia and pixel art barely move the latent, so "
                              "unweighted they are lost in the x0 error and the UNet ignores their prompts")
+    parser.add_argument("--style-weight-range", default="1,10",
+                        help="LOW,HIGH: the range --translation-style-balance's weights are clamped to (with LOW 1 the "
+                             "styles that move the latent most, neon and the negative, keep a weight of 1)")
     parser.add_argument("--preset-share", type=float, default=0.75,
                         help="share of the translation rows drawn at exactly the preset's timesteps "
                              "(--preset-timesteps) instead of uniformly over --translation-t-range")
@@ -498,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--translation-rows must leave rows for both terms")
     args.unet_channels = tuple(int(c) for c in args.unet_channels.split(","))
     args.translation_t_range = tuple(int(t) for t in args.translation_t_range.split(","))
+    args.style_weight_range = tuple(float(w) for w in args.style_weight_range.split(","))
     args.preset_timesteps = tuple(int(t) for t in args.preset_timesteps.split(","))
     if not all(0 <= t <= 999 for t in args.preset_timesteps):
         parser.error("--preset-timesteps are timesteps, 0..999")
