@@ -200,9 +200,9 @@ class ObsInstance:
         return obsws_python.ReqClient(host=self.host, port=self.port, password=self.password, timeout=timeout)
 
     def broadcast(self, *event_data: dict[str, Any]) -> None:
-        """Send one `BroadcastCustomEvent` per payload through OBS, in order over one connection, as an OBS script or
-        another plugin would. (One connection each did not keep the order: OBS once delivered the second payload of
-        five before the first.)"""
+        """Send one `BroadcastCustomEvent` per payload through OBS, over one connection, as an OBS script or another
+        plugin would. OBS does not keep the order of separate broadcasts for the listeners: on a loaded machine the
+        second of five arrived first, over one connection as over five."""
         with self.client() as client:
             for data in event_data:
                 client.broadcast_custom_event({"eventData": data})
