@@ -67,7 +67,8 @@ def _start_tray(service: ServiceView, names: tuple[str, ...]) -> Any | None:
     from vcam.qt_host import QtHost
 
     if not QtHost.available():
-        service.notice(f"no tray: {QtHost.problem()}; running headless (hotkeys, OBS and OSC still work)")
+        service.notice(f"no tray: {QtHost.problem()}; the other controls (OBS, OSC, and hotkeys if they started) "
+                       "still work")
         return None
     from vcam.controls.tray import TrayControl, TrayState
 
