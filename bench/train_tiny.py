@@ -28,9 +28,10 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
        makes the x0-prediction equal the *styled* latent, eps* = (x_t - sqrt(abar_t) z_style) / sqrt(1 - abar_t).
        It is weighted as an x0 loss ||x0_pred - z_style||^2 (the LCM step the stream uses returns ~x0_pred at
        the preset timesteps, c_skip ~ 0 there), with t drawn from the small-noise end of the grid (t = 19..139,
-       `--translation-t-range`; `--preset-share` of the rows exactly at the tiny preset's t = 39 and at t = 19). This is what makes one img2img step restyle a camera frame. Why the small-noise end: at
-       SNR ~1 (t = 359, the usual first slot of LCM presets) the best a squared error can do is the posterior
-       mean, a blurred picture; at t = 39 the photo is intact and the x0-prediction is a sharp restyling.
+       `--translation-t-range`; `--preset-share` of the rows exactly at the tiny preset's t = 39 and at t = 19).
+       This is what makes one img2img step restyle a camera frame. Why the small-noise end: at SNR ~1 (t = 359,
+       the usual first slot of LCM presets) the best a squared error can do is the posterior mean, a blurred
+       picture; at t = 39 the photo is intact and the x0-prediction is a sharp restyling.
        `--translation-snr-cap` and `--translation-style-balance` reweight its rows (by timestep and by style).
    `--blend-share` of the rows are prompt blends (see train_unet). The defaults are the recipe of the shipped
    weights; README "The trained tiny model" has what the other options gave.
@@ -360,11 +361,10 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
     mine_a, mine_b = mine[mine < first_b], mine[mine >= first_b]
     preset_t = torch.tensor(args.preset_timesteps)
     # --translation-style-balance: per prompt, the weight that gives every style's translation rows the same loss
-    # for "return the photo" (mean latent distance of the styles over this style's, at most 10; 1 for the two
-    # identity prompts). Sepia and pixel art move the latent 6x and 18x less than the mean style.
+    # for "return the photo" (mean latent distance of the styles over this style's, within --style-weight-range;
+    # 1 for the two identity prompts). Sepia and pixel art move the latent ~7x and ~5x less than the mean style.
     distance = ((bank[:, 1:] - bank[:, :1]) ** 2).mean(dim=(0, 2, 3, 4))  # (styles,)
-    low, high = args.style_weight_range
-    prompt_weight = torch.cat([(distance.mean() / distance).clamp(low, high), torch.ones(2)])  # (prompts,)
+    prompt_weight = torch.cat([(distance.mean() / distance).clamp(*args.style_weight_range), torch.ones(2)])
     for step in bar:
         rng, gen = step_rng(args.seed, 3, step)
         rows = torch.from_numpy(rng.integers(len(bank), size=batch))
@@ -485,11 +485,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="weight each translation row's x0 loss by min(SNR_t, CAP) (min-SNR weighting): at "
                              "small t an epsilon model must output |z_style - z_photo| / sigma_t (4.7 rms for the "
                              "negative at t = 19), and the plain x0 loss (0, the default) gives those rows the least "
-                             "gradient; 20 weights the rows at the preset's t = 39 / 59 as an epsilon loss would)")
+                             "gradient; 20 weights the rows at the preset's t = 39 as an epsilon loss would)")
     parser.add_argument("--translation-style-balance", action=argparse.BooleanOptionalAction, default=True,
                         help="weight each style's translation rows by the mean style's latent distance from the "
-                             "photo over this style's (at most 10x): sepia and pixel art barely move the latent, so "
-                             "unweighted they are lost in the x0 error and the UNet ignores their prompts")
+                             "photo over this style's (within --style-weight-range): sepia and pixel art barely move "
+                             "the latent, so unweighted they are lost in the x0 error and the UNet ignores their "
+                             "prompts")
     parser.add_argument("--style-weight-range", default="1,10",
                         help="LOW,HIGH: the range --translation-style-balance's weights are clamped to (with LOW 1 the "
                              "styles that move the latent most, neon and the negative, keep a weight of 1)")

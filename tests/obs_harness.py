@@ -199,13 +199,12 @@ class ObsInstance:
         logging.getLogger("obsws_python").setLevel(logging.CRITICAL)  # it logs passwords at INFO
         return obsws_python.ReqClient(host=self.host, port=self.port, password=self.password, timeout=timeout)
 
-    def broadcast(self, *event_data: dict[str, Any]) -> None:
-        """Send one `BroadcastCustomEvent` per payload through OBS, over one connection, as an OBS script or another
-        plugin would. OBS does not keep the order of separate broadcasts for the listeners: on a loaded machine the
-        second of five arrived first, over one connection as over five."""
+    def broadcast(self, event_data: dict[str, Any]) -> None:
+        """Send a `BroadcastCustomEvent` through OBS, as an OBS script or another plugin would. OBS does not keep
+        the order of separate broadcasts for the listeners (on a loaded machine the second of five sent back to back
+        arrived first, over one connection as over five): a spec of order waits for each before the next."""
         with self.client() as client:
-            for data in event_data:
-                client.broadcast_custom_event({"eventData": data})
+            client.broadcast_custom_event({"eventData": event_data})
 
     def press_keys(self, combo: str) -> None:
         """A real key press on OBS's X display (xdotool syntax, e.g. "ctrl+shift+F9"): OBS's global hotkeys see it."""

@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.train_tiny import latent_crops
+
 ROOT = Path(__file__).resolve().parents[1]
 SHRUNK = ["--processes", "1", "--ae-steps", "3", "--ae-batch", "2", "--bank", "8", "--unet-steps", "3",
           "--unet-batch", "4", "--translation-rows", "2", "--save-every", "2", "--no-figures"]
@@ -24,10 +26,13 @@ def train(out: Path, checkpoint: Path, *extra: str) -> subprocess.CompletedProce
                            str(checkpoint), *SHRUNK, *extra], capture_output=True, text=True, cwd=ROOT, timeout=500)
 
 
+WEIGHT_FILES = {"vae": "diffusion_pytorch_model.safetensors", "unet": "diffusion_pytorch_model.safetensors",
+                "text_encoder": "model.safetensors"}  # diffusers' and transformers' names in a model folder
+
+
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return {f"{part}.{name}": tensor for part in ("vae", "unet", "text_encoder")
-            for name, tensor in load_file(folder / part / "diffusion_pytorch_model.safetensors"
-                                          if part != "text_encoder" else folder / part / "model.safetensors").items()}
+    return {f"{part}.{name}": tensor for part, file in WEIGHT_FILES.items()
+            for name, tensor in load_file(folder / part / file).items()}
 
 
 def test_a_run_resumed_after_each_phase_writes_the_same_weights_as_one_run(tmp_path: Path):
@@ -54,9 +59,6 @@ def test_a_checkpoint_of_another_seed_is_refused_in_one_line(tmp_path: Path):
 
 
 def test_a_crop_takes_the_same_place_of_every_tensor_of_a_row():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from train_tiny import latent_crops
-
     photo = torch.arange(3 * 4 * 16 * 16, dtype=torch.float32).reshape(3, 4, 16, 16)
     style = -photo
     photo_crops, style_crops = latent_crops([photo, style], 8, torch.Generator().manual_seed(1))
