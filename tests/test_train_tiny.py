@@ -16,7 +16,8 @@ from bench.train_tiny import latent_crops
 
 ROOT = Path(__file__).resolve().parents[1]
 SHRUNK = ["--processes", "1", "--ae-steps", "3", "--ae-batch", "2", "--bank", "8", "--unet-steps", "3",
-          "--unet-batch", "4", "--translation-rows", "2", "--save-every", "2", "--no-figures"]
+          "--unet-batch", "4", "--translation-rows", "2", "--save-every", "2", "--no-figures",
+          "--translation-gradient-weight", "1"]  # every term of the loss runs (the gradient term is off by default)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -56,6 +57,13 @@ def test_a_checkpoint_of_another_seed_is_refused_in_one_line(tmp_path: Path):
     assert refused.returncode == 2
     assert "was made with seed 0; pass that seed or a new --checkpoint" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_an_unknown_prompt_exempt_from_the_gradient_term_is_refused_in_one_line(tmp_path: Path):
+    refused = train(tmp_path / "out", tmp_path / "ck.pt", "--gradient-exempt-prompts", "neon")
+    assert refused.returncode == 2
+    assert "--gradient-exempt-prompts: neon is not one of sepia photograph, pencil sketch, neon glow" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "ck.pt").exists()
 
 
 def test_a_crop_takes_the_same_place_of_every_tensor_of_a_row():
