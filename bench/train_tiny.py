@@ -415,18 +415,14 @@ def train_unet(unet, text_encoder, tokens, bank, args, state, path) -> None:
         eps_a, eps_b = eps[:len(mine_a)], eps[len(mine_a):]
         loss_eps = ((eps_a - noise[mine_a]) ** 2).mean()
         x0 = (x_t[mine_b] - b[mine_b] * eps_b) / a[mine_b]
-        if args.translation_snr_cap or args.translation_style_balance:
-            weight = torch.ones(len(mine_b), 1, 1, 1)
-            if args.translation_snr_cap:  # min-SNR weighting (Hang et al. 2023), see --translation-snr-cap
-                weight = weight * (a[mine_b] / b[mine_b]).square().clamp(max=args.translation_snr_cap)
-            if args.translation_style_balance:
-                weight = weight * prompt_weight[prompt[mine_b]].view(-1, 1, 1, 1)
-            loss_x0 = (weight * (x0 - target[mine_b]) ** 2).mean()
-        else:
-            weight = torch.ones(len(mine_b), 1, 1, 1)
-            loss_x0 = ((x0 - target[mine_b]) ** 2).mean()
+        error = x0 - target[mine_b]
+        weight = torch.ones(len(mine_b), 1, 1, 1)  # per translation row
+        if args.translation_snr_cap:  # min-SNR weighting (Hang et al. 2023), see --translation-snr-cap
+            weight = weight * (a[mine_b] / b[mine_b]).square().clamp(max=args.translation_snr_cap)
+        if args.translation_style_balance:
+            weight = weight * prompt_weight[prompt[mine_b]].view(-1, 1, 1, 1)
+        loss_x0 = (weight * error ** 2).mean()
         if args.translation_gradient_weight:
-            error = x0 - target[mine_b]
             edge_weight = weight * gradient_prompts[prompt[mine_b]].view(-1, 1, 1, 1)
             loss_x0 = loss_x0 + args.translation_gradient_weight * (
                 (edge_weight * error.diff(dim=-1) ** 2).mean() + (edge_weight * error.diff(dim=-2) ** 2).mean())
