@@ -130,7 +130,10 @@ class CrossAttentionKV:
         cross = [module for module in unet.modules() if hasattr(module, "set_processor")
                  and getattr(module, "is_cross_attention", False)]
         layers = [module for module in cross if _plain_cross_attention(module)]
-        cache = cls(layers, complete=len(layers) == len(cross))
+        # A UNet that also pools the prompt into its time embedding (addition_embed_type "text") reads the
+        # embeddings beyond its cross-attention layers: its graph must take them (see `complete`).
+        reads_prompt_elsewhere = getattr(getattr(unet, "config", None), "addition_embed_type", None) is not None
+        cache = cls(layers, complete=len(layers) == len(cross) and not reads_prompt_elsewhere)
         for layer in layers:
             layer.set_processor(PrecomputedKVProcessor(cache, layer.processor))
         return cache

@@ -114,7 +114,7 @@ def _check_sd_architecture(folder: Path) -> None:
         raise ModelError(
             f"{folder}/unet takes {unet.get('in_channels')} input channels (inpainting/depth model?); "
             "vcam needs a plain 4-channel SD 1.x / 2.x model")
-    if unet.get("addition_embed_type"):
+    if unet.get("addition_embed_type") not in (None, "text"):  # "text" pools the prompt: nothing else needed
         raise ModelError(f"{folder}/unet needs extra conditioning ({unet['addition_embed_type']}, SDXL-style); "
                          "pass an SD 1.x / 2.x model")
     text = _read_json(folder / "text_encoder" / "config.json", "the text_encoder folder")

@@ -72,7 +72,8 @@ def _check_supported(unet: Any) -> None:
     config = unet.config
     unsupported = {
         "class_embed_type": config.class_embed_type, "num_class_embeds": config.num_class_embeds,
-        "addition_embed_type": config.addition_embed_type,
+        # "text" (the pooled prompt added to the time embedding) needs nothing but the prompt: supported
+        "addition_embed_type": None if config.addition_embed_type == "text" else config.addition_embed_type,
     }
     used = [f"{key}={value!r}" for key, value in unsupported.items() if value is not None]
     if used:
@@ -128,6 +129,8 @@ class UNetUnits:
         if unet.config.center_input_sample:
             sample = 2 * sample - 1.0
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timesteps), None)
+        if unet.config.addition_embed_type == "text":
+            emb = emb + unet.add_embedding(context)
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
         context = unet.process_encoder_hidden_states(encoder_hidden_states=context, added_cond_kwargs=None)

@@ -65,3 +65,25 @@ def test_a_direct_unet_call_with_other_embeddings_computes_its_own_keys_and_valu
     with torch.inference_mode():
         direct = cached._unet(latents, timesteps, encoder_hidden_states=other).sample
     assert float((direct - plain.predict_noise(latents, timesteps, other)).abs().max()) <= 1e-5
+
+
+def test_a_unet_that_pools_the_prompt_into_its_time_embedding_is_served_but_not_complete(engines) -> None:
+    # addition_embed_type "text" reads the embeddings outside cross-attention: an exported UNet graph must take them
+    from diffusers import UNet2DConditionModel
+
+    from engines.kv_cache import CrossAttentionKV
+
+    plain, _ = engines
+    config = {**plain._unet.config, "addition_embed_type": "text", "addition_embed_type_num_heads": 4}
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(config).eval()
+    embeddings = plain.encode_prompt(["a watercolor painting", "cyberpunk city at night"])
+    latents, timesteps, _ = unet_inputs(0, embeddings)
+    with torch.inference_mode():
+        expected = unet(latents, timesteps, encoder_hidden_states=embeddings).sample
+        kv = CrossAttentionKV.install(unet)
+        kv.update(embeddings)
+        served = unet(latents, timesteps, encoder_hidden_states=embeddings).sample
+    assert not kv.complete and kv.served > 0
+    assert float((served - expected).abs().max()) <= 1e-5
+    assert CrossAttentionKV.install(UNet2DConditionModel.from_config(plain._unet.config)).complete

@@ -187,6 +187,17 @@ def test_inpainting_unet_with_nine_input_channels_is_refused(tiny_model_dir: Tin
     assert "9 input channels" in message and "4-channel" in message
 
 
+def test_unet_needing_sdxl_time_ids_is_refused_and_one_pooling_the_prompt_is_accepted(
+        tiny_model_dir: TinyModelPaths, tmp_path: Path) -> None:
+    # "text_time" needs SDXL's pooled embeddings and size ids, which vcam never computes; "text" (the shipped tiny
+    # model's) pools the prompt embeddings every UNet call is given
+    folder = model_variant(tiny_model_dir.model_dir, tmp_path / "time-ids", copy=("unet",))
+    edit_json(folder / "unet" / "config.json", addition_embed_type="text_time")
+    assert "extra conditioning (text_time" in refusal(ModelSpec(model=str(folder)))
+    edit_json(folder / "unet" / "config.json", addition_embed_type="text")
+    assert resolve_model(ModelSpec(model=str(folder))).path == folder
+
+
 def test_unet_without_cross_attention_is_refused(tiny_model_dir: TinyModelPaths, tmp_path: Path) -> None:
     folder = model_variant(tiny_model_dir.model_dir, tmp_path / "uncond", copy=("unet",))
     edit_json(folder / "unet" / "config.json", _class_name="UNet2DModel", cross_attention_dim=None)

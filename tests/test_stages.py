@@ -104,3 +104,25 @@ def test_a_unet_with_class_conditioning_is_refused_in_one_line(tiny_unet):
     other = UNet2DConditionModel.from_config(config)
     with pytest.raises(ModelError, match="run it on one device"):
         UNetUnits(other)
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_a_unet_that_adds_the_pooled_prompt_to_its_time_embedding_splits_exactly(tiny_unet, stages):
+    # addition_embed_type="text" (and FiLM resnets, resnet_time_scale_shift="scale_shift") need only the prompt
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    other = UNet2DConditionModel.from_config({**tiny_unet.config, "addition_embed_type": "text",
+                                              "addition_embed_type_num_heads": 4,
+                                              "resnet_time_scale_shift": "scale_shift"}).eval()
+    units = UNetUnits(other)
+    inputs = unet_inputs(other, 2, 32, 32)
+    with torch.inference_mode():
+        expected = other(inputs.sample, inputs.emb, encoder_hidden_states=inputs.context).sample
+        without_prompt = other(inputs.sample, inputs.emb, encoder_hidden_states=inputs.context.flip(0)).sample
+    state = inputs
+    boundaries = balanced_cuts([1.0] * len(units), stages)
+    for first, end in zip(boundaries[:-1], boundaries[1:]):
+        state = units.run(StageState.from_tensors([t.clone() for t in state.tensors()]), first, end)
+    assert torch.equal(state.sample, expected)
+    assert not torch.allclose(expected, without_prompt)  # the prompt does reach the output
