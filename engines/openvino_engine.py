@@ -15,6 +15,7 @@ GPUs and NPUs keep their default (f16), which is what they are fast in.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,21 @@ class OpenVinoOptions:
     unet_precision: UnetPrecision = "fp32"  # see resolve_unet_precision
 
 
+def film_unet(spec: ModelSpec) -> bool:
+    """Whether the model's UNet scales its features by the time embedding (diffusers' resnet_time_scale_shift
+    "scale_shift", FiLM; the trained tiny model does). OpenVINO 2026.4's CPU plugin crashes the process
+    (segmentation fault, nothing to catch) compiling the opset-23 graph of such a UNet with f32 precision: ONNX
+    GroupNormalization followed by a per-sample scale and shift. The opset-17 graph (the norm as
+    InstanceNormalization) compiles, so such a model takes that one."""
+    from engines.loading import resolve_model
+
+    resolved = resolve_model(spec)
+    config = resolved.path / "unet" / "config.json"
+    if resolved.kind != "folder" or not config.is_file():  # single-file checkpoints are SD 1.x / 2.x: no FiLM
+        return False
+    return json.loads(config.read_text()).get("resnet_time_scale_shift") == "scale_shift"
+
+
 def create_openvino_engine(
     spec: ModelSpec, shapes: EngineShapes, device: str = "auto", threads: int | None = None,
     options: OpenVinoOptions = OpenVinoOptions(),
@@ -212,7 +228,8 @@ def create_openvino_engine(
         log.warning(note)
     threads = default_threads(threads if threads is not None else options.threads)
     cache = EngineCache(options.cache_root)
-    plan = [CPU_EXPORT, PORTABLE_EXPORT]  # OpenVINO reads the opset-23 graphs (Attention nodes) as well
+    # OpenVINO reads the opset-23 graphs (Attention nodes) as well, but not every one: see `film_unet`.
+    plan = [PORTABLE_EXPORT] if film_unet(spec) else [CPU_EXPORT, PORTABLE_EXPORT]
     engine = open_graph_engine(
         lambda graphs: OpenVinoEngine(graphs, ov_device, threads, graphs.directory / KERNEL_CACHE_DIR, unet_precision),
         spec, shapes, cache, plan, threads, options.check_in_background, runtime="OpenVINO")

@@ -105,3 +105,31 @@ def test_a_stop_signal_after_openvino_engines_came_and_went_reaches_its_handler(
                               capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "stopped by ['SIGTERM']" in finished.stdout
+
+
+@pytest.mark.timeout(900)
+def test_a_unet_with_film_resnets_runs_from_the_opset_17_graph_and_gives_torch_numbers(
+        spec: ModelSpec, tmp_path: Path) -> None:
+    # OpenVINO 2026.4 crashes the process compiling the opset-23 graph of a scale-shift UNet in f32 (the trained
+    # tiny model is one): such a model takes the opset-17 graph; a plain SD UNet keeps the opset-23 one.
+    import torch
+
+    from engines.loading import load_components
+    from engines.onnx_engine import CPU_EXPORT, PORTABLE_EXPORT
+    from engines.openvino_engine import OpenVinoOptions, create_openvino_engine, film_unet
+    from engines.tiny import TRAINED_TINY_MODEL
+    from engines.torch_engine import TorchEngine
+
+    tiny = ModelSpec(model=str(TRAINED_TINY_MODEL))
+    assert film_unet(tiny) and not film_unet(spec)
+    engine = create_openvino_engine(tiny, SMALL, "cpu", 2, OpenVinoOptions(cache_root=tmp_path,
+                                                                         check_in_background=False))
+    assert engine.graphs.export == PORTABLE_EXPORT != CPU_EXPORT
+    reference = TorchEngine(load_components(tiny, "cpu", torch.float32), SMALL)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=generator)
+    embeddings = reference.encode_prompt(["inverted colours", "neon glow"])
+    timesteps = torch.tensor([39, 19])
+    ours, theirs = engine.predict_noise(latents, timesteps, embeddings), reference.predict_noise(
+        latents, timesteps, embeddings)
+    assert float((ours - theirs).abs().max()) <= 1e-3 * float(theirs.abs().max())
