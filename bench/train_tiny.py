@@ -37,6 +37,8 @@ Three phases, each resumable from the checkpoint (saved every `--save-every` ste
        (its edges), so the restyled picture keeps the photo's fine structure instead of the smoother posterior
        mean; neon glow's rows are exempt (`--gradient-exempt-prompts`: its gray structure was worse with it). Off
        in the shipped recipe: it brought the negative to its structure margin but cost neon glow its own.
+   The UNet hears the prompt in every layer (`--text-time-embedding`, `--time-scale-shift`, see build_unet): what
+   made the negative keep the photo's shapes.
    `--blend-share` of the rows are prompt blends (see train_unet). The defaults are the recipe of the shipped
    weights; README "The trained tiny model" has what the other options gave.
    Why both: (b) alone teaches only "photo in, style out" and leaves the model undefined on its own styled
@@ -108,17 +110,20 @@ def build_autoencoder(channels: int = 24, scale_factor: int = 8):
         latent_channels=4)
 
 
-def build_unet(channels: tuple[int, ...] = (32, 64, 128), full_res_attention: bool = True,
-               latent_size: int = UNET_SIZE // 8):
-    """The tiny UNet (shipped: 32/64/128 with attention at the full latent resolution), one level per entry of
-    `channels`. Attention (self and cross) at the levels between the first and the last whose side is at most 16
-    latents, and at the first with `full_res_attention`; the middle block always attends. So 3 levels on 32x32
-    latents attend at 16x16 (and 32x32), and 4 levels on the 64x64 latents of a scale-factor-4 autoencoder at
-    16x16 only: the same layout over the same pixels. Attention over the 32x32 = 1024 positions takes two thirds
-    of a training step (0.85 s against 0.28 s without it, 4 rows, one thread): `--unet-channels 64,64,128
-    --no-full-res-attention` trains a first block twice as wide 2.4x faster (0.35 s). The prompt still reaches every
-    full-resolution layer through the up path, which carries the features of the middle block and the 16x16 blocks
-    that attend to it."""
+def build_unet(channels: tuple[int, ...] = (32, 64, 128, 128), full_res_attention: bool = False,
+               latent_size: int = UNET_SIZE // 4, text_time_embedding: bool = True, time_scale_shift: bool = True):
+    """The tiny UNet, one level per entry of `channels` (shipped: 32/64/128/128 on 64x64 latents). Attention (self
+    and cross) at the levels between the first and the last whose side is at most 16 latents, and at the first with
+    `full_res_attention`; the middle block always attends. So 3 levels on 32x32 latents attend at 16x16 (and 32x32),
+    and 4 levels on the 64x64 latents of a scale-factor-4 autoencoder at 16x16 only: the same layout over the same
+    pixels. Attention over the 32x32 = 1024 positions takes two thirds of a training step (0.85 s against 0.28 s
+    without it, 4 rows, one thread).
+
+    `text_time_embedding` (diffusers' addition_embed_type "text": the prompt embeddings attention-pooled and added to
+    the time embedding) and `time_scale_shift` (resnet_time_scale_shift "scale_shift": that embedding scales and
+    shifts every resnet's features, FiLM) give every layer the prompt. Without them the full-resolution layers,
+    which draw the fine texture, hear the prompt only through the up path from the 16x16 blocks that attend to it;
+    the negative must turn that texture's sign over, and came out blotchy (README "The trained tiny model")."""
     from diffusers import UNet2DConditionModel
 
     attends = [level == 0 and full_res_attention or 0 < level < len(channels) - 1 and latent_size >> level <= 16
@@ -127,7 +132,9 @@ def build_unet(channels: tuple[int, ...] = (32, 64, 128), full_res_attention: bo
         sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=channels, layers_per_block=1,
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)),
-        cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16)
+        cross_attention_dim=128, attention_head_dim=8, norm_num_groups=16,
+        addition_embed_type="text" if text_time_embedding else None, addition_embed_type_num_heads=4,
+        resnet_time_scale_shift="scale_shift" if time_scale_shift else "default")
 
 
 def build_text_encoder():
@@ -524,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the UNet's block widths, one level each (4 levels suit a scale-factor-4 autoencoder)")
     parser.add_argument("--full-res-attention", action=argparse.BooleanOptionalAction, default=False,
                         help="attention blocks at the full latent resolution too")
+    parser.add_argument("--text-time-embedding", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the pooled prompt to the time embedding (every resnet, every level, sees it)")
+    parser.add_argument("--time-scale-shift", action=argparse.BooleanOptionalAction, default=True,
+                        help="the time (and prompt) embedding scales and shifts every resnet's features (FiLM)")
     parser.add_argument("--ema", type=float, default=0.995, help="decay of the weight average that ships")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--no-figures", action="store_true", help="skip the quality figures at the end")
@@ -585,7 +596,8 @@ def train(args: argparse.Namespace) -> int:
     state["_since"] = time.time()  # training time counts from here (loading photos and models included)
     torch.manual_seed(args.seed)  # initial weights
     ae = build_autoencoder(args.ae_channels, args.ae_scale_factor)
-    unet = build_unet(args.unet_channels, args.full_res_attention, UNET_SIZE // args.ae_scale_factor)
+    unet = build_unet(args.unet_channels, args.full_res_attention, UNET_SIZE // args.ae_scale_factor,
+                      args.text_time_embedding, args.time_scale_shift)
     text_encoder = build_text_encoder()
     for name, module in (("ae", ae), ("unet", unet), ("text_encoder", text_encoder)):
         if name in state:  # note: "ae" is saved folded once the bank exists (fold_latent_normalisation)
