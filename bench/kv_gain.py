@@ -2,7 +2,9 @@
 
     python bench/kv_gain.py --model tiny [--rounds 5]          # the trained tiny model, 256x256, torch
     python bench/kv_gain.py --model sd15-shape [--rounds 3]    # SD 1.5's UNet with random weights, 512x512, torch
-    python bench/kv_gain.py --model tiny --engine graphs [--rounds 9] [--work DIR]   # ONNX Runtime and OpenVINO
+    python bench/kv_gain.py --model sd15-shape --engine graphs [--rounds 5] [--work DIR]   # ONNX Runtime, OpenVINO
+    (not the trained tiny model on graphs: it pools the prompt into its time embedding, so its graph must take the
+    embeddings; one layout only)
 
 torch: two copies of the same UNet (one with the K/V processors) are called alternately (order swapped every round)
 on the same inputs (batch 2, one prompt); prints per round plain / cached seconds and the median ratio, plus the
@@ -126,7 +128,9 @@ def export_layouts(model: str, work: Path) -> tuple[dict, tuple, tuple, tuple]:
     shapes = EngineShapes(width=SIZES[model], height=SIZES[model], frame_batch=1, unet_batch=2)
     engine = TorchEngine(components, shapes)
     kv = CrossAttentionKV.install(components.unet)
-    assert kv.complete, "a model whose cross-attention layers kv_cache cannot all serve has one layout only"
+    if not kv.complete:  # e.g. the trained tiny model, which pools the prompt into its time embedding too
+        raise SystemExit(f"{model}: its UNet graph must take the embeddings (one layout only); compare the layouts "
+                         "on --model tiny-random or sd15-shape")
     plain_dims = ModelDims(latent_channels=4, vae_scale_factor=8, embed_dim=int(embeddings.shape[-1]))
     kv_dims = dataclasses.replace(plain_dims, cross_attention=kv.head_shapes)
     with torch.no_grad():

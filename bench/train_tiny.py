@@ -507,8 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--translation-snr-cap", type=float, default=20.0,
                         help="weight each translation row's x0 loss by min(SNR_t, CAP) (min-SNR weighting): at "
                              "small t an epsilon model must output |z_style - z_photo| / sigma_t (4.7 rms for the "
-                             "negative at t = 19), and the plain x0 loss (0, the default) gives those rows the least "
-                             "gradient; 20 weights the rows at the preset's t = 39 as an epsilon loss would)")
+                             "negative at t = 19), and the plain x0 loss (0) gives those rows the least gradient; 20, the "
+                             "default, weights the rows at the preset's t = 39 as an epsilon loss would)")
     parser.add_argument("--translation-style-balance", action=argparse.BooleanOptionalAction, default=True,
                         help="weight each style's translation rows by the mean style's latent distance from the "
                              "photo over this style's (within --style-weight-range): sepia and pixel art barely move "
