@@ -96,8 +96,9 @@ PRESET_TIMESTEPS = (19, 39)
 
 def build_autoencoder(channels: int = 24, scale_factor: int = 8):
     """TAESD's shape (AutoencoderTiny, 4 latent channels) at `channels` wide. `scale_factor` pixels per latent cell
-    (a power of 2): one block per halving after the first, so 8 (the shipped one, like TAESD) has 4 blocks and 4
-    has 3; the engines read the factor from the block count (engines.torch_engine)."""
+    (a power of 2): one block per halving after the first, so 8 (TAESD's) has 4 blocks and 4 (the shipped tiny
+    model's, `--ae-scale-factor`'s default) has 3; the engines read the factor from the block count
+    (engines.torch_engine)."""
     from diffusers import AutoencoderTiny
 
     levels = 1 + int(np.log2(scale_factor))
