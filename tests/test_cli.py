@@ -152,6 +152,19 @@ def test_an_option_mistake_is_one_line_naming_the_option_and_exit_2(args: tuple[
     assert "--help" in lines[0] and "usage:" not in result.stderr
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (("demo", "--style", "neon"), "vcam: error: unrecognized arguments: --style neon (see vcam demo --help)"),
+    (("demo", "--width", "abc"),
+     "vcam: error: demo: argument --width: invalid int value: 'abc' (see vcam demo --help)"),
+    (("nonsense",), "vcam: error: argument COMMAND: invalid choice: 'nonsense'"),
+])
+def test_an_unknown_option_points_at_its_subcommands_help_and_names_vcam_once(args, expected, home: Path) -> None:
+    result = run_vcam(*args, env_home=home, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(expected), result.stderr
+    assert result.stderr.count("vcam:") == 1, result.stderr
+
+
 def test_version_prints_the_installed_version(home: Path) -> None:
     from importlib.metadata import version
 

@@ -92,3 +92,14 @@ def test_demo_into_a_missing_folder_is_one_line_naming_the_fix(tmp_path: Path) -
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("vcam: error: output folder")
+
+
+@pytest.mark.timeout(300)
+def test_an_option_the_demo_ignores_is_said_once_and_cannot_stop_it(tmp_path: Path) -> None:
+    # `--sink clip.xyz` would stop `vcam run`; the demo ignores --sink, so the run goes on to its own checks.
+    result = run_vcam("demo", "--sink", "clip.xyz", "--out", str(tmp_path / "no" / "such"), "--frames", "4",
+                      env_home=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "vcam: --sink has no effect on the demo (it writes vcam-demo.mp4 and vcam-demo.png)"
+    assert ".xyz" not in result.stderr
+    assert result.returncode == 2 and lines[-1].startswith("vcam: error: output folder"), result.stderr

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from vcam.allocator import reuse_freed_memory
@@ -40,7 +41,19 @@ class OneLineParser(argparse.ArgumentParser):
     default). Subcommand parsers inherit the class (argparse makes them with `type(parser)`)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"vcam: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        command = self.prog.removeprefix("vcam").strip()  # "" for the top-level parser: no "vcam: error: vcam:"
+        self.exit(2, f"vcam: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """An unknown option is argparse's top-level error, which would point at `vcam --help`; it points at the
+        subcommand's help instead, where the options the user meant are listed."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            where = f"{self.prog} {command}" if command else self.prog
+            self.exit(2, f"vcam: error: unrecognized arguments: {' '.join(extras)} (see {where} --help)\n")
+        return parsed
 
 
 def installed_version() -> str:

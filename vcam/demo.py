@@ -158,25 +158,30 @@ IGNORED_FIELDS = (("output", OutputSection, None), ("filter", SimilarityFilterCo
                   ("stream", StreamConfig, ("prompt", "mode")))
 
 
-def _ignored_options(args: argparse.Namespace) -> list[str]:
-    """The options the user gave that the demo ignores, spelled as on the command line."""
-    ignored = []
+def _ignored_options(args: argparse.Namespace) -> dict[str, str]:
+    """The options the user gave that the demo ignores, spelled as on the command line, each with its `args` key."""
+    ignored: dict[str, str] = {}
     for key, cls, only in IGNORED_FIELDS:
         group = GROUPS_BY_KEY[key]
         fields = {f.name: f for f, _ in user_fields(cls, where="cli")}
-        ignored += [option_name(group, fields[name]) for name in given_values(args, group, cls)
-                    if only is None or name in only]
+        ignored |= {option_name(group, fields[name]): f"{key}.{name}" for name in given_values(args, group, cls)
+                    if only is None or name in only}
     if args.output_size is not None:
-        ignored.append("--output-size")
+        ignored["--output-size"] = "output_size"
     return ignored
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    """`vcam demo`: the tiny preset's settings (or the options given), the sample source, files into --out."""
+    """`vcam demo`: the tiny preset's settings (or the options given), the sample source, files into --out.
+
+    An option the demo ignores is said once and dropped before the settings are read, so a value that `run` would
+    refuse (`--sink clip.xyz`) cannot stop a demo it has no part in."""
     ignored = _ignored_options(args)
     if ignored:
-        print(f"vcam: {', '.join(ignored)} has no effect on the demo (it writes {VIDEO_NAME} and {SHEET_NAME})",
+        verb = "has" if len(ignored) == 1 else "have"
+        print(f"vcam: {', '.join(ignored)} {verb} no effect on the demo (it writes {VIDEO_NAME} and {SHEET_NAME})",
               file=sys.stderr)
+        args = argparse.Namespace(**{**vars(args), **dict.fromkeys(ignored.values())})
     settings = resolve_settings(args, default_preset="tiny")
     result = run_demo(settings, Path(args.out).expanduser(), frames=args.frames or DEMO_FRAMES,
                       source=getattr(args, "camera.source", None) or DEMO_SOURCE, owns_process=True, progress=True)
