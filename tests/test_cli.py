@@ -195,7 +195,9 @@ def test_quick_answers_never_import_torch(args: tuple[str, ...], home: Path) -> 
                                   ("run", "--model", "/no/such/model"), ("presets", "default", "no-such-preset"),
                                   ("doctor", "--preset", "no-such-preset"), ("run", "--sink", "out.xyz"),
                                   ("run", "--sink", "/no/such/folder/out.mp4"), ("run", "--sink", "mjpeg:abc"),
-                                  ("run", "--source", "/no/such/clip.mp4")])
+                                  ("run", "--source", "/no/such/clip.mp4"),
+                                  ("run", "--model", "tiny", "--sink", "/no/such/folder/out.mp4"),
+                                  ("demo", "--model", "/no/such/model"), ("demo", "--out", "/no/such/folder")])
 def test_mistakes_found_in_the_settings_or_the_model_files_answer_before_torch_loads(args, home: Path) -> None:
     """The settings (and the model's files) are checked before the model libraries load: a mistake there is one
     line in well under a second, not after seconds of importing torch. (OpenCV, milliseconds, loads with the

@@ -12,6 +12,7 @@ same on every run and as fast as the model allows.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,10 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from core.config import SimilarityFilterConfig, StreamConfig
+from vcam.fallbacks import settle_model
 from vcam.framing import fit_frame
 from vcam.options import given_values, option_name
 from vcam.overlay import draw_status
-from vcam.processor import frames_to_tensor, tensor_to_frames
 from vcam.sections import GROUPS_BY_KEY, OutputSection, user_fields
 from vcam.settings import RunSettings, resolve_settings
 from vcam.file_sinks import VideoFileSink
@@ -89,12 +90,15 @@ def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
     Raises DemoError for a folder that cannot be written, and the usual ModelError / SourceError for a bad model
     or source.
     """
-    from vcam.runtime import build_stream, create_engine_for
-
     if frames < len(styles):
         raise DemoError(f"--frames must be at least {len(styles)} (one per style), got {frames}")
     if not out_dir.is_dir():
         raise DemoError(f"output folder {out_dir} does not exist; create it or pass --out with another folder")
+    # Here, after the checks, not at the top: torch loads with these, and the demo's mistakes (the settings, the
+    # model's files, the folder) answer before it, as `vcam run`'s do.
+    from vcam.processor import frames_to_tensor, tensor_to_frames
+    from vcam.runtime import build_stream, create_engine_for
+
     settings = replace(settings, filter=replace(settings.filter, enabled=False))  # every frame is a new picture
     stream = build_stream(create_engine_for(settings, owns_process=owns_process), settings)
     width, height, lag = settings.stream.width, settings.stream.height, settings.stream.steps - 1
@@ -183,6 +187,7 @@ def demo_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         args = argparse.Namespace(**{**vars(args), **dict.fromkeys(ignored.values())})
     settings = resolve_settings(args, default_preset="tiny")
+    settings = settle_model(settings, notify=logging.getLogger("vcam").info)  # files only: before torch loads
     result = run_demo(settings, Path(args.out).expanduser(), frames=args.frames or DEMO_FRAMES,
                       source=getattr(args, "camera.source", None) or DEMO_SOURCE, owns_process=True, progress=True)
     print(f"vcam: the demo wrote {result.video} ({result.frames} frames, input | output) and {result.sheet} "
