@@ -472,15 +472,22 @@ def write_model(out: Path, ae, unet, text_encoder) -> None:
     os.replace(staging, out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
-    parser.add_argument("--checkpoint", type=Path, default=Path("tiny-train.ckpt"))
-    parser.add_argument("--seed", type=int, default=0)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, every option with its help and default (README "The trained tiny model" has the runs)."""
+    parser = argparse.ArgumentParser(
+        description=f"{__doc__.splitlines()[0]} About 30 minutes on 2 CPU cores; it writes the shipped weights "
+                    f"({WEIGHTS.relative_to(ROOT)}) unless --out names another folder. The module's docstring and "
+                    "README 'The trained tiny model' explain the recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", type=Path, default=WEIGHTS,
+                        help="the diffusers folder to write (replaced whole at the end)")
+    parser.add_argument("--checkpoint", type=Path, default=Path("tiny-train.ckpt"),
+                        help="saved every --save-every steps; a run with the same --seed resumes from it")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every phase: the same seed, the same weights")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--ae-steps", type=int, default=1500)
-    parser.add_argument("--ae-batch", type=int, default=4)
-    parser.add_argument("--ae-lr", type=float, default=1e-3)
+    parser.add_argument("--ae-steps", type=int, default=1500, help="autoencoder training steps")
+    parser.add_argument("--ae-batch", type=int, default=4, help="photo views per autoencoder step")
+    parser.add_argument("--ae-lr", type=float, default=1e-3, help="autoencoder learning rate (AdamW)")
     parser.add_argument("--ae-channels", type=int, default=24, help="width of every autoencoder block")
     parser.add_argument("--ae-scale-factor", type=int, default=4, choices=(4, 8),
                         help="pixels per latent cell: 4 (3 blocks, the shipped one: the UNet runs on 64x64 latents "
@@ -489,13 +496,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-blur", type=float, default=0.5, help="largest share of a 3x3 blur mixed into latents")
     parser.add_argument("--moments-weight", type=float, default=0.1,
                         help="weight of the term keeping the raw latents at mean 0 / std 1 per channel")
-    parser.add_argument("--bank", type=int, default=512)
-    parser.add_argument("--unet-steps", type=int, default=3000)
-    parser.add_argument("--unet-batch", type=int, default=16)
+    parser.add_argument("--bank", type=int, default=512,
+                        help="random 256x256 views encoded once (as the photo and every style) for the UNet phase")
+    parser.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder training steps")
+    parser.add_argument("--unet-batch", type=int, default=16, help="rows per UNet step (both terms)")
     parser.add_argument("--unet-crop", type=int, default=32,
                         help="train the UNet on random CROP x CROP latent crops of the 64x64 bank latents (0: whole)")
-    parser.add_argument("--unet-lr", type=float, default=1e-3)
-    parser.add_argument("--translation-weight", type=float, default=1.0)
+    parser.add_argument("--unet-lr", type=float, default=1e-3, help="UNet and text encoder learning rate (AdamW)")
+    parser.add_argument("--translation-weight", type=float, default=1.0,
+                        help="weight of the translation term (b) against the epsilon term (a)")
     parser.add_argument("--translation-gradient-weight", type=float, default=0.0,
                         help="weight of the squared error of the translation x0-prediction's horizontal and vertical "
                              "latent differences (its sharpness), beside the plain x0 error")
@@ -506,10 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--translation-t-range", default=f"{TRANSLATION_T_RANGE[0]},{TRANSLATION_T_RANGE[1]}",
                         help="LOW,HIGH: the translation rows' timesteps are drawn uniformly from LOW..HIGH")
     parser.add_argument("--translation-snr-cap", type=float, default=20.0,
-                        help="weight each translation row's x0 loss by min(SNR_t, CAP) (min-SNR weighting): at "
-                             "small t an epsilon model must output |z_style - z_photo| / sigma_t (4.7 rms for the "
-                             "negative at t = 19), and the plain x0 loss (0) gives those rows the least gradient; 20, the "
-                             "default, weights the rows at the preset's t = 39 as an epsilon loss would)")
+                        help="weight each translation row's x0 loss by min(SNR_t, CAP) (min-SNR weighting; 0: the "
+                             "plain x0 loss). At small t an epsilon model must output |z_style - z_photo| / sigma_t "
+                             "(4.7 rms for the negative at t = 19), and the plain x0 loss gives those rows the least "
+                             "gradient; a cap of 20 weights the rows at the preset's t = 39 as an epsilon loss would")
     parser.add_argument("--translation-style-balance", action=argparse.BooleanOptionalAction, default=True,
                         help="weight each style's translation rows by the mean style's latent distance from the "
                              "photo over this style's (within --style-weight-range): sepia and pixel art barely move "
@@ -537,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale-shift", action=argparse.BooleanOptionalAction, default=True,
                         help="the time (and prompt) embedding scales and shifts every resnet's features (FiLM)")
     parser.add_argument("--ema", type=float, default=0.995, help="decay of the weight average that ships")
-    parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--save-every", type=int, default=100, help="steps between checkpoint saves")
     parser.add_argument("--no-figures", action="store_true", help="skip the quality figures at the end")
     parser.add_argument("--stop-after", choices=("autoencoder", "bank", "unet"), default="unet",
                         help="end after this phase (its result stays in the checkpoint; the weights are written "
@@ -546,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="training processes, one thread each, sharing every batch (gloo all-reduce of the "
                              "gradients): on the CPU two one-thread processes are ~2x one process, while one "
                              "process with two threads is no faster (and ~15x slower on a busy machine)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 < args.translation_rows < args.unet_batch:
         parser.error("--translation-rows must leave rows for both terms")

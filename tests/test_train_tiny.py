@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.train_tiny import latent_crops
+from bench.train_tiny import build_parser, latent_crops
 
 ROOT = Path(__file__).resolve().parents[1]
 SHRUNK = ["--processes", "1", "--ae-steps", "3", "--ae-batch", "2", "--bank", "8", "--unet-steps", "3",
@@ -75,3 +75,17 @@ def test_a_crop_takes_the_same_place_of_every_tensor_of_a_row():
     for row in range(3):  # each crop is a contiguous window of its own row
         top, left = divmod(int(photo_crops[row, 0, 0, 0].item()) - row * 4 * 256, 16)
         assert torch.equal(photo_crops[row], photo[row, :, top:top + 8, left:left + 8])
+
+
+def test_help_says_what_every_option_does_its_default_and_that_it_replaces_the_shipped_weights():
+    parser = build_parser()
+    assert "About 30 minutes" in parser.description
+    assert "writes the shipped weights (engines/tiny/weights)" in parser.description
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and len(action.help.split()) > 2, f"{action.option_strings[0]} has no help text"
+        assert action.default is not None, f"{action.option_strings[0]} has no default to show"
+    shown = subprocess.run([sys.executable, str(ROOT / "bench" / "train_tiny.py"), "--help"], capture_output=True,
+                           text=True, cwd=ROOT, timeout=120)
+    assert shown.returncode == 0 and shown.stdout.count("(default:") == len(parser._actions) - 1, shown.stdout
