@@ -88,9 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-model-only", action="store_true",
                    help="do not time the model alone (no efficiency): a slow model's bench in a third of the time")
 
-    demo = sub.add_parser("demo", help="restyle the sample photo: vcam-demo.mp4 (input | output) and vcam-demo.png")
+    demo = sub.add_parser(
+        "demo", help="restyle the sample photo: vcam-demo.mp4 (input | output) and vcam-demo.png",
+        description="Restyle the sample photo (sample:chelsea) with the tiny model and write vcam-demo.mp4 (input | "
+                    "output, four styles in turn) and vcam-demo.png (a contact sheet) into --out. It runs the tiny "
+                    "preset's settings (256x256, one step) for 96 frames unless the options say otherwise; the "
+                    "defaults the options below show are `vcam run`'s.")
     add_stream_options(demo)
-    demo.add_argument("--out", default=".", help="folder for vcam-demo.mp4 and vcam-demo.png (default: here)")
+    demo.add_argument("--out", default=".", help="folder for vcam-demo.mp4 and vcam-demo.png, which are replaced "
+                                                 "if there (default: here)")
 
     add_presets_parser(sub)
     doctor = sub.add_parser("doctor", help="check this machine for a preset: OK / WARN / FAIL per check, with the fix")

@@ -85,7 +85,8 @@ def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
              styles: tuple[str, ...] = DEMO_STYLES, source: str = DEMO_SOURCE,
              owns_process: bool = False, progress: bool = False) -> DemoResult:
     """Write `vcam-demo.mp4` (`frames` frames of input | output) and `vcam-demo.png` into `out_dir`; `progress`: a
-    bar on stderr while the frames are made (a terminal only: tqdm's own check).
+    line on stderr saying what is made once the checks pass, then a bar while the frames are made (a terminal
+    only: tqdm's own check), since a run takes seconds to minutes.
 
     Raises DemoError for a folder that cannot be written, and the usual ModelError / SourceError for a bad model
     or source.
@@ -99,6 +100,11 @@ def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
     from vcam.processor import frames_to_tensor, tensor_to_frames
     from vcam.runtime import build_stream, create_engine_for
 
+    if progress:
+        steps = settings.stream.steps
+        print(f"vcam: the demo restyles {frames} frames of {source} with {settings.model.model} at "
+              f"{settings.stream.width}x{settings.stream.height}, {steps} step{'s' * (steps != 1)} a frame",
+              file=sys.stderr, flush=True)
     settings = replace(settings, filter=replace(settings.filter, enabled=False))  # every frame is a new picture
     stream = build_stream(create_engine_for(settings, owns_process=owns_process), settings)
     width, height, lag = settings.stream.width, settings.stream.height, settings.stream.steps - 1
@@ -141,18 +147,29 @@ def run_demo(settings: RunSettings, out_dir: Path, frames: int = DEMO_FRAMES,
     return DemoResult(video=video_path, sheet=sheet_path, frames=frames, styles=tuple(styles))
 
 
+LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def label_scale(labels: list[str], width: int, label_height: int) -> float:
+    """The font scale of the panels' labels: 0.7 for the 28-pixel strip, smaller where a label would be wider than
+    `width` pixels (a small demo's panels), so none runs into the next panel or off the sheet; one scale for all."""
+    scale = label_height / 40
+    widest = max(cv2.getTextSize(label, LABEL_FONT, scale, 1)[0][0] for label in labels)
+    return scale * min(1.0, width / widest)
+
+
 def write_sheet(path: Path, panels: list[np.ndarray], labels: list[str]) -> None:
     """The contact sheet: `panels` (H, W, 3) RGB in a row on white, each under its label (see `SheetLayout`)."""
     height, width = panels[0].shape[:2]
     layout = SheetLayout(width=width, height=height, panels=len(panels))
     sheet_w, sheet_h = layout.size
     sheet = np.full((sheet_h, sheet_w, 3), 255, dtype=np.uint8)
-    scale = layout.label_height / 40
+    scale = label_scale(labels, width - 4, layout.label_height)
     for index, (panel, label) in enumerate(zip(panels, labels)):
         x, y = layout.panel_origin(index)
         sheet[y : y + height, x : x + width] = panel
-        cv2.putText(sheet, label, (x + 2, y - layout.label_height // 3), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (20, 20, 20), 1, cv2.LINE_AA)
+        cv2.putText(sheet, label, (x + 2, y - layout.label_height // 3), LABEL_FONT, scale, (20, 20, 20), 1,
+                    cv2.LINE_AA)
     if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise DemoError(f"cannot write {path}; is the folder writable?")
 
