@@ -41,6 +41,7 @@ def test_json_report_names_the_cpu_the_missing_devices_and_the_missing_model_and
     assert checks["camera"]["status"] == "WARN" and "sample photo" in checks["camera"]["detail"]
     assert checks["virtual camera"]["status"] == "WARN"
     assert checks["virtual camera"]["fix"] == "bash installer/linux/setup-v4l2loopback.sh"
+    assert "setup-v4l2loopback" not in checks["virtual camera"]["detail"], "the fix is said once, in its column"
     assert checks["model"]["status"] == "FAIL" and "stabilityai/sd-turbo" in checks["model"]["detail"]
     assert checks["model"]["fix"].startswith("vcam models pull sd-turbo-1step")
     assert [name for name, check in checks.items() if check["status"] == "FAIL"] == ["model"]

@@ -164,15 +164,17 @@ def _camera(source: str) -> list[Check]:
 
 def _virtual_camera(sink: str) -> list[Check]:
     from vcam.sinks import SinkConfig, SinkError, VirtualCameraSink
+    from vcam.virtual_camera import virtual_camera_fix
 
     try:
         camera = VirtualCameraSink(SinkConfig(width=640, height=480, fps=30))
     except SinkError as error:
+        problem = str(error).removesuffix(f"; {virtual_camera_fix()}")  # the fix has its own column: said once
         fix = ("bash installer/linux/setup-v4l2loopback.sh" if sys.platform.startswith("linux")
                else "install OBS Studio and start its Virtual Camera once (or Unity Capture on Windows)")
         status: Status = "FAIL" if sink.split(":")[0] == "vcam" else "WARN"
         fallback = "" if status == "FAIL" else "; `vcam run` shows a window or an MJPEG stream instead"
-        return [Check("virtual camera", status, f"{error}{fallback}", fix)]
+        return [Check("virtual camera", status, f"{problem}{fallback}", fix)]
     detail = f"{camera.backend} device {camera.device}"
     camera.close()
     return [Check("virtual camera", "OK", detail)]
