@@ -40,9 +40,12 @@ class OneLineParser(argparse.ArgumentParser):
     """An option mistake is one line naming the fix, like every other mistake, not the whole usage text (argparse's
     default). Subcommand parsers inherit the class (argparse makes them with `type(parser)`)."""
 
+    def _exit_one_line(self, message: str, help_of: str) -> NoReturn:
+        self.exit(2, f"vcam: error: {message} (see {help_of} --help)\n")
+
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix("vcam").strip()  # "" for the top-level parser: no "vcam: error: vcam:"
-        self.exit(2, f"vcam: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+        self._exit_one_line(f"{command}: {message}" if command else message, self.prog)
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
@@ -51,8 +54,8 @@ class OneLineParser(argparse.ArgumentParser):
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             command = getattr(parsed, "command", None)
-            where = f"{self.prog} {command}" if command else self.prog
-            self.exit(2, f"vcam: error: unrecognized arguments: {' '.join(extras)} (see {where} --help)\n")
+            self._exit_one_line(f"unrecognized arguments: {' '.join(extras)}",
+                                f"{self.prog} {command}" if command else self.prog)
         return parsed
 
 
